@@ -1,0 +1,244 @@
+"""Decode image bytes safely: sniff the format, check size and dimensions, then decode.
+
+Every failure is a :class:`BadImage` with a stable ``code`` (for grouping in the
+quarantine table) and a message that says what was expected and what was found. The
+header is parsed *before* OpenCV sees the bytes, so a 100-megapixel "decompression
+bomb" is refused without allocating it, and JPEGs are decoded at reduced scale
+(``IMREAD_REDUCED_*``) when the feature set only needs a small image.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Default cap on input size (bytes). Larger inputs are refused, not decoded.
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+#: Default cap on decoded pixels (width x height): 40 megapixels, e.g. 8000x5000.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# Stable error codes (the part before the colon in an error message).
+EMPTY = "empty"
+OVERSIZED = "oversized"
+NOT_AN_IMAGE = "not_an_image"
+UNSUPPORTED_FORMAT = "unsupported_format"
+TOO_MANY_PIXELS = "too_many_pixels"
+TRUNCATED = "truncated"
+CORRUPT = "corrupt"
+READ_ERROR = "read_error"
+ERROR_CODES = (EMPTY, OVERSIZED, NOT_AN_IMAGE, UNSUPPORTED_FORMAT, TOO_MANY_PIXELS, TRUNCATED, CORRUPT, READ_ERROR)
+
+# cv2 refuses images above this many pixels on its own; keep it above our cap so our
+# message (with the cap in it) is the one users see.
+cv2.setNumThreads(1)
+
+
+class BadImage(ValueError):
+    """Bytes that cannot become an image. ``str(err)`` is ``"<code>: <detail>"``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the container from magic bytes, or None when nothing matches."""
+    head = data[:32]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"heim", b"heis"):
+            return "heic"
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        return "video"
+    if head.startswith(b"\x00\x00\x00\x0cjP  ") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "jpeg2000"
+    stripped = head.lstrip()
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in data[:1024]):
+        return "svg"
+    return None
+
+
+#: Formats we recognise but do not decode (OpenCV's pip wheel lacks them, or they are not rasters).
+UNSUPPORTED = {"heic", "avif", "svg", "video", "jpeg2000"}
+
+
+def _jpeg_info(data: bytes) -> tuple[int, int, int]:
+    """Return (width, height, offset of the first start-of-scan marker) of a JPEG."""
+    i, n = 2, len(data)
+    width = height = -1
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise BadImage(CORRUPT, f"JPEG marker expected at byte {i}, found 0x{data[i]:02x}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (seglen,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                break
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            if width < 0:
+                raise BadImage(CORRUPT, "JPEG has image data before its frame header (no SOF marker)")
+            return width, height, i
+        i += 2 + seglen
+    raise BadImage(TRUNCATED, f"JPEG ends after {n} bytes, before its image data (no start-of-scan marker)")
+
+
+def read_info(data: bytes) -> ImageInfo:
+    """Parse format and dimensions from the header without decoding pixels.
+
+    Also checks the container's end marker, so a file cut short in transit is reported
+    as ``truncated`` rather than decoded into a half-grey image.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in data[:64])
+        kind = "text" if data[:64] and printable == len(data[:64]) else "binary data"
+        raise BadImage(
+            NOT_AN_IMAGE,
+            f"expected JPEG, PNG, GIF, BMP, WebP or TIFF bytes, found {kind} starting {data[:8]!r}",
+        )
+    if fmt in UNSUPPORTED:
+        raise BadImage(UNSUPPORTED_FORMAT, f"{fmt} images are not supported (supported: JPEG, PNG, GIF, BMP, WebP, TIFF)")
+    n = len(data)
+    try:
+        if fmt == "jpeg":
+            width, height, sos = _jpeg_info(data)
+            eoi = data.rfind(b"\xff\xd9")
+            if eoi < sos:
+                raise BadImage(TRUNCATED, f"JPEG of {width}x{height} ends after {n} bytes without its end-of-image marker")
+        elif fmt == "png":
+            if n < 33 or data[12:16] != b"IHDR":
+                raise BadImage(TRUNCATED if n < 33 else CORRUPT, f"PNG header is incomplete ({n} bytes)")
+            width, height = struct.unpack(">II", data[16:24])
+            if data.rfind(b"IEND", max(0, n - 64)) < 0:
+                raise BadImage(TRUNCATED, f"PNG of {width}x{height} ends after {n} bytes without its IEND chunk")
+        elif fmt == "gif":
+            width, height = struct.unpack("<HH", data[6:10])
+            if not data.rstrip(b"\x00").endswith(b";"):
+                raise BadImage(TRUNCATED, f"GIF of {width}x{height} ends after {n} bytes without its trailer")
+        elif fmt == "bmp":
+            declared = struct.unpack("<I", data[2:6])[0]
+            dib = struct.unpack("<I", data[14:18])[0]
+            if dib == 12:
+                width, height = struct.unpack("<HH", data[18:22])
+            else:
+                width, height = struct.unpack("<ii", data[18:26])
+            height = abs(height)
+            if declared and n < declared:
+                raise BadImage(TRUNCATED, f"BMP declares {declared} bytes, found {n}")
+        elif fmt == "webp":
+            declared = struct.unpack("<I", data[4:8])[0] + 8
+            if n < declared:
+                raise BadImage(TRUNCATED, f"WebP declares {declared} bytes, found {n}")
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                width = 1 + int.from_bytes(data[24:27], "little")
+                height = 1 + int.from_bytes(data[27:30], "little")
+            elif chunk == b"VP8L":
+                b = data[21:25]
+                width = 1 + (((b[1] & 0x3F) << 8) | b[0])
+                height = 1 + (((b[3] & 0x0F) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
+            elif chunk == b"VP8 ":
+                width, height = struct.unpack("<HH", data[26:30])
+                width &= 0x3FFF
+                height &= 0x3FFF
+            else:
+                raise BadImage(CORRUPT, f"WebP has an unknown first chunk {chunk!r}")
+        else:  # tiff: dimensions live in an IFD; let the decoder report them
+            width = height = 0
+    except struct.error as exc:
+        raise BadImage(TRUNCATED, f"{fmt.upper()} header is cut short ({n} bytes)") from exc
+    return ImageInfo(fmt, int(width), int(height))
+
+
+def _reduction(info: ImageInfo, min_side: int | None) -> int:
+    """Largest JPEG DCT scale factor (1, 2, 4, 8) that keeps the short side >= min_side."""
+    if info.format != "jpeg" or not min_side or info.width <= 0:
+        return 1
+    short = min(info.width, info.height)
+    for factor in (8, 4, 2):
+        if short // factor >= min_side:
+            return factor
+    return 1
+
+
+_REDUCED = {
+    (True, 2): cv2.IMREAD_REDUCED_COLOR_2,
+    (True, 4): cv2.IMREAD_REDUCED_COLOR_4,
+    (True, 8): cv2.IMREAD_REDUCED_COLOR_8,
+    (False, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    (False, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    (False, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+
+
+def decode(
+    data: bytes | None,
+    *,
+    color: bool = True,
+    min_side: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode ``data`` into a uint8 BGR (``color``) or grayscale array.
+
+    ``min_side`` is the smallest short side the caller needs; JPEGs are decoded at the
+    largest DCT reduction that still provides it. Raises :class:`BadImage`.
+    """
+    if data is None or len(data) == 0:
+        raise BadImage(EMPTY, "expected image bytes, found 0 bytes")
+    if len(data) > max_bytes:
+        raise BadImage(OVERSIZED, f"input is {len(data):,} bytes, above the {max_bytes:,}-byte cap (--max-bytes)")
+    info = read_info(data)
+    if info.width * info.height > max_pixels:
+        raise BadImage(
+            TOO_MANY_PIXELS,
+            f"{info.format.upper()} is {info.width}x{info.height} = {info.width * info.height:,} pixels, "
+            f"above the {max_pixels:,}-pixel cap (--max-pixels)",
+        )
+    if info.format != "tiff" and (info.width == 0 or info.height == 0):
+        raise BadImage(CORRUPT, f"{info.format.upper()} header declares an empty {info.width}x{info.height} image")
+    factor = _reduction(info, min_side)
+    flag = _REDUCED[(color, factor)] if factor > 1 else (cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, flag)
+    except cv2.error as exc:  # OpenCV raises on some malformed streams instead of returning None
+        raise BadImage(CORRUPT, f"{info.format.upper()} could not be decoded: {str(exc).strip().splitlines()[-1][:200]}") from exc
+    if img is None or img.size == 0:
+        raise BadImage(CORRUPT, f"{info.format.upper()} of {info.width}x{info.height} could not be decoded (damaged data)")
+    if info.format == "tiff":
+        h, w = img.shape[:2]
+        if w * h > max_pixels:
+            raise BadImage(TOO_MANY_PIXELS, f"TIFF is {w}x{h} pixels, above the {max_pixels:,}-pixel cap (--max-pixels)")
+        info = ImageInfo("tiff", w, h)
+    return img, info

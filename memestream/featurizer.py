@@ -1,0 +1,123 @@
+"""The featurizer as a Spark ML Transformer, saved as the first stage of every model.
+
+Loading a model therefore brings the exact feature computation it was trained with.
+The work runs in an Arrow UDF over :func:`memestream.features.featurize_batch`; the UDF
+is marked non-deterministic so Spark's optimizer cannot duplicate it into every column
+that reads its struct result (which would decode each image twice).
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.functions import array_to_vector
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType
+
+from memestream.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from memestream.errors import ConfigError, DataError
+from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS, featurize_batch, get_feature_set
+
+_UDF_SCHEMA = "features array<float>, error string"
+
+
+def _featurize_arrow(feature_set: str, max_bytes: int, max_pixels: int):
+    """Build the Arrow UDF body; module-level so cloudpickle ships a reference, not code."""
+
+    def run(content: pa.Array) -> pa.Array:
+        fs = get_feature_set(feature_set)
+        payloads = content.to_pylist()
+        matrix, errors = featurize_batch(payloads, fs, max_bytes, max_pixels)
+        n = len(payloads)
+        offsets = pa.array([i * fs.dim for i in range(n + 1)], type=pa.int32())
+        values = pa.array(matrix.reshape(-1), type=pa.float32())
+        features = pa.ListArray.from_arrays(offsets, values)
+        return pa.StructArray.from_arrays([features, pa.array(errors, type=pa.string())], names=["features", "error"])
+
+    return run
+
+
+class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Image bytes (binary column) -> feature vector column plus an error column.
+
+    Rows that cannot be decoded get a zero vector and a non-null ``errorCol`` of the form
+    ``"<code>: <reason>"``; downstream stages never see a null vector.
+    """
+
+    featureSet = Param(
+        Params._dummy(), "featureSet", f"feature set name: one of {sorted(FEATURE_SETS)}", TypeConverters.toString
+    )
+    errorCol = Param(Params._dummy(), "errorCol", "output column for the decode error (null when fine)", TypeConverters.toString)
+    maxBytes = Param(Params._dummy(), "maxBytes", "inputs larger than this many bytes are refused", TypeConverters.toInt)
+    maxPixels = Param(Params._dummy(), "maxPixels", "images with more pixels than this are refused", TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        inputCol: str = "content",
+        outputCol: str = "features",
+        errorCol: str = "error",
+        featureSet: str = DEFAULT_FEATURE_SET,
+        maxBytes: int = DEFAULT_MAX_BYTES,
+        maxPixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        super().__init__()
+        self._setDefault(
+            inputCol="content",
+            outputCol="features",
+            errorCol="error",
+            featureSet=DEFAULT_FEATURE_SET,
+            maxBytes=DEFAULT_MAX_BYTES,
+            maxPixels=DEFAULT_MAX_PIXELS,
+        )
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs) -> "ImageFeaturizer":
+        return self._set(**kwargs)
+
+    def getFeatureSet(self) -> str:
+        return self.getOrDefault(self.featureSet)
+
+    def getErrorCol(self) -> str:
+        return self.getOrDefault(self.errorCol)
+
+    def getMaxBytes(self) -> int:
+        return self.getOrDefault(self.maxBytes)
+
+    def getMaxPixels(self) -> int:
+        return self.getOrDefault(self.maxPixels)
+
+    def dim(self) -> int:
+        return get_feature_set(self.getFeatureSet()).dim
+
+    def _check_schema(self, dataset: DataFrame) -> None:
+        schema = dataset.schema
+        col = self.getInputCol()
+        if col not in schema.names:
+            raise DataError(f"ImageFeaturizer expects a binary column {col!r}; found columns {schema.names}")
+        if not isinstance(schema[col].dataType, BinaryType):
+            raise DataError(f"ImageFeaturizer expects {col!r} to be binary, found {schema[col].dataType.simpleString()}")
+        for out in (self.getOutputCol(), self.getErrorCol()):
+            if out in schema.names:
+                raise DataError(f"ImageFeaturizer output column {out!r} already exists in the input")
+        if self.getFeatureSet() not in FEATURE_SETS:
+            raise ConfigError(f"unknown feature set {self.getFeatureSet()!r}; expected one of {sorted(FEATURE_SETS)}")
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        self._check_schema(dataset)
+        udf = F.arrow_udf(
+            _featurize_arrow(self.getFeatureSet(), self.getMaxBytes(), self.getMaxPixels()), _UDF_SCHEMA
+        ).asNondeterministic()
+        tmp = "__memestream_featurized"
+        return (
+            dataset.withColumn(tmp, udf(F.col(self.getInputCol())))
+            .withColumn(self.getOutputCol(), array_to_vector(F.col(f"{tmp}.features")))
+            .withColumn(self.getErrorCol(), F.col(f"{tmp}.error"))
+            .drop(tmp)
+        )

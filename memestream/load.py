@@ -1,0 +1,82 @@
+"""Read image files named in a DataFrame, in the Python workers, with a size cap.
+
+Spark's ``binaryFile`` reader fails the whole job on a file above its length limit; the
+folder source therefore lists files with Spark (path, length, modificationTime) and this
+transform reads their bytes, so an oversized or vanished file becomes an error row
+instead of a failed batch. Training and streaming share it.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from memestream.decode import DEFAULT_MAX_BYTES, EMPTY, OVERSIZED, READ_ERROR
+
+
+def local_path(uri: str) -> str:
+    """``file:/a/b%20c.png`` -> ``/a/b c.png`` (plain paths pass through)."""
+    if uri.startswith("file:"):
+        return unquote(urlparse(uri).path)
+    return uri
+
+
+def read_capped(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """File bytes, or ``(None, "<code>: <reason>")`` without reading oversized files."""
+    try:
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            return None, f"{OVERSIZED}: file is {size:,} bytes, above the {max_bytes:,}-byte cap (--max-bytes)"
+        if size == 0:
+            return None, f"{EMPTY}: file has 0 bytes"
+        with open(path, "rb") as fh:
+            return fh.read(max_bytes + 1), None
+    except OSError as exc:
+        return None, f"{READ_ERROR}: cannot read {path}: {exc.strerror or exc}"
+
+
+def _reader(max_bytes: int):
+    def run(paths: pa.Array) -> pa.Array:
+        contents: list[bytes | None] = []
+        errors: list[str | None] = []
+        for uri in paths.to_pylist():
+            data, err = read_capped(local_path(uri), max_bytes)
+            contents.append(data)
+            errors.append(err)
+        return pa.StructArray.from_arrays(
+            [pa.array(contents, type=pa.binary()), pa.array(errors, type=pa.string())], names=["content", "error"]
+        )
+
+    return run
+
+
+def read_files(
+    df: DataFrame,
+    path_col: str = "path",
+    content_col: str = "content",
+    error_col: str = "load_error",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> DataFrame:
+    """Add ``content_col`` (bytes or null) and ``error_col`` (null or reason) from ``path_col``."""
+    udf = F.arrow_udf(_reader(max_bytes), "content binary, error string").asNondeterministic()
+    tmp = "__memestream_read"
+    return (
+        df.withColumn(tmp, udf(F.col(path_col)))
+        .withColumn(content_col, F.col(f"{tmp}.content"))
+        .withColumn(error_col, F.col(f"{tmp}.error"))
+        .drop(tmp)
+    )
+
+
+def list_image_files(spark, root: str, recursive: bool = True) -> DataFrame:
+    """List files under ``root`` with Spark (no content read): path, length, modificationTime.
+
+    Hidden files and folders (leading ``.`` or ``_``) are skipped by Spark's file index.
+    """
+    reader = spark.read.format("binaryFile")
+    if recursive:
+        reader = reader.option("recursiveFileLookup", "true")
+    return reader.load(root).select("path", "length", "modificationTime")

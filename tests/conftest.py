@@ -1,0 +1,81 @@
+"""Shared fixtures: one local SparkSession for the whole run, image factories, a tiny model.
+
+Kafka broker fixtures live in ``tests/kafka_fixtures.py`` (loaded as a plugin below).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+pytest_plugins = ["tests.kafka_fixtures"]
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "doom-crossing"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] session for every test: UI off, 2 shuffle partitions. Never stopped in a test."""
+    from memestream.spark import build_spark
+
+    session = build_spark(
+        "memestream-tests",
+        master="local[2]",
+        conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g"},
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def image_bytes():
+    """Factory: ``image_bytes(label="doom", seed=0, fmt="jpeg") -> bytes`` of a generated image."""
+    from memestream.sample import sample_image_bytes
+
+    return sample_image_bytes
+
+
+@pytest.fixture(scope="session")
+def bad_payloads(image_bytes):
+    """One payload per kind of bad input, keyed by the error code it must produce."""
+    import struct
+
+    import cv2
+    import numpy as np
+
+    jpeg = image_bytes("doom", 1, "jpeg")
+    png = image_bytes("cats", 2, "png")
+    huge = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 30000, 30000) + b"\x08\x02\x00\x00\x00" + b"\x00" * 4 + b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    return {
+        "empty": b"",
+        "truncated_jpeg": jpeg[: len(jpeg) // 2],
+        "truncated_png": png[: len(png) // 2],
+        "garbage": bytes(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8)),
+        "text": b"this is not an image, it is a caption\n" * 10,
+        "huge_dimensions": huge,
+        "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
+        "corrupt_jpeg": jpeg[:200] + bytes(len(jpeg) - 400) + jpeg[-200:],
+    }
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(tmp_path_factory):
+    """A generated labelled folder (3 classes x 24 images, nested sub-folders)."""
+    from memestream.sample import write_dataset
+
+    root = tmp_path_factory.mktemp("sample-data")
+    write_dataset(root, per_class=24, seed=11)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_dataset():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data set not found at {SHARED_DATA} (only on the project's machines)")
+    return SHARED_DATA
