@@ -8,7 +8,6 @@ instead of a failed batch. Training and streaming share it.
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 from pyspark.sql import DataFrame
@@ -17,10 +16,17 @@ from pyspark.sql import functions as F
 from memestream.decode import DEFAULT_MAX_BYTES, EMPTY, OVERSIZED, READ_ERROR
 
 
+#: What the inbox mover writes in place of a zero-byte file: Spark's file listing drops
+#: empty files, which would lose them silently. Only this exact content means "empty".
+EMPTY_FILE_MARKER = b"memestream:empty-input-file\n"
+
+
 def local_path(uri: str) -> str:
-    """``file:/a/b%20c.png`` -> ``/a/b c.png`` (plain paths pass through)."""
+    """``file:/a/b c.png`` -> ``/a/b c.png``. Spark's file paths are not percent-encoded."""
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
     if uri.startswith("file:"):
-        return unquote(urlparse(uri).path)
+        return uri[len("file:") :]
     return uri
 
 
@@ -33,7 +39,10 @@ def read_capped(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
         if size == 0:
             return None, f"{EMPTY}: file has 0 bytes"
         with open(path, "rb") as fh:
-            return fh.read(max_bytes + 1), None
+            data = fh.read(max_bytes + 1)
+        if data == EMPTY_FILE_MARKER:
+            return None, f"{EMPTY}: file had 0 bytes when it arrived"
+        return data, None
     except OSError as exc:
         return None, f"{READ_ERROR}: cannot read {path}: {exc.strerror or exc}"
 

@@ -1,0 +1,424 @@
+"""The streaming query: source -> decode/featurize/classify -> exactly-once tables.
+
+The only module that touches ``readStream``/``writeStream``. One ``foreachBatch`` per
+micro-batch scores the rows once (one Spark job, one decode per image), collects the
+small labelled result as Arrow, and writes predictions, quarantine and class-count deltas
+through :class:`streaming.sinks.OutputTables`, idempotently per batch id.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from memestream.classify import classify, error_code
+from memestream.decode import DEFAULT_MAX_BYTES, READ_ERROR
+from memestream.errors import CheckpointError, ConfigError, MemestreamError
+from memestream.load import EMPTY_FILE_MARKER, local_path
+from memestream.modelstore import LoadedModel
+from streaming.counts import WindowSpec, late_mask, window_deltas
+from streaming.models import ModelHolder
+from streaming.sinks import CLASS_COUNTS, PREDICTIONS, QUARANTINE, BatchMarker, OutputTables
+from streaming.sources import FolderSourceConfig, folder_stream, kafka_frame, with_content
+
+log = logging.getLogger(__name__)
+
+#: Columns of the predictions table, in order (plus ``date`` as the partition folder).
+PREDICTION_COLUMNS = (
+    "image_id", "source", "origin", "path", "kafka_key", "headers", "event_time", "processing_time",
+    "label", "confidence", "probabilities", "error", "error_code", "model_version", "size_bytes", "late", "batch_id",
+)
+QUARANTINE_COLUMNS = (
+    "image_id", "source", "origin", "path", "kafka_key", "headers", "event_time", "processing_time",
+    "error", "error_code", "size_bytes", "quarantine_path", "payload", "batch_id",
+)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything ``meme-stream`` needs, built once in ``main()``."""
+
+    source: str
+    output: Path
+    checkpoint: Path
+    model_dir: Path
+    inbox: Path | None = None
+    spool: Path | None = None
+    archive: Path | None = None
+    quarantine_dir: Path | None = None
+    model_version: str | None = None
+    trigger_seconds: float = 1.0
+    available_now: bool = False
+    max_files_per_trigger: int = 1000
+    processed: str = "archive"
+    window: WindowSpec = field(default_factory=WindowSpec)
+    max_bytes: int = DEFAULT_MAX_BYTES
+    watch: bool = True
+    quiet: bool = False
+    kafka: Any = None  # streaming.kafka_source.KafkaSourceConfig
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint is bound to: changing any of these needs a new checkpoint."""
+        ident = {"source": self.source, "output": str(self.output.resolve())}
+        if self.source == "folder":
+            ident["spool"] = str(self.spool.resolve()) if self.spool else ""
+        else:
+            ident["topic"] = str(getattr(self.kafka, "topic", ""))
+        return ident
+
+
+# ---------------------------------------------------------------------------------------
+# Pure transforms (batch-testable)
+# ---------------------------------------------------------------------------------------
+def score(frame: DataFrame, model: LoadedModel) -> DataFrame:
+    """Frame with ``content``/``load_error`` -> one labelled row per input (errors kept)."""
+    out = classify(frame, model)
+    err = F.coalesce(F.col("load_error"), F.col("error"))
+    return (
+        out.withColumn("error", err)
+        .withColumn("error_code", error_code(err))
+        .withColumn("label", F.when(err.isNull(), F.col("label")))
+        .withColumn("probabilities", F.when(err.isNull(), F.col("probabilities")))
+        .withColumn("confidence", F.when(err.isNull(), F.col("confidence")))
+        .withColumn("image_id", F.sha2(F.col("content"), 256))
+        .withColumn("processing_time", F.current_timestamp())
+        .withColumn("payload", F.when(err.isNotNull(), F.col("content")))
+        .withColumn("date", F.date_format(F.col("event_time"), "yyyy-MM-dd"))
+    )
+
+
+def output_columns(df: DataFrame) -> DataFrame:
+    cols = [c for c in PREDICTION_COLUMNS if c not in ("late", "batch_id")]
+    return df.select(*cols, "payload", "date")
+
+
+@dataclass
+class BatchResult:
+    batch_id: int
+    rows: int
+    errors: int
+    late: int
+    seconds: float
+    labels: dict[str, int]
+    model_version: str
+    skipped: bool = False
+
+
+def build_tables(
+    scored: pa.Table, batch_id: int, spec: WindowSpec, previous: BatchMarker | None, quarantine_paths: list[str | None]
+) -> tuple[dict[str, pa.Table], BatchMarker]:
+    """Split one collected batch into the three tables and its commit marker."""
+    n = scored.num_rows
+    event_us = pc.cast(scored.column("event_time"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    prev_max_ms = previous.max_event_time_ms if previous else None
+    watermark_us = (prev_max_ms * 1000 - spec.watermark_s * 1_000_000) if prev_max_ms is not None else None
+    late = late_mask(event_us, watermark_us)
+    batch_col = pa.array(np.full(n, batch_id, dtype=np.int64))
+    preds = scored.drop_columns(["payload"]).append_column("late", pa.array(late)).append_column("batch_id", batch_col)
+    preds = preds.select(list(PREDICTION_COLUMNS) + ["date"])
+
+    errors = pc.is_valid(scored.column("error"))
+    quarantine = scored.append_column("quarantine_path", pa.array(quarantine_paths, type=pa.string()))
+    quarantine = quarantine.append_column("batch_id", batch_col).filter(errors)
+    quarantine = quarantine.select(list(QUARANTINE_COLUMNS) + ["date"])
+
+    labels = scored.column("label").to_pylist()
+    deltas = window_deltas(labels, event_us, late, spec)
+    deltas = deltas.append_column("batch_id", pa.array(np.full(deltas.num_rows, batch_id, dtype=np.int64)))
+    deltas = deltas.append_column("date", pc.strftime(deltas.column("window_start"), format="%Y-%m-%d"))
+
+    totals: dict[str, int] = {}
+    for lbl in labels:
+        if lbl is not None:
+            totals[lbl] = totals.get(lbl, 0) + 1
+    this_max = int(event_us.max() // 1000) if n else None
+    max_ms = max(v for v in (prev_max_ms, this_max) if v is not None) if (prev_max_ms or this_max) is not None else None
+    marker = BatchMarker(
+        batch_id=batch_id,
+        rows=n,
+        errors=int(pc.sum(errors.cast(pa.int64())).as_py() or 0),
+        late=int(late.sum()),
+        max_event_time_ms=max_ms,
+        label_totals=totals,
+    )
+    return {PREDICTIONS: preds, QUARANTINE: quarantine, CLASS_COUNTS: deltas}, marker
+
+
+# ---------------------------------------------------------------------------------------
+# The micro-batch handler
+# ---------------------------------------------------------------------------------------
+def _test_kill_point(point: str, batch_id: int) -> None:
+    """Fault injection for the exactly-once tests: ``MEMESTREAM_TEST_KILL_AT=<point>:<batch>``."""
+    spec = os.environ.get("MEMESTREAM_TEST_KILL_AT")
+    if spec and spec == f"{point}:{batch_id}":
+        log.warning("test hook: SIGKILL at %s of batch %d", point, batch_id)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class BatchProcessor:
+    """``foreachBatch`` target: score once, write all tables exactly once per batch id."""
+
+    def __init__(self, cfg: StreamConfig, tables: OutputTables, models: ModelHolder, summary: "LiveSummary") -> None:
+        self.cfg = cfg
+        self.tables = tables
+        self.models = models
+        self.summary = summary
+
+    def _quarantine_targets(self, scored: pa.Table, batch_id: int) -> list[str | None]:
+        """Where each bad folder input goes (decided before the commit, moved after it)."""
+        qdir = self.cfg.quarantine_dir
+        out: list[str | None] = []
+        for err, path, origin in zip(
+            scored.column("error").to_pylist(), scored.column("path").to_pylist(), scored.column("origin").to_pylist()
+        ):
+            bad_file = err is not None and path is not None and qdir is not None and not err.startswith(READ_ERROR)
+            out.append(str(qdir / f"b{batch_id:06d}-{origin}") if bad_file else None)  # type: ignore[operator]
+        return out
+
+    def _finish_inputs(self, paths: list[str | None], marker: BatchMarker) -> None:
+        """After a batch is committed: bad inputs to quarantine, the rest archived/deleted/kept."""
+        if self.cfg.source != "folder":
+            return
+        for uri in paths:
+            if uri is None:
+                continue
+            src = Path(local_path(uri))
+            try:
+                qpath = marker.quarantine_moves.get(uri)
+                if qpath:
+                    dest = Path(qpath)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    if src.exists() and src.read_bytes()[: len(EMPTY_FILE_MARKER) + 1] == EMPTY_FILE_MARKER:
+                        src.write_bytes(b"")  # restore the original (empty) content
+                    os.replace(src, dest)
+                    continue
+                if self.cfg.processed == "delete":
+                    src.unlink()
+                elif self.cfg.processed == "archive":
+                    assert self.cfg.archive is not None
+                    self.cfg.archive.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, self.cfg.archive / src.name)
+            except FileNotFoundError:
+                pass  # handled by an earlier attempt of this batch
+            except OSError as exc:
+                log.warning("could not move processed input %s: %s", src, exc)
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        if self.tables.is_committed(batch_id):
+            log.info("batch %d was committed before a restart; skipping its replay", batch_id)
+            if self.cfg.source == "folder":
+                marker = self.tables.read_marker(batch_id)
+                self._finish_inputs([r[0] for r in batch_df.select("path").collect()], marker)
+            return
+        start = time.monotonic()
+        model = self.models.refresh()
+        _test_kill_point("start", batch_id)
+        scored_df = output_columns(score(with_content(batch_df, self.cfg.max_bytes), model))
+        scored = scored_df.toArrow()
+        if scored.num_rows == 0:
+            return
+        qpaths = self._quarantine_targets(scored, batch_id)
+        previous = self.tables.last_marker_before(batch_id)
+        tables, marker = build_tables(scored, batch_id, self.cfg.window, previous, qpaths)
+        marker.model_version = model.version
+        marker.quarantine_moves = {p: q for p, q in zip(scored.column("path").to_pylist(), qpaths) if p and q}
+        for row in scored.filter(pc.is_valid(scored.column("error"))).select(["origin", "error"]).to_pylist():
+            log.warning("quarantined %s: %s", row["origin"], row["error"])
+        self.tables.commit_batch(batch_id, tables, marker, after_files=lambda: _test_kill_point("files", batch_id))
+        _test_kill_point("committed", batch_id)
+        self._finish_inputs(scored.column("path").to_pylist(), marker)
+        self.summary.batch_done(
+            BatchResult(batch_id, marker.rows, marker.errors, marker.late, time.monotonic() - start, marker.label_totals, model.version)
+        )
+
+
+class LiveSummary:
+    """One line per batch in the terminal: throughput, batch latency, running counts."""
+
+    def __init__(self, totals: dict[str, int], quiet: bool = False, stream=None) -> None:
+        self.totals = dict(totals)
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.batches = 0
+        self.rows = 0
+        self.errors = 0
+        self.started = time.monotonic()
+
+    def batch_done(self, r: BatchResult) -> None:
+        self.batches += 1
+        self.rows += r.rows
+        self.errors += r.errors
+        for k, v in r.labels.items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        if self.quiet:
+            return
+        rate = r.rows / r.seconds if r.seconds > 0 else 0.0
+        counts = "  ".join(f"{k} {v}" for k, v in sorted(self.totals.items())) or "-"
+        print(
+            f"[batch {r.batch_id}] {r.rows} images ({r.errors} quarantined{', %d late' % r.late if r.late else ''}) "
+            f"in {r.seconds:.2f}s = {rate:.1f} img/s | totals: {counts} | model {r.model_version}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Running the query
+# ---------------------------------------------------------------------------------------
+CHECKPOINT_IDENTITY = "memestream-config.json"
+
+
+def check_checkpoint(cfg: StreamConfig) -> None:
+    """Refuse a checkpoint written for another source/input/output, with one clear line."""
+    path = cfg.checkpoint / CHECKPOINT_IDENTITY
+    ident = cfg.identity()
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path} is damaged; use a new --checkpoint") from None
+        diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"checkpoint {cfg.checkpoint} belongs to another configuration ({detail}); "
+                                  "use a new --checkpoint or the original settings")
+    elif cfg.checkpoint.exists() and any(cfg.checkpoint.iterdir()):
+        raise CheckpointError(f"{cfg.checkpoint} is not empty but was not written by meme-stream; use a new --checkpoint")
+    else:
+        try:
+            cfg.checkpoint.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(ident, indent=2))
+        except OSError as exc:
+            raise ConfigError(f"checkpoint folder {cfg.checkpoint} is not writable: {exc.strerror or exc}") from None
+
+
+def source_frame(spark, cfg: StreamConfig) -> DataFrame:
+    if cfg.source == "folder":
+        assert cfg.spool is not None and cfg.archive is not None
+        cfg.spool.mkdir(parents=True, exist_ok=True)
+        return folder_stream(spark, FolderSourceConfig(cfg.spool, cfg.max_files_per_trigger))
+    if cfg.source == "kafka":
+        from streaming.kafka_source import read_kafka_stream
+
+        return read_kafka_stream(spark, cfg.kafka).transform(kafka_frame)
+    raise ConfigError(f"--source must be folder or kafka, found {cfg.source!r}")
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the run loop stops the query between batches."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal_name = ""
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001
+        if self.event.is_set():  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        self.event.set()
+
+
+def start_query(spark, cfg: StreamConfig, processor: BatchProcessor):
+    frame = source_frame(spark, cfg)
+    writer = (
+        frame.writeStream.queryName(f"memestream-{cfg.source}")
+        .foreachBatch(processor)
+        .option("checkpointLocation", str(cfg.checkpoint / "spark"))
+    )
+    writer = writer.trigger(availableNow=True) if cfg.available_now else writer.trigger(processingTime=f"{cfg.trigger_seconds} seconds")
+    return writer.start()
+
+
+def run_stream(spark, cfg: StreamConfig, stop: StopFlag | None = None) -> LiveSummary:
+    """Run until stopped (or, with ``available_now``, until the input is drained)."""
+    tables = OutputTables(cfg.output)
+    tables.ensure_writable()
+    check_checkpoint(cfg)
+    models = ModelHolder(cfg.model_dir, cfg.model_version)
+    summary = LiveSummary(tables.label_totals(), quiet=cfg.quiet)
+    processor = BatchProcessor(cfg, tables, models, summary)
+    mover = None
+    if cfg.source == "folder" and cfg.watch and cfg.inbox is not None:
+        from producers.folder import InboxMover
+
+        mover = InboxMover(cfg.inbox, cfg.spool)  # type: ignore[arg-type]
+        moved = mover.sweep(settle=0.0 if cfg.available_now else None)
+        if moved:
+            log.info("moved %d file(s) already in %s into the stream", moved, cfg.inbox)
+        if not cfg.available_now:
+            mover.start()
+    stop = stop or StopFlag()
+    stop.install()
+    query = start_query(spark, cfg, processor)
+    log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
+    try:
+        while query.isActive:
+            if stop.event.is_set():
+                log.info("%s received: stopping after the current batch", stop.signal_name or "stop")
+                _graceful_stop(query)
+                break
+            query.awaitTermination(0.5)
+    finally:
+        if mover is not None:
+            mover.stop()
+    exc = query.exception()
+    if exc is not None:
+        raise StreamFailed(_describe_failure(exc))
+    return summary
+
+
+def _graceful_stop(query, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    query.stop()
+
+
+class StreamFailed(MemestreamError):
+    exit_code = 1
+
+
+def _describe_failure(exc: Any) -> str:
+    text = str(getattr(exc, "desc", None) or exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("at ", "===", "Traceback", "File ")):
+            if "MemestreamError" in line or "Error:" in line:
+                return line[:500]
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "query failed")
+    return first[:500]
+
+
+def summary_json(summary: LiveSummary) -> str:
+    return json.dumps({"batches": summary.batches, "rows": summary.rows, "errors": summary.errors, "totals": summary.totals})
+
+
+__all__ = [
+    "StreamConfig",
+    "BatchProcessor",
+    "LiveSummary",
+    "StopFlag",
+    "build_tables",
+    "run_stream",
+    "score",
+    "check_checkpoint",
+]

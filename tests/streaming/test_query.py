@@ -1,0 +1,128 @@
+"""The folder stream end to end, in-process, with availableNow triggers."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from memestream.errors import CheckpointError, ModelError
+from memestream.modelstore import ModelStore
+from streaming.query import run_stream
+from streaming.sinks import OutputTables, read_table
+from tests.streaming.conftest import make_config
+
+BAD_KINDS = {
+    "truncated_jpeg": "truncated",
+    "garbage": "not_an_image",
+    "text": "not_an_image",
+    "huge_dimensions": "too_many_pixels",
+    "heic": "unsupported_format",
+}
+
+
+def _drop(inbox, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (inbox / name).write_bytes(data)
+
+
+def _predictions(root) -> pd.DataFrame:
+    return read_table(root / "output", "predictions").to_pandas()
+
+
+def test_folder_stream_classifies_every_input_once_and_quarantines_bad_ones(spark, stream_root, trained_model_dir, image_bytes, bad_payloads):
+    good = {f"good_{i}.{'jpg' if i % 2 else 'png'}": image_bytes(["doom", "cats", "animal_crossing"][i % 3], 100 + i, "jpeg" if i % 2 else "png") for i in range(9)}
+    bad = {f"bad_{k}.jpg": bad_payloads[k] for k in BAD_KINDS}
+    _drop(stream_root / "inbox", {**good, **bad, "empty.png": b"", ".hidden.jpg": good["good_1.jpg"], "partial.jpg.part": b"x"})
+    cfg = make_config(stream_root, trained_model_dir)
+    summary = run_stream(spark, cfg)
+
+    preds = _predictions(stream_root)
+    assert summary.rows == len(good) + len(bad) + 1
+    assert sorted(preds["origin"]) == sorted([*good, *bad, "empty.png"])  # hidden/temp files ignored
+    ok = preds[preds["error"].isna()]
+    assert set(ok["origin"]) == set(good)
+    assert ok["label"].isin(["doom", "cats", "animal_crossing"]).all()
+    assert all(abs(sum(p.values()) - 1.0) < 1e-6 if isinstance(p, dict) else abs(sum(v for _, v in p) - 1) < 1e-6 for p in ok["probabilities"])
+    assert ok["image_id"].str.len().eq(64).all() and ok["model_version"].notna().all()
+    assert (ok["source"] == "folder").all()
+
+    codes = dict(zip(preds["origin"], preds["error_code"]))
+    for kind, code in BAD_KINDS.items():
+        assert codes[f"bad_{kind}.jpg"] == code
+    assert codes["empty.png"] == "empty"
+    quarantine = read_table(stream_root / "output", "quarantine").to_pandas()
+    assert sorted(quarantine["origin"]) == sorted([*bad, "empty.png"])
+    assert quarantine["error"].str.contains(":").all()
+    # bad files moved to the quarantine folder, good ones archived; spool drained
+    assert sorted(p.name.split("-", 1)[1] for p in (stream_root / "quarantine").iterdir()) == sorted([*bad, "empty.png"])
+    assert (stream_root / "quarantine" / next(p.name for p in (stream_root / "quarantine").iterdir() if p.name.endswith("empty.png"))).read_bytes() == b""
+    assert len(list((stream_root / "archive").iterdir())) == len(good)
+    assert list((stream_root / "spool").iterdir()) == []
+    # several batches (rate limit 4 files per trigger), counts match predictions
+    assert preds["batch_id"].nunique() >= 4
+    counts = read_table(stream_root / "output", "class_counts").to_pandas()
+    per_label = counts.groupby("label")["count"].sum().to_dict()
+    expected = ok.groupby("label").size().to_dict()
+    assert per_label == {k: v * 10 for k, v in expected.items()}  # 10-minute window, 1-minute slide
+    assert OutputTables(stream_root / "output").label_totals() == expected
+    # the same table through Spark
+    assert spark.read.parquet(str(stream_root / "output" / "predictions")).count() == len(preds)
+
+
+def test_restart_with_same_checkpoint_processes_only_new_files(spark, stream_root, trained_model_dir, image_bytes):
+    cfg = make_config(stream_root, trained_model_dir)
+    _drop(stream_root / "inbox", {f"a{i}.jpg": image_bytes("doom", i) for i in range(3)})
+    run_stream(spark, cfg)
+    _drop(stream_root / "inbox", {f"b{i}.jpg": image_bytes("cats", 50 + i) for i in range(2)})
+    run_stream(spark, cfg)
+    preds = _predictions(stream_root)
+    assert sorted(preds["origin"]) == ["a0.jpg", "a1.jpg", "a2.jpg", "b0.jpg", "b1.jpg"]
+    assert preds["image_id"].is_unique
+
+
+def test_new_model_version_is_picked_up_and_recorded_per_row(spark, stream_root, trained_model_dir, image_bytes, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir, models)
+    store = ModelStore(models)
+    first = store.current()
+    cfg = make_config(stream_root, models)
+    _drop(stream_root / "inbox", {"one.jpg": image_bytes("doom", 1)})
+    run_stream(spark, cfg)
+    # a second version (a copy, as a rerun of meme-train would write) becomes current
+    second = store.new_version_name()
+    shutil.copytree(models / first, models / second)
+    manifest = (models / second / "manifest.json").read_text().replace(first, second)
+    (models / second / "manifest.json").write_text(manifest)
+    store.mark_current(second)
+    # and a broken third version is not current: pinning would fail, following keeps working
+    _drop(stream_root / "inbox", {"two.jpg": image_bytes("cats", 2)})
+    run_stream(spark, cfg)
+    versions = dict(zip(_predictions(stream_root)["origin"], _predictions(stream_root)["model_version"]))
+    assert versions == {"one.jpg": first, "two.jpg": second}
+
+
+def test_broken_new_model_keeps_the_old_one(spark, stream_root, trained_model_dir, image_bytes, tmp_path, caplog):
+    from streaming.models import ModelHolder
+
+    models = tmp_path / "models"
+    shutil.copytree(trained_model_dir, models)
+    store = ModelStore(models)
+    holder = ModelHolder(models)
+    old = holder.model.version
+    broken = store.new_version_name()
+    (models / broken / "models").mkdir(parents=True)
+    (models / broken / "manifest.json").write_text('{"version": "%s", "classes": ["a"], "best": "logreg", "models": {"logreg": {"path": "models/logreg"}}}' % broken)
+    store.mark_current(broken)
+    assert holder.refresh().version == old
+    assert any("failed to load" in r.message for r in caplog.records)
+
+
+def test_incompatible_checkpoint_and_missing_model_are_clear_errors(spark, stream_root, trained_model_dir, tmp_path):
+    cfg = make_config(stream_root, trained_model_dir)
+    run_stream(spark, cfg)
+    other = make_config(stream_root, trained_model_dir, spool=tmp_path / "other-spool")
+    with pytest.raises(CheckpointError, match="belongs to another configuration"):
+        run_stream(spark, other)
+    with pytest.raises(ModelError, match="no model at"):
+        run_stream(spark, make_config(stream_root, tmp_path / "nowhere", checkpoint=tmp_path / "ck2"))
