@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -348,8 +348,10 @@ def start_query(spark, cfg: StreamConfig, processor: BatchProcessor):
     return writer.start()
 
 
-def run_stream(spark, cfg: StreamConfig, stop: StopFlag | None = None) -> LiveSummary:
-    """Run until stopped (or, with ``available_now``, until the input is drained)."""
+def run_stream(
+    spark, cfg: StreamConfig, stop: StopFlag | None = None, until: Callable[[LiveSummary], bool] | None = None
+) -> LiveSummary:
+    """Run until stopped (or, with ``available_now``, until the input is drained, or ``until``)."""
     tables = OutputTables(cfg.output)
     tables.ensure_writable()
     check_checkpoint(cfg)
@@ -372,8 +374,10 @@ def run_stream(spark, cfg: StreamConfig, stop: StopFlag | None = None) -> LiveSu
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
     try:
         while query.isActive:
+            if until is not None and until(summary):
+                stop.event.set()
             if stop.event.is_set():
-                log.info("%s received: stopping after the current batch", stop.signal_name or "stop")
+                log.info("%s: stopping after the current batch", f"{stop.signal_name} received" if stop.signal_name else "done")
                 _graceful_stop(query)
                 break
             query.awaitTermination(0.5)

@@ -1,0 +1,99 @@
+"""The folder producer never lets Spark see a half-written file."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from memestream.load import EMPTY_FILE_MARKER
+from producers.folder import InboxMover, drop_files, is_ignored, main
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_hidden_and_temporary_names_are_ignored():
+    assert is_ignored(".DS_Store") and is_ignored("meme.jpg.part") and is_ignored("x.crdownload") and is_ignored("_tmp")
+    assert not is_ignored("meme.jpg")
+
+
+def test_sweep_moves_existing_complete_files_with_unique_names(tmp_path):
+    inbox, spool = tmp_path / "inbox", tmp_path / "spool"
+    (inbox / "nested").mkdir(parents=True)
+    (inbox / "a.jpg").write_bytes(b"A" * 10)
+    (inbox / "nested" / "a.jpg").write_bytes(b"B" * 10)  # same name, other folder
+    (inbox / ".hidden.jpg").write_bytes(b"C")
+    (inbox / "empty.png").write_bytes(b"")
+    mover = InboxMover(inbox, spool, settle=0.05)
+    assert mover.sweep() == 3
+    moved = sorted(p.name.split("-", 1)[1] for p in spool.iterdir())
+    assert moved == ["a.jpg", "a.jpg", "empty.png"]
+    contents = sorted(p.read_bytes() for p in spool.iterdir())
+    assert contents == sorted([b"A" * 10, b"B" * 10, EMPTY_FILE_MARKER])
+    assert (inbox / ".hidden.jpg").exists()
+
+
+def test_a_file_still_being_written_is_not_moved_until_complete(tmp_path):
+    inbox, spool = tmp_path / "inbox", tmp_path / "spool"
+    mover = InboxMover(inbox, spool, settle=0.4)
+    mover.start()
+    try:
+        fh = open(inbox / "slow.jpg", "wb")
+        seen_partial = []
+
+        def writer():
+            for _ in range(8):  # ~0.8 s of slow copying, chunks 0.1 s apart (< settle)
+                fh.write(b"x" * 1000)
+                fh.flush()
+                seen_partial.extend(spool.iterdir())
+                time.sleep(0.1)
+            fh.close()
+
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join()
+        assert seen_partial == [], "a partial file reached the spool"
+        assert _wait_for(lambda: len(list(spool.iterdir())) == 1)
+        (moved,) = list(spool.iterdir())
+        assert moved.read_bytes() == b"x" * 8000
+    finally:
+        mover.stop()
+
+
+def test_watcher_moves_files_that_arrive_later(tmp_path):
+    inbox, spool = tmp_path / "inbox", tmp_path / "spool"
+    mover = InboxMover(inbox, spool, settle=0.1)
+    mover.start()
+    try:
+        for i in range(5):
+            (inbox / f"n{i}.png").write_bytes(b"p" * (i + 1))
+        assert _wait_for(lambda: len(list(spool.iterdir())) == 5)
+        assert list(inbox.iterdir()) == []
+    finally:
+        mover.stop()
+
+
+def test_drop_files_copies_atomically_and_never_overwrites(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.jpg").write_bytes(b"one")
+    inbox = tmp_path / "inbox"
+    first = drop_files([src / "m.jpg"], inbox)
+    second = drop_files([src], inbox)
+    assert first[0].read_bytes() == b"one" and second[0].read_bytes() == b"one"
+    assert first[0] != second[0]
+    assert not [p for p in inbox.iterdir() if p.name.startswith(".")]
+
+
+def test_meme_drop_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["--inbox", str(tmp_path / "inbox"), str(tmp_path / "missing.jpg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such file" in err[0]
+    assert main(["--inbox", str(tmp_path / "inbox")]) == 2

@@ -1,0 +1,81 @@
+"""kill -9 the stream at the worst moments, restart it, and count: every input exactly once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from streaming.sinks import OutputTables, read_table
+
+pytestmark = pytest.mark.slow
+
+
+def _stream_cmd(root, model_dir, *extra):
+    return [sys.executable, "-m", "streaming.cli", "--data-dir", str(root), "--model", str(model_dir),
+            "--max-files-per-trigger", "3", "--trigger", "0.2", "--quiet", *extra]
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update(extra)
+    return env
+
+
+def _check_exactly_once(root, expected_names):
+    preds = read_table(root / "output", "predictions").to_pandas()
+    assert sorted(preds["origin"]) == sorted(expected_names), "every input exactly once"
+    counts = read_table(root / "output", "class_counts").to_pandas()
+    labelled = preds[preds["label"].notna()].groupby("label").size().to_dict()
+    windows_per_row = 10  # default 10-minute window sliding by 1 minute
+    assert (counts.groupby("label")["count"].sum() // windows_per_row).to_dict() == labelled
+    assert OutputTables(root / "output").label_totals() == labelled
+    assert list((root / "spool").iterdir()) == []
+
+
+@pytest.mark.parametrize("point", ["start", "files", "committed"])
+def test_sigkill_inside_a_batch_then_restart(tmp_path, trained_model_dir, image_bytes, point):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"img{i:02d}.jpg" for i in range(8)]
+    for i, name in enumerate(names):
+        (inbox / name).write_bytes(image_bytes(["doom", "cats"][i % 2], 300 + i))
+    (inbox / "broken.jpg").write_bytes(image_bytes("doom", 1)[:500])
+    names.append("broken.jpg")
+
+    crashed = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now"),
+                             env=_env(MEMESTREAM_TEST_KILL_AT=f"{point}:1"), capture_output=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    done = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now"), env=_env(),
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    _check_exactly_once(tmp_path, names)
+
+
+def test_sigkill_at_a_random_moment_of_a_running_stream(tmp_path, trained_model_dir, image_bytes):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"r{i:02d}.png" for i in range(20)]
+    proc = subprocess.Popen(_stream_cmd(tmp_path, trained_model_dir), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for i, name in enumerate(names):
+            (inbox / name).write_bytes(image_bytes(["doom", "animal_crossing"][i % 2], 700 + i, "png"))
+        commits = tmp_path / "output" / "_commits"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list(commits.glob("*.json")) if commits.exists() else []) < 2:
+            if proc.poll() is not None:
+                pytest.fail(f"stream exited early: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        assert len(list(commits.glob("*.json"))) >= 2, "stream made no progress"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now"), env=_env(),
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    _check_exactly_once(tmp_path, names)
