@@ -235,7 +235,8 @@ def decode(
     except cv2.error as exc:  # OpenCV raises on some malformed streams instead of returning None
         raise BadImage(CORRUPT, f"{info.format.upper()} could not be decoded: {str(exc).strip().splitlines()[-1][:200]}") from exc
     if img is None or img.size == 0:
-        raise BadImage(CORRUPT, f"{info.format.upper()} of {info.width}x{info.height} could not be decoded (damaged data)")
+        size = f" of {info.width}x{info.height}" if info.width else ""  # TIFF: size unknown until decoded
+        raise BadImage(CORRUPT, f"{info.format.upper()}{size} could not be decoded ({len(data):,} bytes of damaged or incomplete data)")
     if info.format == "tiff":
         h, w = img.shape[:2]
         if w * h > max_pixels:

@@ -79,3 +79,26 @@ def shared_dataset():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data set not found at {SHARED_DATA} (only on the project's machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(spark, sample_dataset, tmp_path_factory):
+    """Model store root with one version (logreg + a small random forest) trained on ``sample_dataset``.
+
+    Trained once per session through ``batch_training.train.train``; treat it as read-only
+    (copy it with shutil.copytree before adding versions).
+    """
+    from batch_training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("models")
+    cfg = TrainConfig(
+        data=str(sample_dataset),
+        model_dir=str(root),
+        pca_k=8,
+        models=("logreg", "random_forest"),
+        num_trees=5,
+        max_depth=5,
+        progress=False,
+    )
+    train(spark, cfg)
+    return root

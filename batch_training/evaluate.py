@@ -1,0 +1,106 @@
+"""``meme-evaluate``: score a saved model on any labelled folder (all images, no split).
+
+Goes through :func:`memestream.modelstore.load_model` and :func:`memestream.classify.classify`,
+exactly as the stream does. A class folder the model does not know is an error (the
+metrics would be meaningless for it); classes of the model missing from the folder are
+fine (their per-class recall/AUC are reported as undefined).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from memestream.cli import add_common_flags, env_flag, run_main
+from memestream.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(spark, model_path: str, data: str, version: str | None = None, which: str | None = None) -> dict[str, Any]:
+    """Metrics dict of one saved model on a labelled folder (plus model/version/skipped info)."""
+    from pyspark.sql import functions as F
+
+    from batch_training import dataset as ds
+    from batch_training.metrics import classification_metrics
+    from batch_training.train import _collect_scores, summarize_errors
+    from memestream.classify import classify
+    from memestream.load import read_files
+    from memestream.modelstore import load_model
+
+    root = ds.check_folder(data)
+    loaded = load_model(model_path, version=version, which=which)
+    listing = ds.list_labelled(spark, root).filter(F.col(ds.LABEL).isNotNull()).select("path", ds.REL_PATH, ds.LABEL)
+    counts = {r[ds.LABEL]: int(r["count"]) for r in listing.groupBy(ds.LABEL).count().collect()}
+    if not counts:
+        raise DataError(f"data folder {root} holds no files in class sub-folders (expected {root}/<class>/<image files>)")
+    unknown = sorted(set(counts) - set(loaded.classes))
+    if unknown:
+        raise DataError(
+            f"data folder {root} has class folder(s) {', '.join(unknown)} that model {loaded.version}/{loaded.name} "
+            f"does not know; it knows: {', '.join(loaded.classes)}"
+        )
+    log.info("scoring %d files under %s with %s/%s", sum(counts.values()), root, loaded.version, loaded.name)
+    scored = classify(read_files(ds.with_label_index(listing, loaded.classes)), loaded, keep_prediction_index=True).cache()
+    try:
+        skipped = summarize_errors(scored, ds.REL_PATH, "error")
+        y, p, yhat = _collect_scores(scored.filter(F.col("error").isNull()))
+    finally:
+        scored.unpersist()
+    if skipped["count"]:
+        log.warning("skipped %d undecodable files (%s); e.g. %s", skipped["count"], skipped["by_code"], [e["path"] for e in skipped["examples"]])
+    if not y:
+        raise DataError(f"data folder {root} holds no decodable images ({skipped['by_code']})")
+    metrics = classification_metrics(y, p, loaded.classes, yhat)
+    return {"model_version": loaded.version, "model": loaded.name, "data": root, "skipped": skipped, **metrics}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meme-evaluate",
+        description="Score a saved model on a labelled folder (one sub-folder per class) and print its metrics.",
+        epilog="examples:\n  meme-evaluate --model models --data data/holdout\n  meme-evaluate --model models/v0002-20261127T130501Z --data data/holdout --which random_forest --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    env_flag(parser, "--model", envvar="MEMESTREAM_MODEL_DIR", required=True, help="model store root (uses CURRENT) or one version folder")
+    env_flag(parser, "--data", envvar="MEMESTREAM_EVAL_DATA", required=True, help="labelled folder: DATA/<class>/.../<image>")
+    parser.add_argument("--model-version", default=None, help="version name inside the store (default: CURRENT)")
+    parser.add_argument("--which", default=None, help="model name inside the version (default: the best one)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
+    env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master (default local[*])")
+    add_common_flags(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from batch_training.dataset import precheck_classes
+    from batch_training.report import metrics_table
+    from batch_training.train import get_spark
+    from memestream.modelstore import resolve_version_dir
+
+    precheck_classes(args.data, min_classes=1)
+    resolve_version_dir(args.model, args.model_version)  # fail before the Spark start-up
+    spark, created = get_spark(args.master, "meme-evaluate")
+    try:
+        result = evaluate(spark, args.model, args.data, args.model_version, args.which)
+    finally:
+        if created:
+            spark.stop()
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        print(f"model {result['model_version']}/{result['model']} on {result['data']}")
+        print(metrics_table(result))
+        if result["skipped"]["count"]:
+            print(f"skipped {result['skipped']['count']} undecodable files: {result['skipped']['by_code']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

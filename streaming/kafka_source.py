@@ -1,0 +1,500 @@
+"""``memestream-kafka``: a PySpark 4 Python Data Source that streams a Kafka topic (kafka-python).
+
+Why not Spark's built-in connector: its jar is not on a pip-installed PySpark's classpath
+(and Maven may be unreachable); ``spark_kafka_available`` tells whether it is.
+
+Offsets are ``{"<partition>": next_offset}`` (Spark stores them in the checkpoint's offset
+log); a micro-batch reads ``[start, end)`` per partition, so a replayed batch reads the same
+records. No consumer-group commits: the checkpoint is the only position.
+
+Broker quirk handled here: tansu reports the end offset of a partition as *base offset of the
+last record batch + 1*, so after a batched produce (20 records, one request) it says 1 while
+offsets 0..19 exist. ``latestOffset`` therefore never trusts the reported end: it fetches from
+there and advances to one past the last record actually returned (cached per reported end, so
+an idle topic costs one metadata round trip per trigger).
+
+Missing topic or unreachable broker when the query starts -> BrokerError (clear, no waiting).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator, Mapping
+
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
+
+from memestream.cli import env_flag, positive_int
+from memestream.errors import BrokerError, ConfigError
+from producers.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, add_security_flags, security_from_args
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAME = "memestream-kafka"
+#: Re-probe an unchanged reported end after this long (an empty probe poll may have been a slow fetch).
+PROBE_MAX_AGE_S = 10.0
+SCHEMA = (
+    "content binary, kafka_key string, headers map<string,string>, topic string, "
+    "partition int, offset long, event_time timestamp"
+)
+_SECURITY_OPTIONS = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.cafile": "ssl_cafile",
+    "ssl.certfile": "ssl_certfile",
+    "ssl.keyfile": "ssl_keyfile",
+}
+
+
+@dataclass(frozen=True)
+class KafkaSourceConfig:
+    """Everything the source needs; travels to executors as data-source options (strings)."""
+
+    bootstrap_servers: str
+    topic: str
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    poll_timeout_ms: int = 1000
+    #: A read task fails (naming topic/partition/offset) after this long without progress.
+    stall_timeout_s: float = 60.0
+    #: Split a partition's range into Spark tasks of at most this many records (0 = no split).
+    max_records_per_task: int = 0
+    #: How long to try reaching the broker before BrokerError.
+    connect_timeout_s: float = 15.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __post_init__(self) -> None:
+        if self.starting_offsets not in ("earliest", "latest"):
+            raise ConfigError(f"expected startingOffsets 'earliest' or 'latest', found {self.starting_offsets!r}")
+        if not self.bootstrap_servers or not self.topic:
+            raise ConfigError(f"expected Kafka bootstrap servers and a topic, found {self.bootstrap_servers!r} "
+                              f"and {self.topic!r}")
+
+    def options(self) -> dict[str, str]:
+        """Data-source options (Spark redacts values of keys containing 'password' in plans/logs)."""
+        opts = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "topic": self.topic,
+            "startingOffsets": self.starting_offsets,
+            "maxMessageBytes": str(self.max_message_bytes),
+            "pollTimeoutMs": str(self.poll_timeout_ms),
+            "stallTimeoutS": str(self.stall_timeout_s),
+            "maxRecordsPerTask": str(self.max_records_per_task),
+            "connectTimeoutS": str(self.connect_timeout_s),
+        }
+        if self.max_offsets_per_trigger:
+            opts["maxOffsetsPerTrigger"] = str(self.max_offsets_per_trigger)
+        sec = self.security.kwargs()
+        for opt, attr in _SECURITY_OPTIONS.items():
+            if attr in sec:
+                opts[opt] = str(sec[attr])
+        return opts
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> "KafkaSourceConfig":
+        opts = {str(k).lower(): v for k, v in options.items()}
+
+        def get(name: str, default: Any = None) -> Any:
+            value = opts.get(name.lower())
+            return default if value in (None, "") else value
+
+        try:
+            security = KafkaSecurity(**{attr: get(opt) for opt, attr in _SECURITY_OPTIONS.items() if get(opt)})
+            mopt = get("maxOffsetsPerTrigger")
+            return cls(
+                bootstrap_servers=get("bootstrap.servers", ""),
+                topic=get("topic", ""),
+                starting_offsets=str(get("startingOffsets", "earliest")).lower(),
+                max_offsets_per_trigger=int(mopt) if mopt else None,
+                max_message_bytes=int(get("maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES)),
+                poll_timeout_ms=int(get("pollTimeoutMs", 1000)),
+                stall_timeout_s=float(get("stallTimeoutS", 60.0)),
+                max_records_per_task=int(get("maxRecordsPerTask", 0)),
+                connect_timeout_s=float(get("connectTimeoutS", 15.0)),
+                security=security,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad memestream-kafka option: {exc}") from None
+
+    def consumer_kwargs(self, fetch_wait_ms: int = 500) -> dict[str, Any]:
+        one = self.max_message_bytes + RECORD_OVERHEAD_BYTES
+        return {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "client_id": "memestream-source",
+            "group_id": None,
+            "enable_auto_commit": False,
+            "allow_auto_create_topics": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": one,
+            "fetch_max_bytes": max(one, 64 * 1024 * 1024),
+            "receive_message_max_bytes": max(one, 64 * 1024 * 1024) + RECORD_OVERHEAD_BYTES,
+            "fetch_max_wait_ms": fetch_wait_ms,
+            "request_timeout_ms": 30_000,
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
+            **self.security.kwargs(),
+        }
+
+
+class TopicMissingError(BrokerError):
+    """The broker answers but has no such topic (not retried: waiting will not create it)."""
+
+
+class KafkaRange(InputPartition):
+    """One Spark task: records ``[start, end)`` of one Kafka partition."""
+
+    def __init__(self, topic: str, partition: int, start: int, end: int) -> None:
+        super().__init__((topic, partition, start, end))
+        self.topic, self.partition, self.start, self.end = topic, partition, start, end
+
+    def __repr__(self) -> str:
+        return f"KafkaRange({self.topic}/{self.partition} [{self.start}, {self.end}))"
+
+
+def _new_consumer(cfg: KafkaSourceConfig, fetch_wait_ms: int = 500):
+    from kafka import KafkaConsumer
+
+    try:
+        return KafkaConsumer(**cfg.consumer_kwargs(fetch_wait_ms))
+    except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, SSL setup
+        raise BrokerError(f"expected a Kafka broker at {cfg.bootstrap_servers} for topic {cfg.topic!r}, "
+                          f"could not connect ({exc})") from None
+
+
+def topic_partitions(consumer, cfg: KafkaSourceConfig) -> list[int]:
+    """Partition ids of the topic; BrokerError naming topic and broker when it does not exist."""
+    # consumer.topics() lists all topics; asking for one by name would make tansu auto-create it.
+    parts = consumer.partitions_for_topic(cfg.topic) if cfg.topic in consumer.topics() else None
+    if not parts:
+        raise TopicMissingError(f"expected topic {cfg.topic!r} on Kafka broker {cfg.bootstrap_servers}, found none "
+                          "(create it: meme-publish --create-topic, or producers.kafka.ensure_topic)")
+    return sorted(parts)
+
+
+def check_topic(cfg: KafkaSourceConfig) -> list[int]:
+    """Fail fast on the driver (broker down, topic missing) before Spark starts the query."""
+    consumer = _new_consumer(cfg)
+    try:
+        return topic_partitions(consumer, cfg)
+    finally:
+        consumer.close()
+
+
+def spread_limit(available: Mapping[int, int], max_rows: int) -> dict[int, int]:
+    """Split ``max_rows`` across partitions fairly (water-filling): small backlogs are served in
+    full, the rest is shared equally, so a busy partition cannot starve the others."""
+    alloc = {p: 0 for p in available}
+    remaining = max_rows
+    while remaining > 0:
+        active = [p for p in sorted(available) if alloc[p] < available[p]]
+        if not active:
+            break
+        share = max(1, remaining // len(active))
+        for p in active:
+            take = min(share, available[p] - alloc[p], remaining)
+            alloc[p] += take
+            remaining -= take
+            if remaining == 0:
+                break
+    return alloc
+
+
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Driver side plans ``[start, end)`` per partition; ``read`` runs in the executors."""
+
+    def __init__(self, cfg: KafkaSourceConfig) -> None:
+        self.cfg = cfg
+        self._consumer = None
+        #: partition -> (reported end, probed true end, monotonic time of the probe)
+        self._ends: dict[int, tuple[int, int, float]] = {}
+        self._target: dict[int, int] | None = None
+
+    def __getstate__(self) -> dict:
+        # Only the configuration travels to executors; clients and caches stay on the driver.
+        return {"cfg": self.cfg, "_consumer": None, "_ends": {}, "_target": None}
+
+    # ---------------------------------------------------------------- driver side
+
+    def _driver_consumer(self):
+        if self._consumer is None:
+            self._consumer = _new_consumer(self.cfg, fetch_wait_ms=100)
+        return self._consumer
+
+    def _true_end(self, partition: int, reported: int) -> int:
+        """One past the last record that really exists, probing past the (possibly low) reported end.
+
+        The probe ends on an empty poll, which a slow fetch could fake; so a cached answer for an
+        unchanged reported end is re-checked after ``PROBE_MAX_AGE_S``.
+        """
+        from kafka import TopicPartition
+
+        cached = self._ends.get(partition)
+        if cached and cached[0] == reported and time.monotonic() - cached[2] < PROBE_MAX_AGE_S:
+            return cached[1]
+        consumer = self._driver_consumer()
+        tp = TopicPartition(self.cfg.topic, partition)
+        end = max(reported, cached[1] if cached else 0)
+        consumer.assign([tp])
+        consumer.seek(tp, end)
+        while True:
+            batch = consumer.poll(timeout_ms=max(500, self.cfg.poll_timeout_ms // 2), max_records=100_000).get(tp, [])
+            if not batch:
+                break
+            end = max(end, batch[-1].offset + 1)
+        if end != reported:
+            log.debug("topic %s partition %d: broker reports end %d, records exist up to %d",
+                      self.cfg.topic, partition, reported, end)
+        self._ends[partition] = (reported, end, time.monotonic())
+        return end
+
+    def _latest(self) -> dict[int, int]:
+        """True end offsets; a broker outage is ridden out for ``stall_timeout_s`` (retrying with a
+        fresh client), then BrokerError. A missing topic fails at once."""
+        deadline = time.monotonic() + self.cfg.stall_timeout_s
+        attempt = 0
+        while True:
+            try:
+                return self._latest_once()
+            except TopicMissingError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - connection refused/reset, timeouts
+                attempt += 1
+                self.stop()
+                if time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"topic {self.cfg.topic}: Kafka broker {self.cfg.bootstrap_servers} unreachable for "
+                        f"{self.cfg.stall_timeout_s:.0f} s while planning a micro-batch ({exc})"
+                    ) from None
+                log.warning("topic %s: broker %s unreachable (%s); retrying (attempt %d)",
+                            self.cfg.topic, self.cfg.bootstrap_servers, exc, attempt)
+                time.sleep(min(5.0, 0.25 * 2 ** attempt))
+
+    def _latest_once(self) -> dict[int, int]:
+        from kafka import TopicPartition
+
+        consumer = self._driver_consumer()
+        parts = topic_partitions(consumer, self.cfg)
+        tps = [TopicPartition(self.cfg.topic, p) for p in parts]
+        reported = consumer.end_offsets(tps)
+        return {tp.partition: self._true_end(tp.partition, reported[tp]) for tp in tps}
+
+    def _earliest(self, parts: list[int]) -> dict[int, int]:
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(self.cfg.topic, p) for p in parts]
+        begins = self._driver_consumer().beginning_offsets(tps)
+        return {tp.partition: int(begins[tp]) for tp in tps}
+
+    def initialOffset(self) -> dict:
+        consumer = self._driver_consumer()
+        parts = topic_partitions(consumer, self.cfg)
+        offsets = self._latest() if self.cfg.starting_offsets == "latest" else self._earliest(parts)
+        log.info("topic %s: starting at %s offsets %s", self.cfg.topic, self.cfg.starting_offsets, offsets)
+        return {str(p): int(offsets[p]) for p in sorted(offsets)}
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        if self.cfg.max_offsets_per_trigger:
+            return ReadMaxRows(int(self.cfg.max_offsets_per_trigger))
+        return ReadAllAvailable()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        self._target = self._latest()
+        log.info("topic %s: available-now target offsets %s", self.cfg.topic, self._target)
+
+    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+        latest = self._latest()
+        if self._target is not None:  # Trigger.AvailableNow: nothing past the target
+            latest = {p: min(e, self._target[p]) for p, e in latest.items() if p in self._target}
+        begin = {p: int(start.get(str(p), 0)) for p in latest}  # new partitions start at 0 (earliest)
+        for p, off in start.items():  # partitions never vanish from the offsets
+            if int(p) not in latest:
+                latest[int(p)] = begin[int(p)] = int(off)
+        latest = {p: max(latest[p], begin[p]) for p in latest}
+        if isinstance(limit, ReadMaxRows):
+            alloc = spread_limit({p: latest[p] - begin[p] for p in latest}, int(limit.max_rows))
+            latest = {p: begin[p] + alloc[p] for p in latest}
+        return {str(p): int(latest[p]) for p in sorted(latest)}
+
+    def reportLatestOffset(self) -> dict | None:
+        return {str(p): e for p, (_, e, _) in sorted(self._ends.items())} or None
+
+    def partitions(self, start: dict, end: dict) -> list[InputPartition]:
+        step = self.cfg.max_records_per_task
+        out: list[InputPartition] = []
+        for key in sorted(end, key=int):
+            lo, hi = int(start.get(key, 0)), int(end[key])
+            while lo < hi:
+                nxt = min(hi, lo + step) if step > 0 else hi
+                out.append(KafkaRange(self.cfg.topic, int(key), lo, nxt))
+                lo = nxt
+        return out
+
+    def commit(self, end: dict) -> None:
+        log.debug("topic %s: committed up to %s", self.cfg.topic, end)
+
+    def stop(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    # ---------------------------------------------------------------- executor side
+
+    def read(self, partition: KafkaRange) -> Iterator[tuple]:
+        """Records ``[start, end)`` of one partition, in offset order; fails clearly if stuck."""
+        yield from read_range(self.cfg, partition.partition, partition.start, partition.end)
+
+
+def _row(rec) -> tuple:
+    headers: dict[str, str] = {}
+    for k, v in rec.headers or ():
+        headers[k] = v.decode("utf-8", "replace") if v is not None else None
+    key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+    ts = datetime.fromtimestamp(rec.timestamp / 1000.0, tz=timezone.utc) if rec.timestamp and rec.timestamp >= 0 else None
+    return (rec.value, key, headers, rec.topic, rec.partition, rec.offset, ts)
+
+
+def read_range(cfg: KafkaSourceConfig, partition: int, start: int, end: int) -> Iterator[tuple]:
+    """Yield rows for offsets ``[start, end)``; gaps (compaction, transaction markers) are skipped.
+
+    A broker hiccup is retried (new consumer, seek to the next offset) until no progress was made
+    for ``stall_timeout_s``; then BrokerError names topic, partition and offset.
+    """
+    from kafka import TopicPartition
+
+    tp = TopicPartition(cfg.topic, partition)
+    nxt = start
+    failures = 0
+    last_progress = time.monotonic()
+    consumer = None
+    try:
+        while nxt < end:
+            try:
+                if consumer is None:
+                    consumer = _new_consumer(cfg)
+                    consumer.assign([tp])
+                    consumer.seek(tp, nxt)
+                batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms).get(tp, [])
+                position = consumer.position(tp)
+            except Exception as exc:  # noqa: BLE001 - retried, then reported with the position
+                failures += 1
+                log.warning("topic %s partition %d offset %d: read failed (%s), attempt %d", cfg.topic, partition,
+                            nxt, exc, failures)
+                if consumer is not None:
+                    try:
+                        consumer.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                consumer = None
+                batch, position = [], nxt
+                if time.monotonic() - last_progress > cfg.stall_timeout_s or failures > 20:
+                    raise BrokerError(f"reading topic {cfg.topic} partition {partition} at offset {nxt} "
+                                      f"(batch ends at {end}) from {cfg.bootstrap_servers} failed: {exc}") from None
+                time.sleep(min(5.0, 0.2 * 2 ** failures))
+                continue
+            for rec in batch:
+                if rec.offset < nxt:
+                    continue
+                if rec.offset >= end:
+                    nxt = end
+                    break
+                yield _row(rec)
+                nxt = rec.offset + 1
+            if batch:
+                last_progress = time.monotonic()
+            elif position is not None and position > nxt:  # gap: offsets with no records
+                nxt = min(position, end)
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > cfg.stall_timeout_s:
+                raise BrokerError(
+                    f"expected records up to offset {end} on topic {cfg.topic} partition {partition}, "
+                    f"but nothing arrived at offset {nxt} for {cfg.stall_timeout_s:.0f} s from {cfg.bootstrap_servers} "
+                    "(broker down, or the records were deleted)"
+                )
+    finally:
+        if consumer is not None:
+            consumer.close()
+
+
+class MemestreamKafkaDataSource(DataSource):
+    """``spark.readStream.format("memestream-kafka")``: one row per Kafka record."""
+
+    @classmethod
+    def name(cls) -> str:
+        return SOURCE_NAME
+
+    def schema(self) -> str:
+        return SCHEMA
+
+    def streamReader(self, schema) -> KafkaStreamReader:
+        return KafkaStreamReader(KafkaSourceConfig.from_options(self.options))
+
+
+def register(spark) -> None:
+    """Register the data source with this session (once)."""
+    if getattr(spark, "_memestream_kafka_registered", False):
+        return
+    spark.dataSource.register(MemestreamKafkaDataSource)
+    try:
+        spark._memestream_kafka_registered = True
+    except AttributeError:  # a session object that refuses attributes: registering again is harmless
+        pass
+
+
+def read_kafka_stream(spark, cfg: KafkaSourceConfig, check: bool = True):
+    """A streaming DataFrame of the topic (schema ``SCHEMA``); checks broker and topic first."""
+    if check:
+        parts = check_topic(cfg)
+        log.info("topic %s on %s: %d partition(s)", cfg.topic, cfg.bootstrap_servers, len(parts))
+    register(spark)
+    return spark.readStream.format(SOURCE_NAME).options(**cfg.options()).load()
+
+
+def spark_kafka_available(spark) -> bool:
+    """Whether Spark's own Kafka connector (spark-sql-kafka-0-10 jar) is on the JVM classpath."""
+    try:
+        jvm = spark._jvm
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm.java.lang.Class.forName("org.apache.spark.sql.kafka010.KafkaSourceProvider", False, loader)
+        return True
+    except Exception:  # noqa: BLE001 - ClassNotFoundException, or no JVM (Spark Connect)
+        return False
+
+
+# ---------------------------------------------------------------- CLI helpers
+
+
+def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for a Kafka input (used by meme-stream); env fallbacks MEMESTREAM_KAFKA_*."""
+    group = parser.add_argument_group("Kafka input")
+    env_flag(group, "--bootstrap-servers", envvar="MEMESTREAM_KAFKA_BOOTSTRAP", help="HOST:PORT[,HOST:PORT]")
+    env_flag(group, "--topic", envvar="MEMESTREAM_KAFKA_TOPIC", help="topic to read")
+    env_flag(group, "--starting-offsets", envvar="MEMESTREAM_KAFKA_STARTING_OFFSETS", default="earliest",
+             choices=["earliest", "latest"], help="where a new query (no checkpoint) starts")
+    env_flag(group, "--max-offsets-per-trigger", envvar="MEMESTREAM_KAFKA_MAX_OFFSETS_PER_TRIGGER",
+             type=positive_int, help="at most this many records per micro-batch, spread across partitions")
+    env_flag(group, "--max-message-bytes", envvar="MEMESTREAM_KAFKA_MAX_MESSAGE_BYTES", type=positive_int,
+             default=DEFAULT_MAX_MESSAGE_BYTES, help="largest record to fetch (consumer fetch sizes)")
+    env_flag(group, "--kafka-poll-timeout-ms", envvar="MEMESTREAM_KAFKA_POLL_TIMEOUT_MS", type=positive_int,
+             default=1000, help="one consumer poll in a read task")
+    add_security_flags(parser)
+
+
+def kafka_config_from_args(args: argparse.Namespace) -> KafkaSourceConfig:
+    if not args.bootstrap_servers or not args.topic:
+        raise ConfigError("expected --bootstrap-servers and --topic (or MEMESTREAM_KAFKA_BOOTSTRAP and "
+                          f"MEMESTREAM_KAFKA_TOPIC) for a Kafka input, found {args.bootstrap_servers!r} and {args.topic!r}")
+    mopt = args.max_offsets_per_trigger
+    return KafkaSourceConfig(
+        bootstrap_servers=args.bootstrap_servers,
+        topic=args.topic,
+        starting_offsets=args.starting_offsets or "earliest",
+        max_offsets_per_trigger=int(mopt) if mopt else None,
+        max_message_bytes=int(args.max_message_bytes),
+        poll_timeout_ms=int(args.kafka_poll_timeout_ms),
+        security=security_from_args(args),
+    )

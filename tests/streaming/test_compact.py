@@ -1,0 +1,162 @@
+"""meme-compact over batches committed through streaming.sinks (no Spark needed)."""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from streaming import compact as compact_mod
+from streaming.compact import CompactConfig, batches_of, compact, exchange_dirs
+from streaming.sinks import BatchMarker, OutputTables, read_table
+
+DATES = ("2026-11-20", "2026-11-27")
+
+
+def _batch(batch_id: int, n: int = 3) -> dict[str, pa.Table]:
+    rows = [{"image_id": f"{batch_id}-{i}", "label": ("doom", "cats")[i % 2], "confidence": 0.5 + i / 10,
+             "batch_id": batch_id, "date": DATES[i % 2]} for i in range(n)]
+    counts = [{"label": "doom", "count": batch_id + 1, "batch_id": batch_id, "date": DATES[1]}]
+    return {"predictions": pa.Table.from_pylist(rows), "class_counts": pa.Table.from_pylist(counts)}
+
+
+def _commit(out: OutputTables, batch_id: int, **kw) -> bool:
+    return out.commit_batch(batch_id, _batch(batch_id), BatchMarker(batch_id, 3, 0, 0, None), **kw)
+
+
+def _multiset(root, table: str) -> Counter:
+    t = read_table(root, table)
+    cols = [c for c in t.column_names if c != "date"]
+    return Counter(tuple(sorted((k, str(v)) for k, v in r.items() if k in cols)) for r in t.to_pylist())
+
+
+@pytest.fixture()
+def output(tmp_path):
+    """Batches 0-4 committed, batch 5 crashed after its files (no marker)."""
+    out = OutputTables(tmp_path / "out")
+    out.ensure_writable()
+    for b in range(5):
+        assert _commit(out, b)
+
+    def crash():
+        raise RuntimeError("killed between files and marker")
+
+    with pytest.raises(RuntimeError):
+        _commit(out, 5, after_files=crash)
+    return out
+
+
+def _names(out: OutputTables, table: str, day: str) -> list[str]:
+    return sorted(p.name for p in (out.table_dir(table) / f"date={day}").iterdir())
+
+
+def test_compaction_preserves_rows_and_keeps_unsealed_files(output):
+    before = {t: _multiset(output.root, t) for t in ("predictions", "class_counts")}
+    results = compact(CompactConfig(output.root))
+    assert {(r.table, r.action) for r in results} >= {("predictions", "compacted"), ("class_counts", "compacted")}
+    for t in ("predictions", "class_counts"):
+        assert _multiset(output.root, t) == before[t]
+    # batches 0-3 merged; the newest committed batch (4) and the uncommitted 5 untouched
+    assert _names(output, "predictions", DATES[1]) == [
+        "part-0000000000-0000000003.parquet", "part-0000000004.parquet", "part-0000000005.parquet"]
+    assert not [p for p in output.table_dir("predictions").iterdir() if p.name.startswith(".")]
+
+
+def test_replays_after_compaction_add_no_duplicates(output):
+    compact(CompactConfig(output.root))
+    before = _multiset(output.root, "predictions")
+    assert _commit(output, 2) is False  # marker exists: the replay is skipped
+    assert _commit(output, 5) is True  # the crashed batch replays over its own file
+    after = _multiset(output.root, "predictions")
+    assert after == before
+    assert sum(after.values()) == 6 * 3
+    # once batch 6 lands, 4 and 5 are sealed and fold into the compacted file
+    assert _commit(output, 6)
+    compact(CompactConfig(output.root))
+    assert _names(output, "predictions", DATES[1]) == ["part-0000000000-0000000005.parquet", "part-0000000006.parquet"]
+    assert sum(_multiset(output.root, "predictions").values()) == 7 * 3
+
+
+def test_min_files_dry_run_and_retention(output):
+    assert all(r.action == "skipped" for r in compact(CompactConfig(output.root, min_files=50)))
+    dry = compact(CompactConfig(output.root, retention_days=3, dry_run=True), today=date(2026, 11, 27))
+    assert {r.action for r in dry} >= {"would-delete", "would-compact"}
+    assert len(_names(output, "predictions", DATES[0])) == 6  # nothing changed
+    res = compact(CompactConfig(output.root, tables=("predictions",), retention_days=3), today=date(2026, 11, 27))
+    assert ("predictions", "date=2026-11-20", "deleted") in {(r.table, r.date_dir, r.action) for r in res}
+    assert not (output.table_dir("predictions") / "date=2026-11-20").exists()
+    assert (output.table_dir("class_counts") / "date=2026-11-27").exists()
+    assert output.is_committed(0)  # markers stay: old replays are still skipped
+
+
+def test_exchange_is_atomic_swap_and_names_parse(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "x").write_text("a"), (b / "y").write_text("b")
+    if not exchange_dirs(a, b):
+        pytest.skip("renameat2(RENAME_EXCHANGE) not supported here; the two-rename fallback is used")
+    assert (a / "y").exists() and (b / "x").exists()
+    assert batches_of("part-0000000007.parquet") == (7, 7)
+    assert batches_of("part-0000000001-0000000009.parquet") == (1, 9)
+    assert batches_of("part-7.parquet") is None
+
+
+def test_reader_never_sees_both_old_and_compacted_files(output, monkeypatch):
+    """A reader listing the folder during the swap sees the old files or the merged one."""
+    folder = output.table_dir("predictions") / f"date={DATES[1]}"
+    seen: list[frozenset[str]] = []
+    stop = threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.append(frozenset(p.name for p in folder.iterdir() if not p.name.startswith(".")))
+            except FileNotFoundError:
+                seen.append(frozenset())
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        compact(CompactConfig(output.root, tables=("predictions",)))
+    finally:
+        stop.set()
+        thread.join()
+    valid = {len(s) for s in seen}
+    assert valid <= {6, 3}, f"reader saw a listing with neither/both generations: {sorted(valid)}"
+    assert frozenset() not in seen
+
+
+def test_cli_reports_and_errors(output, tmp_path, capsys):
+    assert compact_mod.main(["--output", str(output.root), "--table", "class_counts"]) == 0
+    text = capsys.readouterr().out
+    assert "class_counts/date=2026-11-27: compacted 6 -> 3 files (4 rows merged)" in text
+    assert compact_mod.main(["--output", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_compaction_concurrent_with_a_writer_loses_and_duplicates_nothing(output):
+    """The stream keeps committing while compaction runs repeatedly: every row exactly once."""
+    errors: list[BaseException] = []
+
+    def writer():
+        try:
+            _commit(output, 5)  # the crashed batch's replay
+            for b in range(6, 30):
+                assert _commit(output, b)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rounds = 0
+    while thread.is_alive() or rounds < 2:
+        compact(CompactConfig(output.root))
+        rounds += 1
+    thread.join()
+    assert not errors, errors
+    compact(CompactConfig(output.root))
+    rows = _multiset(output.root, "predictions")
+    assert sum(rows.values()) == 30 * 3 and max(rows.values()) == 1
+    assert len(_names(output, "predictions", DATES[1])) == 2  # merged + the newest batch
