@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -74,20 +75,20 @@ class DirResult:
     rows: int
 
 
-def compacted_name(first: int, last: int) -> str:
-    """Merged file of batches first..last; never equal to a per-batch ``part-N`` name."""
-    return f"part-{first:010d}-{last:010d}.parquet"
+def compacted_name(writer: str, first: int, last: int) -> str:
+    """Merged file of a writer's batches first..last; never equal to a per-batch name."""
+    return f"part-{writer}-{first:010d}-{last:010d}.parquet"
 
 
-def batches_of(name: str) -> tuple[int, int] | None:
-    """Batch range of a per-batch (``part-N``) or compacted (``part-A-B``) file name."""
+def batches_of(name: str) -> tuple[str, int, int] | None:
+    """(writer, first, last) of a per-batch (``part-W-N``) or compacted (``part-W-A-B``) file name."""
     single = batch_of(name)
     if single is not None:
-        return single, single
+        return single[0], single[1], single[1]
     stem = name[len("part-"):-len(".parquet")] if name.startswith("part-") and name.endswith(".parquet") else ""
     parts = stem.split("-")
-    if len(parts) == 2 and all(p.isdigit() and len(p) == 10 for p in parts):
-        return int(parts[0]), int(parts[1])
+    if len(parts) == 3 and parts[0] and all(p.isdigit() and len(p) == 10 for p in parts[1:]):
+        return parts[0], int(parts[1]), int(parts[2])
     return None
 
 
@@ -141,15 +142,25 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def compact_date_dir(tables: OutputTables, table: str, folder: Path, sealed: set[int], config: CompactConfig) -> DirResult:
-    """Merge the sealed part files of one ``date=`` folder into one file (see module doc)."""
-    listing = _visible_parquet(folder)
-    chosen: list[tuple[int, int, str]] = []
-    for name in listing:
+def compact_date_dir(
+    tables: OutputTables, table: str, folder: Path, sealed: dict[str, set[int]], config: CompactConfig
+) -> list[DirResult]:
+    """Merge the sealed part files of one ``date=`` folder, one file per writer (see module doc)."""
+    by_writer: dict[str, list[tuple[int, int, str]]] = {}
+    for name in _visible_parquet(folder):
         rng = batches_of(name)
-        if rng is not None and all(b in sealed for b in (rng[0], rng[1])):
-            chosen.append((rng[0], rng[1], name))
-    chosen.sort()
+        if rng is not None and all(b in sealed.get(rng[0], set()) for b in (rng[1], rng[2])):
+            by_writer.setdefault(rng[0], []).append((rng[1], rng[2], name))
+    if not by_writer:
+        n = len(_visible_parquet(folder))
+        return [DirResult(table, folder.name, "skipped", n, n, 0)]
+    return [_compact_writer(tables, table, folder, writer, sorted(chosen), config) for writer, chosen in sorted(by_writer.items())]
+
+
+def _compact_writer(
+    tables: OutputTables, table: str, folder: Path, writer: str, chosen: list[tuple[int, int, str]], config: CompactConfig
+) -> DirResult:
+    listing = _visible_parquet(folder)
     if len(chosen) < config.min_files:
         return DirResult(table, folder.name, "skipped", len(listing), len(listing), 0)
     if config.dry_run:
@@ -160,7 +171,7 @@ def compact_date_dir(tables: OutputTables, table: str, folder: Path, sealed: set
     staged.mkdir()
     old: Path | None = None
     try:
-        target = compacted_name(chosen[0][0], chosen[-1][1])
+        target = compacted_name(writer, chosen[0][0], chosen[-1][1])
         tmp = staged / f".{target}.tmp"
         pq.write_table(merged, tmp, compression="snappy")
         with open(tmp, "rb") as fh:
@@ -179,9 +190,30 @@ def compact_date_dir(tables: OutputTables, table: str, folder: Path, sealed: set
                  chosen[0][0], chosen[-1][1], len(keep))
         return DirResult(table, folder.name, "compacted", len(now), len(keep) + 1, merged.num_rows)
     finally:
-        for leftover in (staged, old):
-            if leftover is not None and leftover.exists() and leftover != folder:
-                shutil.rmtree(leftover, ignore_errors=True)
+        if old is not None and old.exists() and old != folder:
+            # Keep the old generation (hidden) for a grace period: a reader that opened the
+            # folder just before the swap finishes listing and reading it undisturbed.
+            retired = folder.with_name(f".{folder.name}.retired-{int(time.time())}-{uuid.uuid4().hex[:6]}")
+            os.rename(old, retired)
+        elif staged.exists() and staged != folder:
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+RETIRED_GRACE_S = 300
+
+
+def purge_retired(table_dir: Path, grace_s: float = RETIRED_GRACE_S) -> int:
+    """Delete old generations left by earlier compactions once their grace period is over."""
+    n = 0
+    for p in table_dir.glob(".date=*.retired-*"):
+        try:
+            stamp = int(p.name.rsplit(".retired-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if time.time() - stamp >= grace_s:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    return n
 
 
 def apply_retention(tables: OutputTables, table: str, days: int, config: CompactConfig, today: date | None = None) -> list[DirResult]:
@@ -214,14 +246,16 @@ def compact(config: CompactConfig, today: date | None = None) -> list[DirResult]
     """Run retention then compaction over the chosen tables; returns one result per folder touched."""
     root = check_output_dir(config.output)
     tables = OutputTables(root)
-    committed = tables.committed_batches()
-    sealed = set(committed[:-1])  # the newest batch may still be read back by the stream
+    # per writer, the newest batch may still be read back by its stream: not sealed
+    sealed = {w: set(tables.committed_batches(w)[:-1]) for w in tables.writers()}
     results: list[DirResult] = []
     for table in config.tables:
+        if tables.table_dir(table).is_dir():
+            purge_retired(tables.table_dir(table))
         if config.retention_days is not None:
             results.extend(apply_retention(tables, table, config.retention_days, config, today))
         for folder in date_dirs(tables.table_dir(table)):
-            results.append(compact_date_dir(tables, table, folder, sealed, config))
+            results.extend(compact_date_dir(tables, table, folder, sealed, config))
     return results
 
 

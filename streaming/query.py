@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +32,8 @@ from memestream.load import EMPTY_FILE_MARKER, local_path
 from memestream.modelstore import LoadedModel
 from streaming.counts import WindowSpec, late_mask, window_deltas
 from streaming.models import ModelHolder
-from streaming.sinks import CLASS_COUNTS, PREDICTIONS, QUARANTINE, BatchMarker, OutputTables
-from streaming.sources import FolderSourceConfig, folder_stream, kafka_frame, with_content
+from streaming.sinks import CLASS_COUNTS, DEFAULT_WRITER, PREDICTIONS, QUARANTINE, BatchMarker, OutputTables
+from streaming.sources import FolderSourceConfig, folder_stream, kafka_frame, spark_kafka_stream, with_content
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class StreamConfig:
     watch: bool = True
     quiet: bool = False
     kafka: Any = None  # streaming.kafka_source.KafkaSourceConfig
+    kafka_impl: str = "python"  # python (our Data Source) | spark (built-in connector jar)
 
     def identity(self) -> dict[str, str]:
         """What a checkpoint is bound to: changing any of these needs a new checkpoint."""
@@ -281,8 +283,12 @@ class LiveSummary:
 CHECKPOINT_IDENTITY = "memestream-config.json"
 
 
-def check_checkpoint(cfg: StreamConfig) -> None:
-    """Refuse a checkpoint written for another source/input/output, with one clear line."""
+def check_checkpoint(cfg: StreamConfig) -> str:
+    """Refuse a checkpoint written for another source/input/output, with one clear line.
+
+    Returns the checkpoint's *writer* name: the stream's own namespace in the output tables
+    (batch ids restart per checkpoint, so two streams sharing an output need their own).
+    """
     path = cfg.checkpoint / CHECKPOINT_IDENTITY
     ident = cfg.identity()
     if path.exists():
@@ -295,14 +301,16 @@ def check_checkpoint(cfg: StreamConfig) -> None:
             detail = "; ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"checkpoint {cfg.checkpoint} belongs to another configuration ({detail}); "
                                   "use a new --checkpoint or the original settings")
-    elif cfg.checkpoint.exists() and any(cfg.checkpoint.iterdir()):
+        return str(old.get("writer") or DEFAULT_WRITER)
+    if cfg.checkpoint.exists() and any(cfg.checkpoint.iterdir()):
         raise CheckpointError(f"{cfg.checkpoint} is not empty but was not written by meme-stream; use a new --checkpoint")
-    else:
-        try:
-            cfg.checkpoint.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(ident, indent=2))
-        except OSError as exc:
-            raise ConfigError(f"checkpoint folder {cfg.checkpoint} is not writable: {exc.strerror or exc}") from None
+    writer = f"{cfg.source}_{uuid.uuid4().hex[:6]}"
+    try:
+        cfg.checkpoint.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**ident, "writer": writer}, indent=2))
+    except OSError as exc:
+        raise ConfigError(f"checkpoint folder {cfg.checkpoint} is not writable: {exc.strerror or exc}") from None
+    return writer
 
 
 def source_frame(spark, cfg: StreamConfig) -> DataFrame:
@@ -311,8 +319,16 @@ def source_frame(spark, cfg: StreamConfig) -> DataFrame:
         cfg.spool.mkdir(parents=True, exist_ok=True)
         return folder_stream(spark, FolderSourceConfig(cfg.spool, cfg.max_files_per_trigger))
     if cfg.source == "kafka":
-        from streaming.kafka_source import read_kafka_stream
+        from streaming.kafka_source import read_kafka_stream, spark_kafka_available
 
+        if cfg.kafka_impl == "spark":
+            if not spark_kafka_available(spark):
+                raise ConfigError(
+                    "--kafka-impl spark needs Spark's Kafka connector (org.apache.spark:spark-sql-kafka-0-10_2.13) "
+                    "on the classpath, and it is not there; add it with spark-submit --packages/--jars or "
+                    "spark.jars, or use the default --kafka-impl python"
+                )
+            return spark_kafka_stream(spark, cfg.kafka)
         return read_kafka_stream(spark, cfg.kafka).transform(kafka_frame)
     raise ConfigError(f"--source must be folder or kafka, found {cfg.source!r}")
 
@@ -352,9 +368,8 @@ def run_stream(
     spark, cfg: StreamConfig, stop: StopFlag | None = None, until: Callable[[LiveSummary], bool] | None = None
 ) -> LiveSummary:
     """Run until stopped (or, with ``available_now``, until the input is drained, or ``until``)."""
-    tables = OutputTables(cfg.output)
-    tables.ensure_writable()
-    check_checkpoint(cfg)
+    OutputTables(cfg.output).ensure_writable()
+    tables = OutputTables(cfg.output, writer=check_checkpoint(cfg))
     models = ModelHolder(cfg.model_dir, cfg.model_version)
     summary = LiveSummary(tables.label_totals(), quiet=cfg.quiet)
     processor = BatchProcessor(cfg, tables, models, summary)
@@ -394,7 +409,10 @@ def _graceful_stop(query, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
         time.sleep(0.1)
-    query.stop()
+    try:
+        query.stop()
+    except Exception as exc:  # noqa: BLE001 - stopping interrupts source calls; the batch replays on restart
+        log.warning("query stopped with: %s", str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
 
 
 class StreamFailed(MemestreamError):

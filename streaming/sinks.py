@@ -7,8 +7,8 @@ the checkpoint's commit log. Every write here is therefore idempotent per batch 
    never sees half a file;
 2. file names derive from the batch id, so a replay *replaces* what a crashed attempt
    left instead of adding to it;
-3. after all tables of batch N are in place, a commit marker ``_commits/N.json`` is
-   written; a replay of a batch whose marker exists is skipped entirely.
+3. after all tables of batch N are in place, a commit marker ``_commits/<writer>/N.json``
+   is written; a replay of a batch whose marker exists is skipped entirely.
 
 Writers (the stream, ``meme-compact``) take ``OUTPUT/.lock`` while changing files, so
 compaction never races a batch. Readers need no lock: Spark, pandas and pyarrow skip
@@ -42,16 +42,19 @@ CLASS_COUNTS = "class_counts"
 TABLES = (PREDICTIONS, QUARANTINE, CLASS_COUNTS)
 COMMITS = "_commits"
 LOCK = ".lock"
-_PART_RE = re.compile(r"^part-(\d{10})\.parquet$")
+DEFAULT_WRITER = "main"
+_WRITER_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_PART_RE = re.compile(r"^part-([A-Za-z0-9_]+)-(\d{10})\.parquet$")
 
 
-def part_name(batch_id: int) -> str:
-    return f"part-{batch_id:010d}.parquet"
+def part_name(batch_id: int, writer: str = DEFAULT_WRITER) -> str:
+    return f"part-{writer}-{batch_id:010d}.parquet"
 
 
-def batch_of(name: str) -> int | None:
+def batch_of(name: str) -> tuple[str, int] | None:
+    """``part-<writer>-<batch>.parquet`` -> (writer, batch)."""
     m = _PART_RE.match(name)
-    return int(m.group(1)) if m else None
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 @dataclass
@@ -80,10 +83,17 @@ class BatchMarker:
 
 
 class OutputTables:
-    """The output folder: three Parquet tables partitioned by event date, plus markers."""
+    """The output folder: three Parquet tables partitioned by event date, plus markers.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    Several streams (say, the folder and the Kafka query) may write the same tables: each
+    is a *writer* with its own batch ids, file names and markers (``_commits/<writer>/``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], writer: str = DEFAULT_WRITER) -> None:
+        if not _WRITER_RE.match(writer):
+            raise ValueError(f"writer name must be letters, digits or _, found {writer!r}")
         self.root = Path(root)
+        self.writer = writer
 
     # -- layout -----------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
@@ -91,10 +101,14 @@ class OutputTables:
 
     @property
     def commits_dir(self) -> Path:
-        return self.root / COMMITS
+        return self.root / COMMITS / self.writer
 
     def marker_path(self, batch_id: int) -> Path:
         return self.commits_dir / f"{batch_id:010d}.json"
+
+    def writers(self) -> list[str]:
+        base = self.root / COMMITS
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
     def ensure_writable(self) -> None:
         """Create the layout, or fail with one line naming the folder that is not writable."""
@@ -121,11 +135,13 @@ class OutputTables:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- markers --------------------------------------------------------------------------
-    def committed_batches(self) -> list[int]:
-        if not self.commits_dir.is_dir():
+    def committed_batches(self, writer: str | None = None) -> list[int]:
+        """Committed batch ids of ``writer`` (default: this writer)."""
+        folder = self.root / COMMITS / (writer or self.writer)
+        if not folder.is_dir():
             return []
         out = []
-        for p in self.commits_dir.glob("*.json"):
+        for p in folder.glob("*.json"):
             try:
                 out.append(int(p.stem))
             except ValueError:
@@ -135,26 +151,28 @@ class OutputTables:
     def is_committed(self, batch_id: int) -> bool:
         return self.marker_path(batch_id).exists()
 
-    def read_marker(self, batch_id: int) -> BatchMarker:
-        return BatchMarker.from_json(self.marker_path(batch_id).read_text())
+    def read_marker(self, batch_id: int, writer: str | None = None) -> BatchMarker:
+        folder = self.root / COMMITS / (writer or self.writer)
+        return BatchMarker.from_json((folder / f"{batch_id:010d}.json").read_text())
 
     def last_marker_before(self, batch_id: int) -> BatchMarker | None:
         earlier = [b for b in self.committed_batches() if b < batch_id]
         return self.read_marker(earlier[-1]) if earlier else None
 
     def label_totals(self) -> dict[str, int]:
-        """Running totals per label over every committed batch (from the markers)."""
+        """Running totals per label over every committed batch of every writer (from the markers)."""
         totals: dict[str, int] = {}
-        for b in self.committed_batches():
-            for label, n in self.read_marker(b).label_totals.items():
-                totals[label] = totals.get(label, 0) + int(n)
+        for writer in self.writers():
+            for b in self.committed_batches(writer):
+                for label, n in self.read_marker(b, writer).label_totals.items():
+                    totals[label] = totals.get(label, 0) + int(n)
         return totals
 
     # -- writing --------------------------------------------------------------------------
     def _write_file(self, table: str, date: str, batch_id: int, data: pa.Table) -> str:
         folder = self.table_dir(table) / f"date={date}"
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / part_name(batch_id)
+        final = folder / part_name(batch_id, self.writer)
         tmp = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
         pq.write_table(data, tmp, compression="snappy")
         with open(tmp, "rb") as fh:
@@ -167,7 +185,7 @@ class OutputTables:
         tdir = self.table_dir(table)
         if not tdir.is_dir():
             return
-        name = part_name(batch_id)
+        name = part_name(batch_id, self.writer)
         for folder in tdir.glob("date=*"):
             if folder.name[5:] not in keep_dates and (folder / name).exists():
                 (folder / name).unlink()

@@ -76,3 +76,31 @@ def folder_stream(spark, cfg: FolderSourceConfig) -> DataFrame:
     # Processed files are archived/deleted by the query itself right after their batch's
     # commit marker is written (Spark's cleanSource acts a batch later, or never with availableNow).
     return reader.load(str(cfg.spool)).select("path", "length", "modificationTime").transform(folder_frame)
+
+
+def spark_kafka_stream(spark, kafka_cfg) -> DataFrame:
+    """The same frame from Spark's built-in Kafka connector (needs its jar on the classpath)."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", kafka_cfg.bootstrap_servers)
+        .option("subscribe", kafka_cfg.topic)
+        .option("startingOffsets", kafka_cfg.starting_offsets)
+        .option("includeHeaders", "true")
+        .option("failOnDataLoss", "true")
+        .option("kafka.max.partition.fetch.bytes", str(kafka_cfg.max_message_bytes))
+    )
+    if kafka_cfg.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(kafka_cfg.max_offsets_per_trigger))
+    raw = reader.load()
+    headers = F.map_from_entries(
+        F.transform(F.coalesce(F.col("headers"), F.array()), lambda h: F.struct(h["key"], h["value"].cast("string")))
+    )
+    return raw.select(
+        F.col("value").alias("content"),
+        F.col("key").cast("string").alias("kafka_key"),
+        headers.alias("headers"),
+        "topic",
+        "partition",
+        "offset",
+        F.col("timestamp").alias("event_time"),
+    ).transform(kafka_frame)

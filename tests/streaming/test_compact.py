@@ -60,7 +60,10 @@ def test_compaction_preserves_rows_and_keeps_unsealed_files(output):
         assert _multiset(output.root, t) == before[t]
     # batches 0-3 merged; the newest committed batch (4) and the uncommitted 5 untouched
     assert _names(output, "predictions", DATES[1]) == [
-        "part-0000000000-0000000003.parquet", "part-0000000004.parquet", "part-0000000005.parquet"]
+        "part-main-0000000000-0000000003.parquet", "part-main-0000000004.parquet", "part-main-0000000005.parquet"]
+    hidden = [p.name for p in output.table_dir("predictions").iterdir() if p.name.startswith(".")]
+    assert all(".retired-" in name for name in hidden)  # old generations wait out a grace period
+    assert compact_mod.purge_retired(output.table_dir("predictions"), grace_s=0) == len(hidden)
     assert not [p for p in output.table_dir("predictions").iterdir() if p.name.startswith(".")]
 
 
@@ -75,7 +78,7 @@ def test_replays_after_compaction_add_no_duplicates(output):
     # once batch 6 lands, 4 and 5 are sealed and fold into the compacted file
     assert _commit(output, 6)
     compact(CompactConfig(output.root))
-    assert _names(output, "predictions", DATES[1]) == ["part-0000000000-0000000005.parquet", "part-0000000006.parquet"]
+    assert _names(output, "predictions", DATES[1]) == ["part-main-0000000000-0000000005.parquet", "part-main-0000000006.parquet"]
     assert sum(_multiset(output.root, "predictions").values()) == 7 * 3
 
 
@@ -98,9 +101,10 @@ def test_exchange_is_atomic_swap_and_names_parse(tmp_path):
     if not exchange_dirs(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) not supported here; the two-rename fallback is used")
     assert (a / "y").exists() and (b / "x").exists()
-    assert batches_of("part-0000000007.parquet") == (7, 7)
-    assert batches_of("part-0000000001-0000000009.parquet") == (1, 9)
+    assert batches_of("part-main-0000000007.parquet") == ("main", 7, 7)
+    assert batches_of("part-main-0000000001-0000000009.parquet") == ("main", 1, 9)
     assert batches_of("part-7.parquet") is None
+    assert batches_of("part-0000000007.parquet") is None
 
 
 def test_reader_never_sees_both_old_and_compacted_files(output, monkeypatch):
@@ -160,3 +164,17 @@ def test_compaction_concurrent_with_a_writer_loses_and_duplicates_nothing(output
     rows = _multiset(output.root, "predictions")
     assert sum(rows.values()) == 30 * 3 and max(rows.values()) == 1
     assert len(_names(output, "predictions", DATES[1])) == 2  # merged + the newest batch
+
+
+def test_two_writers_share_tables_without_clashing(tmp_path):
+    """The folder and the Kafka stream write the same tables with their own batch ids."""
+    folder_w = OutputTables(tmp_path / "out", writer="folder_a1")
+    kafka_w = OutputTables(tmp_path / "out", writer="kafka_b2")
+    for b in range(3):
+        assert _commit(folder_w, b)
+        assert _commit(kafka_w, b)  # same batch id, other writer: not a replay
+    assert sum(_multiset(folder_w.root, "predictions").values()) == 2 * 3 * 3
+    compact(CompactConfig(folder_w.root))
+    names = _names(folder_w, "predictions", DATES[1])
+    assert "part-folder_a1-0000000000-0000000001.parquet" in names and "part-kafka_b2-0000000000-0000000001.parquet" in names
+    assert sum(_multiset(folder_w.root, "predictions").values()) == 2 * 3 * 3

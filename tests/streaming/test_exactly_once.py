@@ -66,11 +66,11 @@ def test_sigkill_at_a_random_moment_of_a_running_stream(tmp_path, trained_model_
             (inbox / name).write_bytes(image_bytes(["doom", "animal_crossing"][i % 2], 700 + i, "png"))
         commits = tmp_path / "output" / "_commits"
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(commits.glob("*.json")) if commits.exists() else []) < 2:
+        while time.monotonic() < deadline and len(list(commits.rglob("*.json")) if commits.exists() else []) < 2:
             if proc.poll() is not None:
                 pytest.fail(f"stream exited early: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.05)
-        assert len(list(commits.glob("*.json"))) >= 2, "stream made no progress"
+        assert len(list(commits.rglob("*.json"))) >= 2, "stream made no progress"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)

@@ -126,3 +126,26 @@ def test_incompatible_checkpoint_and_missing_model_are_clear_errors(spark, strea
         run_stream(spark, other)
     with pytest.raises(ModelError, match="no model at"):
         run_stream(spark, make_config(stream_root, tmp_path / "nowhere", checkpoint=tmp_path / "ck2"))
+
+
+def test_kafka_impl_spark_without_its_jar_is_a_clear_error(spark, stream_root, trained_model_dir):
+    from memestream.errors import ConfigError
+    from streaming.kafka_source import KafkaSourceConfig
+
+    cfg = make_config(stream_root, trained_model_dir, source="kafka", kafka_impl="spark",
+                      kafka=KafkaSourceConfig("127.0.0.1:9", "memes"), checkpoint=stream_root / "ck-kafka")
+    with pytest.raises(ConfigError, match="Kafka connector"):
+        run_stream(spark, cfg)
+
+
+def test_meme_stream_cli_errors_are_one_line(tmp_path, capsys):
+    from streaming.cli import main
+
+    assert main(["--data-dir", str(tmp_path), "--available-now"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model at" in err[0] and "meme-train" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["--source", "ftp"])
+    assert exc.value.code == 2
+    assert main(["--data-dir", str(tmp_path), "--window", "1m", "--slide", "5m"]) == 2
+    assert "slide" in capsys.readouterr().err
