@@ -1,0 +1,345 @@
+"""Shared benchmark plumbing: data sets, augmentation, memory sampling, percentiles.
+
+Machines are shared and noisy, so every scenario reports ratios against baselines
+measured in the same run; this module only provides the measuring tools.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "doom-crossing"
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """A folder of ``<class>/.../<image>`` files, listed once."""
+
+    root: Path
+    files: tuple[Path, ...]
+    labels: tuple[str, ...]
+    generated: bool
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def list_labelled(root: str | os.PathLike[str], generated: bool = False) -> LabelledImages:
+    """List image files under ``root/<class>/`` (hidden names skipped), sorted for repeatability."""
+    root = Path(root)
+    files: list[Path] = []
+    labels: list[str] = []
+    for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        for path in sorted(cls.rglob("*")):
+            rel = path.relative_to(root).parts
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTS and not any(p.startswith((".", "_")) for p in rel):
+                files.append(path)
+                labels.append(cls.name)
+    return LabelledImages(root, tuple(files), tuple(labels), generated)
+
+
+def work_dir(base: str | None = None) -> Path:
+    """Where generated/augmented data sets are cached between runs (never inside the repo)."""
+    path = Path(base or os.environ.get("MEMESTREAM_BENCH_WORK") or Path(tempfile.gettempdir()) / "memestream-bench")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def base_dataset(data: str | None, work: Path, generated_per_class: int = 60) -> LabelledImages:
+    """The real doom-crossing set when present (or ``data``), else a generated sample set."""
+    if data:
+        return list_labelled(data)
+    if SHARED_DATA.is_dir():
+        return list_labelled(SHARED_DATA)
+    from memestream.sample import write_dataset
+
+    out = work / f"sample-{generated_per_class}"
+    marker = out / ".complete"
+    if not marker.exists():
+        log.info("generating sample data set in %s (%d per class)", out, generated_per_class)
+        write_dataset(out, per_class=generated_per_class, classes=["doom", "animal_crossing"], seed=5)
+        marker.write_text("ok\n")
+    return list_labelled(out, generated=True)
+
+
+def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flip, crop and colour-jitter one image, so augmented copies are distinct inputs."""
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    h, w = img.shape[:2]
+    ch, cw = int(h * rng.uniform(0.8, 1.0)), int(w * rng.uniform(0.8, 1.0))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    img = img[y : y + ch, x : x + cw].astype(np.float32)
+    img = img * rng.uniform(0.85, 1.15, size=(1, 1, 3)) + rng.uniform(-15, 15)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def augmented_dataset(base: LabelledImages, n: int, work: Path, seed: int = 3) -> LabelledImages:
+    """A folder of exactly ``n`` images made from ``base`` (cached under ``work``, outside the repo).
+
+    The first copy of each source image is the original bytes; further copies are
+    flipped/cropped/jittered and re-encoded (JPEG at a random quality, or PNG).
+    """
+    key = hashlib.sha1(f"{base.root}|{len(base)}|{n}|{seed}".encode()).hexdigest()[:10]
+    out = work / f"aug-{n}-{key}"
+    marker = out / ".complete"
+    if marker.exists():
+        return list_labelled(out, generated=True)
+    log.info("augmenting %d images from %s into %s", n, base.root, out)
+    rng = np.random.default_rng(seed)
+    # a subset spreads over the whole base (both classes); a superset cycles through it
+    order = np.linspace(0, len(base) - 1, n).round().astype(int) if n <= len(base) else np.arange(n) % len(base)
+    for i in range(n):
+        src, label = base.files[order[i]], base.labels[order[i]]
+        folder = out / label / f"part{i // 5000:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if i < len(base):
+            (folder / f"{i:06d}{src.suffix.lower()}").write_bytes(src.read_bytes())
+            continue
+        img = cv2.imread(str(src), cv2.IMREAD_COLOR)
+        if img is None:  # unreadable source: keep the bytes, the pipeline will report it
+            (folder / f"{i:06d}{src.suffix.lower()}").write_bytes(src.read_bytes())
+            continue
+        img = augment(img, rng)
+        if rng.random() < 0.75:
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 95))])
+            ext = ".jpg"
+        else:
+            ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+            ext = ".png"
+        (folder / f"{i:06d}{ext}").write_bytes(buf.tobytes())
+    marker.write_text("ok\n")
+    return list_labelled(out, generated=True)
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded with every result file."""
+    import pyspark
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyspark": pyspark.__version__,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "mem_total_gib": _mem_total_gib(),
+        "executable": sys.executable,
+    }
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def percentiles(values: Sequence[float], qs: Iterable[int] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": .., "p95": .., "p99": ..}`` (None when there are no values)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": (round(float(np.percentile(arr, q)), 4) if arr.size else None) for q in qs}
+
+
+# ---------------------------------------------------------------------------------------
+# Memory: RSS of a process tree, sampled from /proc (no psutil needed).
+# ---------------------------------------------------------------------------------------
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _cmd(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read(300).replace(b"\x00", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (its own threads, not its children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    kids = _children_map()
+    out, stack = [], [root_pid]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(kids.get(pid, ()))
+    return out
+
+
+def tree_cpu(root_pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each live process in the tree of ``root_pid``."""
+    return {pid: _cpu_seconds(pid) for pid in tree_pids(root_pid)}
+
+
+class TreeCpu:
+    """CPU seconds a process tree spends inside a ``with`` block (live processes only).
+
+    On a shared, overloaded machine wall time mostly measures the neighbours; CPU time
+    per image is the steadier number to compare.
+    """
+
+    def __init__(self, root_pid: int | None = None) -> None:
+        self.root_pid = root_pid or os.getpid()
+        self.seconds = 0.0
+
+    def __enter__(self) -> "TreeCpu":
+        self.before = tree_cpu(self.root_pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = tree_cpu(self.root_pid)
+        self.seconds = round(sum(max(0.0, v - self.before.get(pid, 0.0)) for pid, v in after.items()), 2)
+
+
+def tree_rss(root_pid: int) -> dict[str, int]:
+    """RSS in bytes of ``root_pid`` and all descendants, split into jvm / python / other."""
+    kids = _children_map()
+    out = {"jvm": 0, "python": 0, "other": 0}
+    stack = [root_pid]
+    while stack:
+        pid = stack.pop()
+        stack.extend(kids.get(pid, ()))
+        rss = _rss(pid)
+        cmd = _cmd(pid)
+        kind = "jvm" if "java" in cmd.split(" ")[0] else ("python" if "python" in cmd else "other")
+        out[kind] += rss
+    return out
+
+
+@dataclass
+class MemorySampler:
+    """Sample the RSS of a process tree in a thread; keeps the peak of the total."""
+
+    root_pid: int
+    interval: float = 0.2
+    peak_total: int = 0
+    peak_parts: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+    cpu: dict[int, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            parts = tree_rss(self.root_pid)
+            total = sum(parts.values())
+            for pid, sec in tree_cpu(self.root_pid).items():  # last value seen per pid
+                self.cpu[pid] = max(sec, self.cpu.get(pid, 0.0))
+            self.samples += 1
+            if total > self.peak_total:
+                self.peak_total, self.peak_parts = total, parts
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread = threading.Thread(target=self._loop, name="mem-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def result(self) -> dict[str, float]:
+        mib = 1024 * 1024
+        return {
+            "peak_rss_mib": round(self.peak_total / mib, 1),
+            "peak_jvm_mib": round(self.peak_parts.get("jvm", 0) / mib, 1),
+            "peak_python_mib": round(self.peak_parts.get("python", 0) / mib, 1),
+            "memory_samples": self.samples,
+            "cpu_s": round(sum(self.cpu.values()), 2),
+        }
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds`` (wall) and ``t.cpu`` (CPU of this process)."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
+        self.seconds = self.cpu = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+        self.cpu = time.process_time() - self.cpu_start  # this process only (not children)
+
+
+def loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def rate(n: int, seconds: float) -> float:
+    return round(n / seconds, 2) if seconds > 0 else float("nan")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or a != a or b != b:
+        return None
+    return round(a / b, 3)

@@ -1,0 +1,274 @@
+"""Scenarios ``stream-folder`` and ``stream-kafka``: ``meme-stream`` as a subprocess.
+
+Two measurements per source, both read from the predictions table the way a user
+would (polling ``OUTPUT/predictions/date=*/part-*.parquet`` from this process):
+
+* latency at light load: images arrive at ``--stream-rate`` per second for
+  ``--stream-seconds``; per image, the time from landing in the inbox (or being
+  acknowledged by the broker) to its row being readable; p50/p95/p99.
+* throughput at saturation: N images arrive at once; N / time until all N rows are
+  readable, and its ratio to the ``limit`` scenario's ideal machine rate (one-core
+  rate x cores) measured in the same run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from bench.common import MemorySampler, augmented_dataset, percentiles, rate, ratio
+from bench.context import BenchContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictionsWatcher:
+    """Poll the predictions table; remember when each key (file name or Kafka key) first showed up."""
+
+    output: Path
+    column: str  # "origin" (folder: file name) or "kafka_key"
+    seen_files: set[str] = field(default_factory=set)
+    first_seen: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+    def poll(self) -> int:
+        new = 0
+        for part in sorted((self.output / "predictions").glob("date=*/part-*.parquet")):
+            key = f"{part}:{part.stat().st_mtime_ns}"
+            if key in self.seen_files:
+                continue
+            try:
+                table = pq.read_table(part, columns=[self.column, "error"])
+            except Exception as exc:  # noqa: BLE001 - a file replaced while we read it: retry next poll
+                log.debug("cannot read %s yet: %s", part, exc)
+                continue
+            self.seen_files.add(key)
+            now = time.monotonic()
+            for value, err in zip(table.column(self.column).to_pylist(), table.column("error").to_pylist()):
+                if value is None:
+                    continue
+                name = Path(value).name if self.column == "origin" else value
+                if name not in self.first_seen:
+                    self.first_seen[name] = now
+                    new += 1
+                    self.errors += err is not None
+        return new
+
+    def wait_for(self, keys: list[str], timeout: float, tick: Callable[[], None] | None = None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if tick:
+                tick()
+            self.poll()
+            if all(k in self.first_seen for k in keys):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+class FolderFeeder:
+    """Drop files into the inbox atomically (hidden temp name, then rename)."""
+
+    def __init__(self, inbox: Path) -> None:
+        self.inbox = inbox
+        inbox.mkdir(parents=True, exist_ok=True)
+
+    def send(self, name: str, data: bytes) -> float:
+        tmp = self.inbox / f".{name}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.inbox / name)
+        return time.monotonic()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class KafkaFeeder:
+    """Publish with the project's ImagePublisher; the key is the image's name (matched on kafka_key)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from producers.kafka import ImagePublisher, PublisherConfig
+
+        self.pub = ImagePublisher(PublisherConfig(bootstrap_servers=bootstrap, topic=topic, linger_ms=0))
+
+    def send(self, name: str, data: bytes) -> float:
+        self.pub.publish(data, {"filename": name}, key=name).get(timeout=30)
+        return time.monotonic()
+
+    def send_many(self, items: list[tuple[str, bytes]]) -> float:
+        futures = [self.pub.publish(data, {"filename": name}, key=name) for name, data in items]
+        self.pub.flush(60)
+        for f in futures:
+            f.get(timeout=60)
+        return time.monotonic()
+
+    def flush(self) -> None:
+        self.pub.flush(30)
+
+    def close(self) -> None:
+        self.pub.close()
+
+
+def _start_stream(args: list[str], log_path: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", "import sys; from streaming.cli import main; sys.exit(main())", *args]
+    log.info("starting meme-stream %s (log: %s)", " ".join(args), log_path)
+    fh = open(log_path, "w")
+    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop_stream(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """SIGTERM the stream (it stops after the current batch), then SIGKILL its process group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("meme-stream pid %d did not stop in %.0f s; killing its process group", proc.pid, timeout)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the JVM and Python workers we started with it
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
+    cfg = ctx.config
+    n_light = max(1, int(cfg.stream_rate * cfg.stream_seconds))
+    n_sat = cfg.stream_saturation_images
+    images = augmented_dataset(ctx.base(), 1 + n_light + n_sat, ctx.work)
+    payloads = [(p.suffix.lower(), p) for p in images.files]
+    model = ctx.model_dir()
+    root = ctx.tmp / f"stream-{source}"
+    output = root / "output"
+    args = ["--source", source, "--data-dir", str(root), "--output", str(output), "--checkpoint", str(root / "checkpoint"),
+            "--model", str(model), "--trigger", str(0.5), *cfg.stream_args]
+    broker = None
+    if source == "folder":
+        args += ["--inbox", str(root / "inbox"), "--max-files-per-trigger", "1000"]
+        feeder: Any = FolderFeeder(root / "inbox")
+        column = "origin"
+    else:
+        from producers.broker import start_broker
+        from producers.kafka import ensure_topic
+
+        broker = start_broker(log_dir=root / "broker")
+        topic = "bench-images"
+        ensure_topic(broker.bootstrap, topic, partitions=2)
+        args += ["--bootstrap-servers", broker.bootstrap, "--topic", topic, "--max-offsets-per-trigger", "1000"]
+        feeder = KafkaFeeder(broker.bootstrap, topic)
+        column = "kafka_key"
+    watcher = PredictionsWatcher(output, column)
+    log_path = root / "meme-stream.log"
+    root.mkdir(parents=True, exist_ok=True)
+    t_launch = time.monotonic()
+    proc = _start_stream(args, log_path)
+    result: dict[str, Any] = {"source": source}
+    try:
+        with MemorySampler(proc.pid, interval=0.5) as mem:
+            alive = lambda: _check_alive(proc, log_path)  # noqa: E731
+
+            # 1. warm-up: first image through (JVM, Python workers, model load)
+            ext, path = payloads[0]
+            feeder.send(f"warm{ext}", path.read_bytes())
+            if not watcher.wait_for([f"warm{ext}"], 300, alive):
+                raise TimeoutError(f"the warm-up image did not reach {output}/predictions within 300 s; log:\n{_tail(log_path)}")
+            result["first_row_after_launch_s"] = round(time.monotonic() - t_launch, 2)
+
+            # 2. light load: a steady trickle, latency per image
+            sent: dict[str, float] = {}
+            interval = 1.0 / cfg.stream_rate
+            start = time.monotonic()
+            for i in range(n_light):
+                due = start + i * interval
+                while time.monotonic() < due:
+                    watcher.poll()
+                    alive()
+                    time.sleep(min(0.02, max(0.0, due - time.monotonic())))
+                ext, path = payloads[1 + i]
+                name = f"light{i:06d}{ext}"
+                sent[name] = feeder.send(name, path.read_bytes())
+            done = watcher.wait_for(list(sent), 120 + cfg.stream_seconds, alive)
+            lat = [watcher.first_seen[k] - t for k, t in sent.items() if k in watcher.first_seen]
+            result["light"] = {
+                "images": n_light, "rate_per_s": cfg.stream_rate, "seconds": cfg.stream_seconds,
+                "rows_seen": len(lat), "complete": done, "latency_s": percentiles(lat),
+                "latency_max_s": round(max(lat), 3) if lat else None,
+            }
+
+            # 3. saturation: N images at once
+            batch = [(f"sat{i:06d}{ext}", path.read_bytes()) for i, (ext, path) in enumerate(payloads[1 + n_light :])]
+            t0 = time.monotonic()
+            if hasattr(feeder, "send_many"):
+                published = feeder.send_many(batch)
+            else:
+                for name, data in batch:
+                    feeder.send(name, data)
+                published = time.monotonic()
+            done = watcher.wait_for([name for name, _ in batch], 1800, alive)
+            t_all = max((watcher.first_seen.get(name, 0.0) for name, _ in batch), default=t0)
+            elapsed = t_all - t0
+            result["saturation"] = {
+                "images": len(batch), "complete": done, "feed_s": round(published - t0, 2),
+                "seconds": round(elapsed, 2), "images_per_s": rate(len(batch), elapsed),
+            }
+        result.update(mem.result())
+        result["error_rows"] = watcher.errors
+        result["output_files"] = len(watcher.seen_files)
+    finally:
+        feeder.close()
+        result["stream_exit_code"] = _stop_stream(proc)
+        if broker is not None:
+            broker.close()
+    limit = ctx.results.get("limit", {})
+    ideal = limit.get("ideal_machine_images_per_s")
+    result["limit_ideal_images_per_s"] = ideal
+    result["throughput_vs_limit"] = ratio(result["saturation"]["images_per_s"], ideal)
+    result["images_per_cpu_s"] = rate(1 + n_light + n_sat, result["cpu_s"]) if result.get("cpu_s") else None
+    result["throughput_vs_limit_1core"] = ratio(result["saturation"]["images_per_s"], limit.get("images_per_s_per_core"))
+    light, sat = result["light"], result["saturation"]
+    result["rows"] = [
+        {"case": f"{source}: light load {cfg.stream_rate:g}/s for {cfg.stream_seconds:g}s (latency s)",
+         "images": light["images"], **light["latency_s"], "peak_rss_mib": result["peak_rss_mib"]},
+        {"case": f"{source}: saturation, {sat['images']} at once", "images": sat["images"], "seconds": sat["seconds"],
+         "images_per_s": sat["images_per_s"], "throughput_vs_limit": result["throughput_vs_limit"],
+         "images_per_cpu_s": result["images_per_cpu_s"]},  # CPU of the whole run, start-up included
+    ]
+    return result
+
+
+def _check_alive(proc: subprocess.Popen, log_path: Path) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(f"meme-stream exited with code {proc.returncode}; log tail:\n{_tail(log_path)}")
+
+
+def run_stream_folder(ctx: BenchContext) -> dict[str, Any]:
+    return _measure(ctx, "folder")
+
+
+def run_stream_kafka(ctx: BenchContext) -> dict[str, Any]:
+    return _measure(ctx, "kafka")
+
+
+run = run_stream_folder

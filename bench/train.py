@@ -1,0 +1,54 @@
+"""Scenario ``train``: wall time and peak memory of ``meme-train`` as a subprocess.
+
+Run on the base set and on an augmented set ``--train-multiplier`` times larger;
+memory is the peak RSS of the whole process tree (Python driver, JVM, Python workers)
+sampled from /proc.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from typing import Any
+
+from bench.common import MemorySampler, Timer, augmented_dataset, rate, ratio
+from bench.context import BenchContext
+from bench.model import meme_train_available
+
+log = logging.getLogger(__name__)
+
+
+def _train_once(ctx: BenchContext, images, label: str) -> dict[str, Any]:
+    out = ctx.tmp / f"train-{label}"
+    cmd = [sys.executable, "-c", "import sys; from batch_training.train import main; sys.exit(main())",
+           "--data", str(images.root), "--model-dir", str(out), *ctx.config.train_args]
+    log.info("train %s: meme-train on %d images", label, len(images))
+    with Timer() as t:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with MemorySampler(proc.pid, interval=0.25) as mem:
+            output, _ = proc.communicate()
+    row: dict[str, Any] = {"case": f"meme-train {label}", "images": len(images), "seconds": round(t.seconds, 2),
+                           "images_per_s": rate(len(images), t.seconds), "exit_code": proc.returncode, **mem.result()}
+    row["images_per_cpu_s"] = rate(row["images"], row["cpu_s"])
+    if proc.returncode != 0:
+        row["error_tail"] = output.strip().splitlines()[-5:]
+    return row
+
+
+def run(ctx: BenchContext) -> dict[str, Any]:
+    if not meme_train_available():
+        return {"status": "skipped", "error": "batch_training.train (meme-train) is not importable yet", "rows": []}
+    base = ctx.base()
+    rows = [_train_once(ctx, base, "base")]
+    mult = ctx.config.train_multiplier
+    if mult > 1:
+        big = augmented_dataset(base, len(base) * mult, ctx.work)
+        rows.append(_train_once(ctx, big, f"x{mult}"))
+        rows[-1]["time_vs_base"] = ratio(rows[-1]["seconds"], rows[0]["seconds"])
+        rows[-1]["memory_vs_base"] = ratio(rows[-1]["peak_rss_mib"], rows[0]["peak_rss_mib"])
+    failed = [r for r in rows if r["exit_code"] != 0]
+    result: dict[str, Any] = {"train_args": list(ctx.config.train_args), "rows": rows}
+    if failed:
+        result["error"] = f"meme-train failed: {failed[0].get('error_tail')}"
+        raise RuntimeError(result["error"])
+    return result

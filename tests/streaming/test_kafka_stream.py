@@ -1,0 +1,83 @@
+"""Kafka through the whole meme-stream query: same tables, same quarantine, exactly once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
+from streaming.query import run_stream
+from streaming.sinks import OutputTables, read_table
+from tests.streaming.conftest import make_config
+from tests.streaming.test_kafka_source import big_noisy_png
+
+pytestmark = pytest.mark.kafka
+
+
+def _publish(bootstrap, topic, payloads, start=0):
+    with ImagePublisher(PublisherConfig(bootstrap, topic)) as pub:
+        for i, data in enumerate(payloads, start):
+            pub.publish(data, {"n": str(i), "subreddit": "r/test"})
+        pub.flush()
+
+
+def _kafka_cfg(root, model_dir, bootstrap, topic, **kw):
+    from streaming.kafka_source import KafkaSourceConfig
+
+    return make_config(root, model_dir, source="kafka", kafka=KafkaSourceConfig(bootstrap, topic, **kw),
+                       checkpoint=root / "ck-kafka")
+
+
+def test_kafka_images_reach_the_same_tables_exactly_once(spark, kafka_broker, tmp_path, trained_model_dir, image_bytes, bad_payloads):
+    topic = "memes-e2e-3p"
+    ensure_topic(kafka_broker.bootstrap, topic, partitions=3)
+    good = [image_bytes(["doom", "cats", "animal_crossing"][i % 3], 500 + i) for i in range(9)]
+    payloads = good + [big_noisy_png(), bad_payloads["truncated_jpeg"], bad_payloads["text"], b""]
+    assert len(payloads[9]) > 1024 * 1024
+    _publish(kafka_broker.bootstrap, topic, payloads)
+    cfg = _kafka_cfg(tmp_path, trained_model_dir, kafka_broker.bootstrap, topic, max_offsets_per_trigger=4)
+    first = run_stream(spark, cfg)
+    assert first.rows == len(payloads) and first.batches >= 3  # admission control: <= 4 records a batch
+
+    preds = read_table(tmp_path / "output", "predictions").to_pandas()
+    assert len(preds) == len(payloads) and preds["origin"].is_unique
+    assert set(preds["source"]) == {"kafka"}
+    assert {o.split("/")[0] for o in preds["origin"]} == {topic} and {o.split("/")[1] for o in preds["origin"]} == {"0", "1", "2"}
+    assert all(dict(h)["subreddit"] == "r/test" for h in preds["headers"])
+    by_n = {dict(h)["n"]: row for h, (_, row) in zip(preds["headers"], preds.iterrows())}
+    assert by_n["9"]["error"] is None and by_n["9"]["label"] is not None  # the >1 MB image is classified
+    assert by_n["10"]["error_code"] == "truncated" and by_n["11"]["error_code"] == "not_an_image"
+    assert by_n["12"]["error_code"] == "empty"
+    quarantine = read_table(tmp_path / "output", "quarantine").to_pandas()
+    assert sorted(quarantine["origin"]) == sorted(preds[preds["error"].notna()]["origin"])
+    assert bytes(quarantine.set_index("origin").loc[by_n["10"]["origin"], "payload"]) == bad_payloads["truncated_jpeg"]
+
+    # stop, publish more, restart with the same checkpoint: only the new ones
+    more = [image_bytes("doom", 900 + i) for i in range(3)]
+    _publish(kafka_broker.bootstrap, topic, more, start=len(payloads))
+    second = run_stream(spark, cfg)
+    assert second.rows == len(more)
+    preds = read_table(tmp_path / "output", "predictions").to_pandas()
+    assert len(preds) == len(payloads) + len(more) and preds["origin"].is_unique
+    labelled = preds[preds["label"].notna()].groupby("label").size().to_dict()
+    assert OutputTables(tmp_path / "output").label_totals() == labelled
+
+
+@pytest.mark.slow
+def test_kafka_stream_killed_mid_batch_then_restarted(kafka_broker, tmp_path, trained_model_dir, image_bytes):
+    topic = "memes-kill9"
+    ensure_topic(kafka_broker.bootstrap, topic, partitions=2)
+    payloads = [image_bytes("cats", 40 + i) for i in range(10)]
+    _publish(kafka_broker.bootstrap, topic, payloads)
+    cmd = [sys.executable, "-m", "streaming.cli", "--source", "kafka", "--bootstrap-servers", kafka_broker.bootstrap,
+           "--topic", topic, "--data-dir", str(tmp_path), "--model", str(trained_model_dir),
+           "--max-offsets-per-trigger", "3", "--available-now", "--quiet"]
+    crashed = subprocess.run(cmd, env={**os.environ, "MEMESTREAM_TEST_KILL_AT": "files:1"}, capture_output=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    preds = read_table(tmp_path / "output", "predictions").to_pandas()
+    assert len(preds) == len(payloads) and preds["origin"].is_unique and preds["error"].isna().all()
