@@ -188,8 +188,8 @@ class InboxMover:
                     mover._note(event.src_path)
 
             def on_moved(self, event):  # noqa: ANN001
-                if not event.is_directory:
-                    mover._note(event.dest_path)
+                if not event.is_directory:  # renamed into the inbox: the writer has finished
+                    mover._note(event.dest_path, closed=True)
 
             def on_closed(self, event):  # noqa: ANN001
                 if not event.is_directory:

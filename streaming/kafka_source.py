@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 SOURCE_NAME = "memestream-kafka"
 #: Re-probe an unchanged reported end after this long (an empty probe poll may have been a slow fetch).
 PROBE_MAX_AGE_S = 10.0
+#: An empty poll this long ends a probe (the driver consumer's fetch wait is 100 ms).
+PROBE_POLL_MS = 250
 SCHEMA = (
     "content binary, kafka_key string, headers map<string,string>, topic string, "
     "partition int, offset long, event_time timestamp"
@@ -225,32 +227,46 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._consumer = _new_consumer(self.cfg, fetch_wait_ms=100)
         return self._consumer
 
-    def _true_end(self, partition: int, reported: int) -> int:
-        """One past the last record that really exists, probing past the (possibly low) reported end.
+    def _true_ends(self, reported: Mapping[int, int]) -> dict[int, int]:
+        """One past the last record that really exists per partition, probing past the (possibly
+        low) reported ends: tansu reports base offset + 1 of the last produce batch.
 
-        The probe ends on an empty poll, which a slow fetch could fake; so a cached answer for an
+        All stale partitions are probed together in one poll loop that ends on the first empty
+        poll (~``PROBE_POLL_MS``). An empty poll could be a slow fetch, so a cached answer for an
         unchanged reported end is re-checked after ``PROBE_MAX_AGE_S``.
         """
         from kafka import TopicPartition
 
-        cached = self._ends.get(partition)
-        if cached and cached[0] == reported and time.monotonic() - cached[2] < PROBE_MAX_AGE_S:
-            return cached[1]
-        consumer = self._driver_consumer()
-        tp = TopicPartition(self.cfg.topic, partition)
-        end = max(reported, cached[1] if cached else 0)
-        consumer.assign([tp])
-        consumer.seek(tp, end)
-        while True:
-            batch = consumer.poll(timeout_ms=max(500, self.cfg.poll_timeout_ms // 2), max_records=100_000).get(tp, [])
-            if not batch:
-                break
-            end = max(end, batch[-1].offset + 1)
-        if end != reported:
-            log.debug("topic %s partition %d: broker reports end %d, records exist up to %d",
-                      self.cfg.topic, partition, reported, end)
-        self._ends[partition] = (reported, end, time.monotonic())
-        return end
+        now = time.monotonic()
+        ends: dict[int, int] = {}
+        stale: dict[int, int] = {}
+        for p, rep in reported.items():
+            cached = self._ends.get(p)
+            if cached and cached[0] == rep and now - cached[2] < PROBE_MAX_AGE_S:
+                ends[p] = cached[1]
+            else:
+                stale[p] = max(rep, cached[1] if cached else 0)
+        if stale:
+            consumer = self._driver_consumer()
+            tps = {p: TopicPartition(self.cfg.topic, p) for p in stale}
+            consumer.assign(list(tps.values()))
+            for p, tp in tps.items():
+                consumer.seek(tp, stale[p])
+            while True:
+                polled = consumer.poll(timeout_ms=PROBE_POLL_MS, max_records=100_000)
+                if not polled:
+                    break
+                for tp, batch in polled.items():
+                    if batch and tp.partition in stale:
+                        stale[tp.partition] = max(stale[tp.partition], batch[-1].offset + 1)
+            probed_at = time.monotonic()
+            for p, end in stale.items():
+                if end != reported[p]:
+                    log.debug("topic %s partition %d: broker reports end %d, records exist up to %d",
+                              self.cfg.topic, p, reported[p], end)
+                self._ends[p] = (reported[p], end, probed_at)
+                ends[p] = end
+        return ends
 
     def _latest(self) -> dict[int, int]:
         """True end offsets; a broker outage is ridden out for ``stall_timeout_s`` (retrying with a
@@ -281,7 +297,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         parts = topic_partitions(consumer, self.cfg)
         tps = [TopicPartition(self.cfg.topic, p) for p in parts]
         reported = consumer.end_offsets(tps)
-        return {tp.partition: self._true_end(tp.partition, reported[tp]) for tp in tps}
+        return self._true_ends({tp.partition: int(reported[tp]) for tp in tps})
 
     def _earliest(self, parts: list[int]) -> dict[int, int]:
         from kafka import TopicPartition
