@@ -38,6 +38,8 @@ SOURCE_NAME = "memestream-kafka"
 PROBE_MAX_AGE_S = 10.0
 #: An empty poll this long ends a probe (the driver consumer's fetch wait is 100 ms).
 PROBE_POLL_MS = 250
+#: Longest a probe may take before the batch is planned with what it found so far.
+PROBE_BUDGET_S = 0.6
 SCHEMA = (
     "content binary, kafka_key string, headers map<string,string>, topic string, "
     "partition int, offset long, event_time timestamp"
@@ -252,7 +254,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             consumer.assign(list(tps.values()))
             for p, tp in tps.items():
                 consumer.seek(tp, stale[p])
-            while True:
+            # Bounded: under a steady publish rate every poll finds a fresh record, and an
+            # endless probe would stall the stream; what arrives later goes to the next batch.
+            deadline = time.monotonic() + PROBE_BUDGET_S
+            while time.monotonic() < deadline:
                 polled = consumer.poll(timeout_ms=PROBE_POLL_MS, max_records=100_000)
                 if not polled:
                     break
