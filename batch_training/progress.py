@@ -21,7 +21,8 @@ class SparkProgress:
     def __init__(self, spark, phase: str, enabled: bool = True, interval: float = 0.3) -> None:
         self.sc = spark.sparkContext
         self.phase = phase
-        self.enabled = enabled and sys.stderr is not None
+        # a bar redrawn into a log file or pipe is noise: only on a terminal (phase lines always)
+        self.enabled = enabled and sys.stderr is not None and sys.stderr.isatty()
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
