@@ -29,7 +29,7 @@ def demo_inputs() -> dict[str, bytes]:
         fmt = "jpeg" if i % 4 else "png"
         files[f"new_{label}_{i:03d}.{'jpg' if fmt == 'jpeg' else 'png'}"] = sample_image_bytes(label, 9000 + i, fmt)
     good = files[next(iter(files))]
-    files["broken_truncated.jpg"] = good[: len(good) // 3]
+    files["broken_truncated.png"] = good[: len(good) // 3]
     files["not_an_image.txt"] = b"just a caption, no picture\n"
     files["empty.png"] = b""
     return files
