@@ -115,9 +115,10 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             _featurize_arrow(self.getFeatureSet(), self.getMaxBytes(), self.getMaxPixels()), _UDF_SCHEMA
         ).asNondeterministic()
         tmp = "__memestream_featurized"
-        return (
-            dataset.withColumn(tmp, udf(F.col(self.getInputCol())))
-            .withColumn(self.getOutputCol(), array_to_vector(F.col(f"{tmp}.features")))
-            .withColumn(self.getErrorCol(), F.col(f"{tmp}.error"))
-            .drop(tmp)
+        staged = dataset.withColumn(tmp, udf(F.col(self.getInputCol())))
+        # one select instead of withColumn/drop chains: each step costs a plan analysis
+        return staged.select(
+            *[F.col(c) for c in dataset.columns],
+            array_to_vector(F.col(f"{tmp}.features")).alias(self.getOutputCol()),
+            F.col(f"{tmp}.error").alias(self.getErrorCol()),
         )

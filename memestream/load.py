@@ -72,11 +72,11 @@ def read_files(
     """Add ``content_col`` (bytes or null) and ``error_col`` (null or reason) from ``path_col``."""
     udf = F.arrow_udf(_reader(max_bytes), "content binary, error string").asNondeterministic()
     tmp = "__memestream_read"
-    return (
-        df.withColumn(tmp, udf(F.col(path_col)))
-        .withColumn(content_col, F.col(f"{tmp}.content"))
-        .withColumn(error_col, F.col(f"{tmp}.error"))
-        .drop(tmp)
+    staged = df.withColumn(tmp, udf(F.col(path_col)))
+    return staged.select(
+        *[F.col(c) for c in df.columns],
+        F.col(f"{tmp}.content").alias(content_col),
+        F.col(f"{tmp}.error").alias(error_col),
     )
 
 

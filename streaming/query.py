@@ -89,16 +89,20 @@ def score(frame: DataFrame, model: LoadedModel) -> DataFrame:
     """Frame with ``content``/``load_error`` -> one labelled row per input (errors kept)."""
     out = classify(frame, model)
     err = F.coalesce(F.col("load_error"), F.col("error"))
-    return (
-        out.withColumn("error", err)
-        .withColumn("error_code", error_code(err))
-        .withColumn("label", F.when(err.isNull(), F.col("label")))
-        .withColumn("probabilities", F.when(err.isNull(), F.col("probabilities")))
-        .withColumn("confidence", F.when(err.isNull(), F.col("confidence")))
-        .withColumn("image_id", F.sha2(F.col("content"), 256))
-        .withColumn("processing_time", F.current_timestamp())
-        .withColumn("payload", F.when(err.isNotNull(), F.col("content")))
-        .withColumn("date", F.date_format(F.col("event_time"), "yyyy-MM-dd"))
+    ok = err.isNull()
+    # one withColumns: every expression reads the classified columns, none reads another's result
+    return out.withColumns(
+        {
+            "error": err,
+            "error_code": error_code(err),
+            "label": F.when(ok, F.col("label")),
+            "probabilities": F.when(ok, F.col("probabilities")),
+            "confidence": F.when(ok, F.col("confidence")),
+            "image_id": F.sha2(F.col("content"), 256),
+            "processing_time": F.current_timestamp(),
+            "payload": F.when(~ok, F.col("content")),
+            "date": F.date_format(F.col("event_time"), "yyyy-MM-dd"),
+        }
     )
 
 
@@ -444,19 +448,3 @@ def _describe_failure(exc: Any) -> str:
                 return line[:500]
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "query failed")
     return first[:500]
-
-
-def summary_json(summary: LiveSummary) -> str:
-    return json.dumps({"batches": summary.batches, "rows": summary.rows, "errors": summary.errors, "totals": summary.totals})
-
-
-__all__ = [
-    "StreamConfig",
-    "BatchProcessor",
-    "LiveSummary",
-    "StopFlag",
-    "build_tables",
-    "run_stream",
-    "score",
-    "check_checkpoint",
-]
