@@ -182,6 +182,14 @@ class BatchProcessor:
         self.tables = tables
         self.models = models
         self.summary = summary
+        self._last: BatchMarker | None = None
+
+    def _previous_marker(self, batch_id: int) -> BatchMarker | None:
+        """The marker before ``batch_id`` (watermark state): from memory in steady state,
+        from disk after a restart or replay, so a long run does not list every marker."""
+        if self._last is not None and self._last.batch_id == batch_id - 1:
+            return self._last
+        return self.tables.last_marker_before(batch_id)
 
     def _quarantine_targets(self, scored: pa.Table, batch_id: int) -> list[str | None]:
         """Where each bad folder input goes (decided before the commit, moved after it)."""
@@ -238,13 +246,14 @@ class BatchProcessor:
         if scored.num_rows == 0:
             return
         qpaths = self._quarantine_targets(scored, batch_id)
-        previous = self.tables.last_marker_before(batch_id)
+        previous = self._previous_marker(batch_id)
         tables, marker = build_tables(scored, batch_id, self.cfg.window, previous, qpaths)
         marker.model_version = model.version
         marker.quarantine_moves = {p: q for p, q in zip(scored.column("path").to_pylist(), qpaths) if p and q}
         for row in scored.filter(pc.is_valid(scored.column("error"))).select(["origin", "error"]).to_pylist():
             log.warning("quarantined %s: %s", row["origin"], row["error"])
         self.tables.commit_batch(batch_id, tables, marker, after_files=lambda: _test_kill_point("files", batch_id))
+        self._last = marker
         _test_kill_point("committed", batch_id)
         self._finish_inputs(scored.column("path").to_pylist(), marker)
         log.debug("batch %d: %d rows scored in %.3fs, written in %.3fs", batch_id, scored.num_rows,
