@@ -22,18 +22,18 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from bench.model import load_logreg, numpy_model
+    from bench.model import load_scoring_model
 
     base = ctx.base()
     files = list(base.files)
     if ctx.config.limit_images:
         files = files[: ctx.config.limit_images]
     spark = ctx.get_spark()
-    loaded = load_logreg(spark, ctx.model_dir())
+    loaded, local = load_scoring_model(spark, ctx.model_dir())  # the stream's own model, as numpy
     from memestream.classify import featurizer_of
 
     fs = get_feature_set(featurizer_of(loaded).getFeatureSet())  # what the saved model computes
-    nmodel = numpy_model(loaded.pipeline, loaded.classes)
+    predict = lambda m: local.predict(m)[1]  # noqa: E731
     n = len(files)
 
     # warm-up (imports, OpenCV's first-call costs) outside the timings
@@ -50,7 +50,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     with Timer() as t_feat:
         matrix, errors = featurize_batch(payloads, fs)
     with Timer() as t_pred:
-        pred = nmodel.predict(matrix)
+        pred = predict(matrix)
 
     # end to end, one image at a time (the latency a single-image service would see)
     lat: list[float] = []
@@ -59,7 +59,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for p in files:
         t0 = time.perf_counter()
         m, _ = featurize_batch([p.read_bytes()], fs)
-        nmodel.predict(m)
+        predict(m)
         lat.append(time.perf_counter() - t0)
     e2e = time.perf_counter() - start
     e2e_cpu = time.process_time() - cpu0
@@ -67,13 +67,14 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     truth = np.array([loaded.classes.index(lab) if lab in loaded.classes else -1 for lab in base.labels[:n]])
     ok = np.array([e is None for e in errors])
     accuracy = float((pred[ok] == truth[ok]).mean()) if ok.any() else None
-    agreement = _agreement_with_spark(spark, loaded, files[: min(n, 200)], nmodel, fs)
+    agreement = _agreement_with_spark(spark, loaded, files[: min(n, 200)], predict, fs)
 
     per_image_ms = {k: round(v * 1000, 3) for k, v in percentiles(lat).items()}
     out = {
         "images": n,
         "feature_set": fs.name,
         "model_version": loaded.version,
+        "model": loaded.name,
         "bad_images": int((~ok).sum()),
         "read_images_per_s": rate(n, t_read.seconds),
         "decode_images_per_s": rate(n, t_decode.seconds),
@@ -110,7 +111,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     return out
 
 
-def _agreement_with_spark(spark, loaded, files, nmodel, fs) -> float | None:
+def _agreement_with_spark(spark, loaded, files, predict, fs) -> float | None:
     """Share of images where the numpy baseline predicts the same class as the Spark model."""
     from memestream.classify import classify
 
@@ -120,6 +121,6 @@ def _agreement_with_spark(spark, loaded, files, nmodel, fs) -> float | None:
     df = spark.createDataFrame(rows, "path string, content binary")
     got = {r["path"]: r["label"] for r in classify(df, loaded).select("path", "label").collect()}
     matrix, errors = featurize_batch([b for _, b in rows], fs)
-    mine = nmodel.predict(matrix)
+    mine = predict(matrix)
     same = [got[p] == loaded.classes[k] for (p, _), k, e in zip(rows, mine, errors) if e is None and got.get(p) is not None]
     return round(sum(same) / len(same), 4) if same else None

@@ -13,11 +13,8 @@ import logging
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 
 from bench.common import LabelledImages
 from memestream.errors import ModelError
@@ -78,56 +75,25 @@ def fit_in_process(spark, images: LabelledImages, model_dir: Path, feature_set: 
     return model_dir
 
 
-@dataclass
-class NumpyModel:
-    """Scaler + PCA + logistic regression as plain arrays: ``predict_proba(X)``."""
+def load_scoring_model(spark, model_dir: Path):
+    """The model the stream scores with (the store's best) and its numpy form; the
+    logistic regression when the best one runs only in Spark (a random forest)."""
+    from memestream.classify import local_model
+    from memestream.modelstore import load_model
 
-    mean: np.ndarray
-    inv_std: np.ndarray
-    pc: np.ndarray
-    coef: np.ndarray
-    intercept: np.ndarray
-    binomial: bool
-    classes: list[str]
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        z = ((x.astype(np.float64) - self.mean) * self.inv_std) @ self.pc
-        logits = z @ self.coef.T + self.intercept
-        if self.binomial:
-            p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
-            return np.stack([1.0 - p1, p1], axis=1)
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.predict_proba(x).argmax(axis=1)
-
-
-def numpy_model(pipeline: Any, classes: list[str]) -> NumpyModel:
-    """Extract StandardScalerModel mean/std, PCA matrix and LR coefficients from the stages."""
-    from pyspark.ml.classification import LogisticRegressionModel
-    from pyspark.ml.feature import PCAModel, StandardScalerModel
-
-    stages = {type(s): s for s in pipeline.stages}
-    missing = [t.__name__ for t in (StandardScalerModel, PCAModel, LogisticRegressionModel) if t not in stages]
-    if missing:
-        raise ModelError(
-            f"the limit baseline needs StandardScaler, PCA and LogisticRegression stages; "
-            f"found {[type(s).__name__ for s in pipeline.stages]} (missing {missing})"
-        )
-    scaler, pca, lr = stages[StandardScalerModel], stages[PCAModel], stages[LogisticRegressionModel]
-    mean = scaler.mean.toArray() if scaler.getWithMean() else np.zeros(len(scaler.std))
-    std = scaler.std.toArray()
-    inv_std = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0) if scaler.getWithStd() else np.ones_like(std)
-    coef = lr.coefficientMatrix.toArray()
-    intercept = lr.interceptVector.toArray()
-    binomial = coef.shape[0] == 1 and len(classes) == 2
-    return NumpyModel(mean, inv_std, pca.pc.toArray(), coef, intercept, binomial, list(classes))
+    best = load_model(model_dir)
+    local = local_model(best)
+    if local is not None:
+        return best, local
+    fallback = load_logreg(spark, model_dir)
+    local = local_model(fallback)
+    if local is None:
+        raise ModelError(f"neither {best.name} nor {fallback.name} in {model_dir} can be applied in numpy")
+    return fallback, local
 
 
 def load_logreg(spark, model_dir: Path):
-    """Load the store's logistic-regression pipeline (the one the numpy baseline mirrors)."""
+    """Load the store's logistic-regression pipeline."""
     from memestream.modelstore import load_model, read_manifest, resolve_version_dir
 
     manifest = read_manifest(resolve_version_dir(model_dir))

@@ -52,6 +52,7 @@ class InboxMover:
         self._closed: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._observer = None
         self._thread: threading.Thread | None = None
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -136,6 +137,8 @@ class InboxMover:
             self._pending[p] = (st.st_size, st.st_mtime_ns, time.monotonic())
             if closed:
                 self._closed.add(p)
+        if closed:
+            self._wake.set()  # complete now: move it without waiting for the next tick
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -163,7 +166,11 @@ class InboxMover:
 
     def _loop(self) -> None:
         last_sweep = time.monotonic()
-        while not self._stop.wait(0.05):
+        while True:
+            self._wake.wait(0.05)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self._tick()
             if time.monotonic() - last_sweep > 5.0:  # safety net for missed events
                 for p in self._candidates():
@@ -195,6 +202,7 @@ class InboxMover:
                 if not event.is_directory:
                     mover._note(event.src_path, closed=True)
 
+        _pair_moves_quickly()
         self._observer = Observer()
         self._observer.schedule(Handler(), str(self.inbox), recursive=True)
         self._observer.start()
@@ -206,6 +214,7 @@ class InboxMover:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -216,6 +225,21 @@ class InboxMover:
 # ---------------------------------------------------------------------------------------
 # meme-drop
 # ---------------------------------------------------------------------------------------
+#: How long watchdog's inotify reader holds an unmatched "moved from" event while waiting
+#: for its "moved to" half. Its default (0.5 s) delays *every* later event queued behind
+#: it, including our own moves out of the inbox: each image waited ~0.3 s before it was
+#: seen. Both halves of one rename() arrive in the same inotify read, so 50 ms is ample.
+MOVE_PAIRING_SECONDS = 0.05
+
+
+def _pair_moves_quickly() -> None:
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    except ImportError:  # another platform or watchdog version: keep its default
+        return
+    InotifyMoveEventGrouper.delay = min(InotifyMoveEventGrouper.delay, MOVE_PAIRING_SECONDS)
+
+
 def drop_files(sources: Sequence[str | os.PathLike[str]], inbox: str | os.PathLike[str]) -> list[Path]:
     """Copy files (or folders, recursively) into ``inbox`` atomically; returns the new paths."""
     inbox = Path(inbox)

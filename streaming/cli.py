@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--max-bytes", envvar="MEMESTREAM_MAX_BYTES", type=positive_int, default=DEFAULT_MAX_BYTES, help="inputs above this size are quarantined")
     env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
              help="Kafka reader: python (built in, kafka-python) or spark (Spark's connector; its jar must be on the classpath)")
+    env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=["auto", "python", "spark"],
+             help="where the model runs: python (numpy in the worker that decodes, one pass per image; logistic "
+             "regression and MLP models), spark (the PipelineModel in the JVM; any model), auto (python when possible)")
     parser.add_argument("--available-now", action="store_true", help="process everything available, then exit")
     parser.add_argument("--no-watch", action="store_true", help="do not run the inbox mover (another meme-drop --watch does it)")
     parser.add_argument("--demo", action="store_true", help="make sample data, train a model if none exists, stream a few images, show results")
@@ -110,6 +113,7 @@ def config_from_args(args: argparse.Namespace):
         quiet=bool(args.quiet),
         kafka=kafka,
         kafka_impl=args.kafka_impl,
+        scoring=args.scoring,
     )
 
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from memestream.classify import classify, error_code
+from memestream.classify import classify, classify_local, error_code, local_model
 from memestream.decode import DEFAULT_MAX_BYTES, READ_ERROR
 from memestream.errors import CheckpointError, ConfigError, MemestreamError
 from memestream.load import EMPTY_FILE_MARKER, local_path
@@ -71,6 +71,7 @@ class StreamConfig:
     quiet: bool = False
     kafka: Any = None  # streaming.kafka_source.KafkaSourceConfig
     kafka_impl: str = "python"  # python (our Data Source) | spark (built-in connector jar)
+    scoring: str = "auto"  # auto | python (model in the Python worker) | spark (PipelineModel in the JVM)
 
     def identity(self) -> dict[str, str]:
         """What a checkpoint is bound to: changing any of these needs a new checkpoint."""
@@ -85,30 +86,46 @@ class StreamConfig:
 # ---------------------------------------------------------------------------------------
 # Pure transforms (batch-testable)
 # ---------------------------------------------------------------------------------------
-def score(frame: DataFrame, model: LoadedModel) -> DataFrame:
-    """Frame with ``content``/``load_error`` -> one labelled row per input (errors kept)."""
-    out = classify(frame, model)
+SCORING_ENGINES = ("auto", "python", "spark")
+
+
+def score(frame: DataFrame, model: LoadedModel, max_bytes: int = DEFAULT_MAX_BYTES, engine: str = "auto") -> DataFrame:
+    """Source frame (``path`` to read, or ``content``) -> one labelled row per input, errors kept,
+    in the output layout (:data:`PREDICTION_COLUMNS` plus ``payload`` and ``date``).
+
+    ``engine``: ``python`` reads, decodes, featurizes and classifies in one Python worker
+    pass (the model's stages as numpy, :mod:`memestream.inference`); ``spark`` runs the
+    PipelineModel in the JVM; ``auto`` takes ``python`` when the model allows it.
+    """
+    if engine not in SCORING_ENGINES:
+        raise ConfigError(f"--scoring must be one of {', '.join(SCORING_ENGINES)}, found {engine!r}")
+    local = None if engine == "spark" else local_model(model)
+    if engine == "python" and local is None:
+        raise ConfigError(f"model {model.version}/{model.name} has stages that run only in Spark; use --scoring auto or spark")
+    extra = {"processing_time": F.current_timestamp(), "date": F.date_format(F.col("event_time"), "yyyy-MM-dd")}
+    if local is not None:
+        from_path = "content" not in frame.columns
+        out = classify_local(frame, model, local, "path" if from_path else "content", from_path, max_bytes)
+        return out.select(*[extra[c].alias(c) if c in extra else F.col(c) for c in _OUTPUT], extra["date"].alias("date"))
+    out = classify(with_content(frame, max_bytes), model)
     err = F.coalesce(F.col("load_error"), F.col("error"))
     ok = err.isNull()
-    # one withColumns: every expression reads the classified columns, none reads another's result
-    return out.withColumns(
-        {
-            "error": err,
-            "error_code": error_code(err),
-            "label": F.when(ok, F.col("label")),
-            "probabilities": F.when(ok, F.col("probabilities")),
-            "confidence": F.when(ok, F.col("confidence")),
-            "image_id": F.sha2(F.col("content"), 256),
-            "processing_time": F.current_timestamp(),
-            "payload": F.when(~ok, F.col("content")),
-            "date": F.date_format(F.col("event_time"), "yyyy-MM-dd"),
-        }
-    )
+    # one select: every expression reads the classified columns, none reads another's result
+    cols = {
+        **extra,
+        "error": err,
+        "error_code": error_code(err),
+        "label": F.when(ok, F.col("label")),
+        "probabilities": F.when(ok, F.col("probabilities")),
+        "confidence": F.when(ok, F.col("confidence")),
+        "image_id": F.sha2(F.col("content"), 256),
+        "payload": F.when(~ok, F.col("content")),
+    }
+    return out.select(*[cols[c].alias(c) if c in cols else F.col(c) for c in _OUTPUT], cols["date"].alias("date"))
 
 
-def output_columns(df: DataFrame) -> DataFrame:
-    cols = [c for c in PREDICTION_COLUMNS if c not in ("late", "batch_id")]
-    return df.select(*cols, "payload", "date")
+#: Columns :func:`score` returns before ``date`` (the tables add ``late`` and ``batch_id``).
+_OUTPUT = tuple(c for c in PREDICTION_COLUMNS if c not in ("late", "batch_id")) + ("payload",)
 
 
 @dataclass
@@ -240,7 +257,7 @@ class BatchProcessor:
         start = time.monotonic()
         model = self.models.refresh()
         _test_kill_point("start", batch_id)
-        scored_df = output_columns(score(with_content(batch_df, self.cfg.max_bytes), model))
+        scored_df = score(batch_df, model, self.cfg.max_bytes, self.cfg.scoring)
         scored = scored_df.toArrow()
         scored_at = time.monotonic()
         if scored.num_rows == 0:
@@ -369,15 +386,29 @@ class StopFlag:
         self.event.set()
 
 
-def warm_up(spark, model: LoadedModel) -> None:
-    """Score two generated images once, so Python workers, the UDF and the JVM model are
-    loaded before the first real image arrives (first-batch latency drops by seconds)."""
+def warm_up(spark, model: LoadedModel, cfg: StreamConfig) -> None:
+    """Score a generated image and an empty input once, shaped like the real source, so
+    Python workers, the UDF and the model are loaded before the first real image arrives
+    (first-batch latency drops by seconds)."""
+    import tempfile
+
     from memestream.sample import sample_image_bytes
 
     started = time.monotonic()
-    rows = [(sample_image_bytes("doom", 1), None), (b"", None)]
-    frame = spark.createDataFrame(rows, "content binary, load_error string").withColumn("event_time", F.current_timestamp())
-    score(frame, model).select("label", "error").collect()
+    image = sample_image_bytes("doom", 1)
+    schema = "source string, origin string, path string, kafka_key string, headers map<string,string>"
+    with tempfile.TemporaryDirectory(prefix="memestream-warmup-") as tmp:
+        if cfg.source == "folder":
+            files = [Path(tmp) / "warm.png", Path(tmp) / "empty.bin"]
+            files[0].write_bytes(image)
+            files[1].write_bytes(EMPTY_FILE_MARKER)
+            rows = [("folder", f.name, f"file:{f}", None, None) for f in files]
+            frame = spark.createDataFrame(rows, schema)
+        else:
+            rows = [("kafka", f"warm/0/{i}", None, None, None, data) for i, data in enumerate((image, b""))]
+            frame = spark.createDataFrame(rows, schema + ", content binary")
+        frame = frame.withColumn("event_time", F.current_timestamp())
+        score(frame, model, cfg.max_bytes, cfg.scoring).select("label", "error").collect()
     log.debug("warm-up scoring took %.2fs", time.monotonic() - started)
 
 
@@ -399,7 +430,10 @@ def run_stream(
     OutputTables(cfg.output).ensure_writable()
     tables = OutputTables(cfg.output, writer=check_checkpoint(cfg))
     models = ModelHolder(cfg.model_dir, cfg.model_version)
-    warm_up(spark, models.model)
+    if cfg.scoring != "spark":
+        engine = "the Python worker (numpy)" if local_model(models.model) is not None else "Spark ML (JVM)"
+        log.info("model %s/%s runs in %s", models.model.version, models.model.name, engine)
+    warm_up(spark, models.model, cfg)
     summary = LiveSummary(tables.label_totals(), quiet=cfg.quiet)
     processor = BatchProcessor(cfg, tables, models, summary)
     mover = None

@@ -46,7 +46,6 @@ def bad_payloads(image_bytes):
     """One payload per kind of bad input, keyed by the error code it must produce."""
     import struct
 
-    import cv2
     import numpy as np
 
     jpeg = image_bytes("doom", 1, "jpeg")

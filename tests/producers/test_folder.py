@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 
 from memestream.load import EMPTY_FILE_MARKER
 from producers.folder import InboxMover, drop_files, is_ignored, main
