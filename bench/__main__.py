@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-multiplier", type=positive_int, default=10, help="'train' also runs on a set this many times larger (default: 10)")
     parser.add_argument("--stream-rate", type=positive_float, default=5.0, help="images/s at light load for latency (default: 5)")
     parser.add_argument("--stream-seconds", type=positive_float, default=45.0, help="seconds of light load (default: 45; quick: 8)")
-    parser.add_argument("--stream-images", type=positive_int, default=1000, help="images dropped at once for saturation (default: 1000; quick: 100)")
+    parser.add_argument("--stream-images", type=positive_int, default=3000, help="images dropped at once for saturation (default: 3000; quick: 100)")
     parser.add_argument("--limit-images", type=int, default=0, help="cap the images the limit loop uses (default: all)")
     parser.add_argument("--train-arg", action="append", default=[], help="extra argument passed to meme-train (repeatable)")
     parser.add_argument("--stream-arg", action="append", default=[], help="extra argument passed to meme-stream (repeatable)")

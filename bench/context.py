@@ -30,7 +30,7 @@ class BenchConfig:
     train_multiplier: int = 10
     stream_rate: float = 5.0
     stream_seconds: float = 45.0
-    stream_saturation_images: int = 1000
+    stream_saturation_images: int = 3000
     limit_images: int = 0  # 0 = every base image
     profile: bool = False
     train_args: tuple[str, ...] = ()

@@ -6,9 +6,11 @@ would (polling ``OUTPUT/predictions/date=*/part-*.parquet`` from this process):
 * latency at light load: images arrive at ``--stream-rate`` per second for
   ``--stream-seconds``; per image, the time from landing in the inbox (or being
   acknowledged by the broker) to its row being readable; p50/p95/p99.
-* throughput at saturation: N images arrive at once; N / time until all N rows are
-  readable, and its ratio to the ``limit`` scenario's ideal machine rate (one-core
-  rate x cores) measured in the same run.
+* throughput at saturation: N images arrive at once. The steady-state rate is the rows
+  written after the burst's first output batch divided by the time after it (the stream
+  drains a backlog); the burst rate is N / time from the first send to the last row.
+  Both are given as a ratio to the ``limit`` scenario's ideal machine rate (one-core rate
+  x cores) measured in the same run.
 """
 from __future__ import annotations
 
@@ -227,11 +229,19 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
                     feeder.send(name, data)
                 published = time.monotonic()
             done = watcher.wait_for([name for name, _ in batch], 1800, alive)
-            t_all = max((watcher.first_seen.get(name, 0.0) for name, _ in batch), default=t0)
+            seen = sorted(watcher.first_seen[name] for name, _ in batch if name in watcher.first_seen)
+            t_all = seen[-1] if seen else t0
             elapsed = t_all - t0
+            # Steady state: once the first batch of the burst is out, the rest drains from a
+            # backlog; rows after it / time after it. The first batch only holds what had
+            # arrived when its trigger fired, so it measures latency, not capacity.
+            first_n = sum(1 for t in seen if t == seen[0]) if seen else 0
+            drain_s = t_all - seen[0] if seen else 0.0
             result["saturation"] = {
                 "images": len(batch), "complete": done, "feed_s": round(published - t0, 2),
-                "seconds": round(elapsed, 2), "images_per_s": rate(len(batch), elapsed),
+                "seconds": round(elapsed, 2), "burst_images_per_s": rate(len(batch), elapsed),
+                "first_batch_images": first_n, "drain_seconds": round(drain_s, 2),
+                "images_per_s": rate(len(batch) - first_n, drain_s) if len(batch) - first_n >= 100 else rate(len(batch), elapsed),
             }
         result.update(mem.result())
         result["error_rows"] = watcher.errors
@@ -245,15 +255,18 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
     ideal = limit.get("ideal_machine_images_per_s")
     result["limit_ideal_images_per_s"] = ideal
     result["throughput_vs_limit"] = ratio(result["saturation"]["images_per_s"], ideal)
+    result["burst_vs_limit"] = ratio(result["saturation"]["burst_images_per_s"], ideal)
     result["images_per_cpu_s"] = rate(1 + n_light + n_sat, result["cpu_s"]) if result.get("cpu_s") else None
     result["throughput_vs_limit_1core"] = ratio(result["saturation"]["images_per_s"], limit.get("images_per_s_per_core"))
     light, sat = result["light"], result["saturation"]
     result["rows"] = [
         {"case": f"{source}: light load {cfg.stream_rate:g}/s for {cfg.stream_seconds:g}s (latency s)",
          "images": light["images"], **light["latency_s"], "peak_rss_mib": result["peak_rss_mib"]},
-        {"case": f"{source}: saturation, {sat['images']} at once", "images": sat["images"], "seconds": sat["seconds"],
-         "images_per_s": sat["images_per_s"], "throughput_vs_limit": result["throughput_vs_limit"],
+        {"case": f"{source}: saturation, steady state (after batch 1)", "images": sat["images"] - sat["first_batch_images"],
+         "seconds": sat["drain_seconds"], "images_per_s": sat["images_per_s"], "throughput_vs_limit": result["throughput_vs_limit"],
          "images_per_cpu_s": result["images_per_cpu_s"]},  # CPU of the whole run, start-up included
+        {"case": f"{source}: burst, {sat['images']} at once, first to last", "images": sat["images"], "seconds": sat["seconds"],
+         "images_per_s": sat["burst_images_per_s"], "throughput_vs_limit": result["burst_vs_limit"]},
     ]
     return result
 
