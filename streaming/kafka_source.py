@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,10 +37,13 @@ log = logging.getLogger(__name__)
 SOURCE_NAME = "memestream-kafka"
 #: Re-probe an unchanged reported end after this long (an empty probe poll may have been a slow fetch).
 PROBE_MAX_AGE_S = 10.0
-#: An empty poll this long ends a probe (the driver consumer's fetch wait is 100 ms).
-PROBE_POLL_MS = 250
+#: An empty poll this long ends a probe: several fetch round trips at PROBE_FETCH_WAIT_MS. Every
+#: batch with new records pays it once, so it is part of the light-load latency.
+PROBE_POLL_MS = 80
 #: Longest a probe may take before the batch is planned with what it found so far.
 PROBE_BUDGET_S = 0.6
+#: How long the broker may hold the probe's fetch when no record is past the offset.
+PROBE_FETCH_WAIT_MS = 20
 SCHEMA = (
     "content binary, kafka_key string, headers map<string,string>, topic string, "
     "partition int, offset long, event_time timestamp"
@@ -226,7 +230,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _driver_consumer(self):
         if self._consumer is None:
-            self._consumer = _new_consumer(self.cfg, fetch_wait_ms=100)
+            # short fetch wait: the end probe stops at its first empty poll, which waits this long
+            self._consumer = _new_consumer(self.cfg, fetch_wait_ms=PROBE_FETCH_WAIT_MS)
         return self._consumer
 
     def _true_ends(self, reported: Mapping[int, int]) -> dict[int, int]:
@@ -379,6 +384,29 @@ def _row(rec) -> tuple:
     return (rec.value, key, headers, rec.topic, rec.partition, rec.offset, ts)
 
 
+#: Consumers kept per Python worker process between tasks (workers are reused), keyed by the
+#: source settings: a new KafkaConsumer costs a bootstrap connection and metadata round
+#: trips (tens of ms) on every micro-batch otherwise. One per key: tasks in one worker
+#: process run one at a time.
+_POOL: dict[Any, Any] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _pooled_consumer(cfg: KafkaSourceConfig):
+    """``(pool key, a consumer this worker kept from an earlier task, or None)``."""
+    key = repr(sorted(cfg.consumer_kwargs().items(), key=lambda kv: kv[0]))
+    with _POOL_LOCK:
+        return key, _POOL.pop(key, None)
+
+
+def _return_consumer(key: Any, consumer) -> None:
+    with _POOL_LOCK:
+        old = _POOL.pop(key, None)
+        _POOL[key] = consumer
+    if old is not None:
+        old.close()
+
+
 def read_range(cfg: KafkaSourceConfig, partition: int, start: int, end: int) -> Iterator[tuple]:
     """Yield rows for offsets ``[start, end)``; gaps (compaction, transaction markers) are skipped.
 
@@ -391,14 +419,18 @@ def read_range(cfg: KafkaSourceConfig, partition: int, start: int, end: int) -> 
     nxt = start
     failures = 0
     last_progress = time.monotonic()
-    consumer = None
+    pool_key, consumer = _pooled_consumer(cfg) if start < end else (None, None)
+    positioned = False
+    finished = False
     try:
         while nxt < end:
             try:
                 if consumer is None:
                     consumer = _new_consumer(cfg)
+                if not positioned:
                     consumer.assign([tp])
                     consumer.seek(tp, nxt)
+                    positioned = True
                 batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms).get(tp, [])
                 position = consumer.position(tp)
             except Exception as exc:  # noqa: BLE001 - retried, then reported with the position
@@ -411,6 +443,7 @@ def read_range(cfg: KafkaSourceConfig, partition: int, start: int, end: int) -> 
                     except Exception:  # noqa: BLE001
                         pass
                 consumer = None
+                positioned = False
                 batch, position = [], nxt
                 if time.monotonic() - last_progress > cfg.stall_timeout_s or failures > 20:
                     raise BrokerError(f"reading topic {cfg.topic} partition {partition} at offset {nxt} "
@@ -436,9 +469,13 @@ def read_range(cfg: KafkaSourceConfig, partition: int, start: int, end: int) -> 
                     f"but nothing arrived at offset {nxt} for {cfg.stall_timeout_s:.0f} s from {cfg.bootstrap_servers} "
                     "(broker down, or the records were deleted)"
                 )
+        finished = True
     finally:
         if consumer is not None:
-            consumer.close()
+            if finished and pool_key is not None:
+                _return_consumer(pool_key, consumer)  # healthy: the next task in this worker reuses it
+            else:
+                consumer.close()
 
 
 class MemestreamKafkaDataSource(DataSource):
