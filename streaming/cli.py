@@ -8,9 +8,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from memestream.cli import add_common_flags, env_flag, positive_float, positive_int, run_main
+from memestream.cli import (
+    add_common_flags,
+    env_flag,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
+from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS
 from streaming.counts import WindowSpec, parse_duration
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="make sample data, train a model if none exists, stream a few images, show results")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master URL (default: local[*])")
     env_flag(parser, "--driver-memory", envvar="MEMESTREAM_DRIVER_MEMORY", default=None, help="Spark driver memory, e.g. 2g")
+    env_flag(parser, "--driver-java-options", envvar="MEMESTREAM_DRIVER_JAVA_OPTIONS", default=STREAM_DRIVER_JAVA_OPTIONS,
+             help="extra JVM options for the driver (default: C1 JIT only: the JVM only orchestrates, and C2 "
+             "compilation competes with the Python workers for the cores; '' for the JVM's default)")
     try:
         from streaming.kafka_source import add_kafka_flags
     except ImportError:  # pragma: no cover - the Kafka module is part of the package
@@ -129,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     from memestream.spark import build_spark
     from streaming.query import run_stream
 
-    spark = build_spark(f"meme-stream-{cfg.source}", master=args.master, driver_memory=args.driver_memory)
+    spark = build_spark(f"meme-stream-{cfg.source}", master=args.master, driver_memory=args.driver_memory,
+                        driver_java_options=args.driver_java_options)
     summary = run_stream(spark, cfg)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "

@@ -58,7 +58,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     data = Path(args.data_dir)
     args.model = args.model or str(data / "models")
-    spark = build_spark("meme-stream-demo", master=args.master, driver_memory=args.driver_memory)
+    spark = build_spark("meme-stream-demo", master=args.master, driver_memory=args.driver_memory,
+                        driver_java_options=args.driver_java_options)
     ensure_model(spark, data, Path(args.model), args.quiet)
     inputs = demo_inputs()
     broker = None

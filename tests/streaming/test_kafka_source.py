@@ -201,3 +201,27 @@ def test_broker_gone_fails_clearly_with_topic_partition_offset(tmp_path):
         with pytest.raises(BrokerError, match=r"topic gone partition 0 at offset 1"):
             list(reader.read(reader.partitions({"0": 1}, {"0": 3})[0]))
         reader.stop()
+
+
+@pytest.mark.kafka
+def test_read_range_reuses_a_healthy_consumer_and_drops_a_broken_one(kafka_broker, kafka_topic):
+    """Tasks in one worker share a pooled consumer (no reconnect per micro-batch); a
+    consumer whose reads failed is closed, never handed to the next task."""
+    import streaming.kafka_source as ks
+
+    publish(kafka_broker.bootstrap, kafka_topic, [b"r%d" % i for i in range(6)])
+    cfg = KafkaSourceConfig(kafka_broker.bootstrap, kafka_topic)
+    ks._POOL.clear()
+    assert [r[0] for r in ks.read_range(cfg, 0, 0, 3)] == [b"r0", b"r1", b"r2"]
+    assert len(ks._POOL) == 1
+    pooled = next(iter(ks._POOL.values()))
+    assert [r[0] for r in ks.read_range(cfg, 0, 3, 6)] == [b"r3", b"r4", b"r5"]
+    assert next(iter(ks._POOL.values())) is pooled  # the same client served the second range
+
+    rows = ks.read_range(cfg, 0, 4, 6)
+    assert next(rows)[0] == b"r4"
+    rows.close()  # the consumer stopped mid-range (task cancelled): not returned to the pool
+    assert ks._POOL == {}
+    assert [r[0] for r in ks.read_range(cfg, 0, 5, 6)] == [b"r5"]
+    assert len(ks._POOL) == 1 and next(iter(ks._POOL.values())) is not pooled
+    ks._POOL.clear()
