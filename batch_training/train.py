@@ -180,12 +180,8 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     log.info("found %d files in %d classes under %s: %s", fp["count"], len(classes), root, ", ".join(f"{c}={file_counts[c]}" for c in classes))
 
     featurizer = ImageFeaturizer(featureSet=cfg.feature_set, inputCol="content", outputCol=FEATURES, errorCol=ERROR)
-    feats = (
-        featurizer.transform(read_files(labelled.select("path", ds.REL_PATH, ds.LABEL)))
-        .withColumn(ERROR, F.coalesce(F.col("load_error"), F.col(ERROR)))
-        .select("path", ds.REL_PATH, ds.LABEL, FEATURES, ERROR)
-        .cache()
-    )
+    # one Python pass per image: read + decode + featurize (the bytes never go to the JVM)
+    feats = featurizer.transform_paths(labelled.select("path", ds.REL_PATH, ds.LABEL), "path").cache()
     with SparkProgress(spark, f"featurizing {fp['count']} images ({cfg.feature_set})", cfg.progress):
         good_counts = {r[ds.LABEL]: int(r["count"]) for r in feats.filter(F.col(ERROR).isNull()).groupBy(ds.LABEL).count().collect()}
     skipped = summarize_errors(feats, ds.REL_PATH, ERROR)

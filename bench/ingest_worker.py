@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyspark.sql import functions as F
 
     from memestream.featurizer import ImageFeaturizer
-    from memestream.load import list_image_files, read_files
+    from memestream.load import list_image_files
     from memestream.spark import build_spark
 
     spark = build_spark("memestream-bench-ingest", master=args.master, driver_memory=args.driver_memory)
@@ -34,8 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup = time.perf_counter() - t0
     t1 = time.perf_counter()
     listed = list_image_files(spark, args.data)
-    feats = ImageFeaturizer(inputCol="content", featureSet=args.feature_set).transform(read_files(listed))
-    row = feats.agg(F.count("*").alias("n"), F.count("error").alias("bad"), F.count("load_error").alias("load_bad")).first()
+    feats = ImageFeaturizer(inputCol="content", featureSet=args.feature_set).transform_paths(listed, "path")
+    row = feats.agg(F.count("*").alias("n"), F.count("error").alias("bad"),
+                    F.count(F.when(F.col("error").rlike("^(oversized|empty|read_error):"), 1)).alias("load_bad")).first()
     job = time.perf_counter() - t1
     parts = listed.rdd.getNumPartitions()
     print(json.dumps({"images": row["n"], "bad": row["bad"], "load_bad": row["load_bad"], "job_s": round(job, 3),

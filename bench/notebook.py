@@ -54,15 +54,15 @@ def project_ingest(spark, images: LabelledImages, feature_set: str):
     from pyspark.sql import functions as F
 
     from memestream.featurizer import ImageFeaturizer
-    from memestream.load import list_image_files, read_files
+    from memestream.load import list_image_files
 
     classes = images.classes
     root = str(images.root.resolve())
     listed = list_image_files(spark, root)
     cls = F.regexp_extract("path", "^(?:file:)?" + re.escape(root) + "/([^/]+)/", 1)
     index = F.array_position(F.array(*[F.lit(c) for c in classes]), cls).cast("double") - 1.0
-    df = read_files(listed.withColumn("label", index).filter(F.col("label") >= 0))
-    feat = ImageFeaturizer(inputCol="content", outputCol="features", featureSet=feature_set).transform(df)
+    df = listed.withColumn("label", index).filter(F.col("label") >= 0)
+    feat = ImageFeaturizer(inputCol="content", outputCol="features", featureSet=feature_set).transform_paths(df, "path")
     return feat.filter(F.col("error").isNull()).select("label", "features")
 
 
@@ -122,7 +122,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     _warm_fit(spark)
     _warm_workers(spark, images, ctx.cpu_count())
     nb = _measure("notebook: driver cv2.imread gray32 + createDataFrame", lambda: notebook_ingest(spark, images), spark, n, 32)
-    pj = _measure("project: binaryFile list + read_files + ImageFeaturizer(gray32)",
+    pj = _measure("project: binaryFile list + ImageFeaturizer.transform_paths(gray32)",
                   lambda: project_ingest(spark, images, "gray32"), spark, n, 32)
     pj_default = _measure(f"project: same path, {ctx.feature_set}",
                           lambda: project_ingest(spark, images, ctx.feature_set), spark, n, 32)

@@ -41,6 +41,24 @@ def _featurize_arrow(feature_set: str, max_bytes: int, max_pixels: int):
     return run
 
 
+def _featurize_paths_arrow(feature_set: str, read_max: int, max_bytes: int, max_pixels: int):
+    """UDF body for :meth:`ImageFeaturizer.transform_paths`: read each file, then featurize."""
+
+    def run(paths: pa.Array) -> pa.Array:
+        from memestream.load import local_path, read_capped
+
+        fs = get_feature_set(feature_set)
+        read = [read_capped(local_path(p), read_max) if p is not None else (None, "read_error: no path") for p in paths.to_pylist()]
+        matrix, errors = featurize_batch([d for d, _ in read], fs, max_bytes, max_pixels)
+        errors = [r or f for (_, r), f in zip(read, errors)]
+        n = len(read)
+        offsets = pa.array([i * fs.dim for i in range(n + 1)], type=pa.int32())
+        features = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=pa.float32()))
+        return pa.StructArray.from_arrays([features, pa.array(errors, type=pa.string())], names=["features", "error"])
+
+    return run
+
+
 class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
     """Image bytes (binary column) -> feature vector column plus an error column.
 
@@ -108,6 +126,28 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
                 raise DataError(f"ImageFeaturizer output column {out!r} already exists in the input")
         if self.getFeatureSet() not in FEATURE_SETS:
             raise ConfigError(f"unknown feature set {self.getFeatureSet()!r}; expected one of {sorted(FEATURE_SETS)}")
+
+    def transform_paths(self, dataset: DataFrame, path_col: str = "path", read_max_bytes: int | None = None) -> DataFrame:
+        """Like :meth:`transform`, for a column of file paths: each file is read inside the
+        same UDF call that featurizes it, so its bytes never travel to the JVM and back.
+
+        The features are exactly the stage's (same ``featurize_batch``, feature set and
+        caps); the error column also carries read errors (``oversized``, ``empty``,
+        ``read_error``). Used by training, which reads files by path.
+        """
+        if path_col not in dataset.columns:
+            raise DataError(f"ImageFeaturizer.transform_paths expects a path column {path_col!r}; found {dataset.columns}")
+        udf = F.arrow_udf(
+            _featurize_paths_arrow(self.getFeatureSet(), read_max_bytes or self.getMaxBytes(), self.getMaxBytes(), self.getMaxPixels()),
+            _UDF_SCHEMA,
+        ).asNondeterministic()
+        tmp = "__memestream_featurized"
+        staged = dataset.withColumn(tmp, udf(F.col(path_col)))
+        return staged.select(
+            *[F.col(c) for c in dataset.columns],
+            array_to_vector(F.col(f"{tmp}.features")).alias(self.getOutputCol()),
+            F.col(f"{tmp}.error").alias(self.getErrorCol()),
+        )
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         self._check_schema(dataset)

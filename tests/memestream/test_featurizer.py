@@ -88,3 +88,31 @@ def test_featurizer_runs_once_per_row_when_features_and_error_are_both_used(spar
     bad = out.filter(F.col("error").isNotNull()).select("error", F.size(vector_to_array("features")).alias("n")).collect()
     assert len(bad) == len(rows) - 4
     assert calls() == len(rows)
+
+
+def test_transform_paths_gives_the_same_features_and_errors_as_reading_then_transform(spark, image_bytes, bad_payloads, tmp_path):
+    """Training reads and featurizes in one UDF call; it must match the saved stage exactly."""
+    from memestream.load import EMPTY_FILE_MARKER, read_files
+
+    files = {f"g{i}.jpg": image_bytes(["doom", "cats"][i % 2], 40 + i, "jpeg") for i in range(4)}
+    files.update({f"bad_{k}.bin": v for k, v in bad_payloads.items() if v})
+    files["empty.png"] = EMPTY_FILE_MARKER
+    cap = max(len(v) for v in files.values()) + 100
+    files["big.jpg"] = image_bytes("doom", 1, "jpeg") + b"\0" * cap  # over the cap
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    paths = spark.createDataFrame([(str(tmp_path / n),) for n in sorted(files)], "path string")
+    feat = ImageFeaturizer(inputCol="content", outputCol="features", errorCol="error")
+
+    fused = feat.transform_paths(paths, "path", read_max_bytes=cap).select("path", vector_to_array("features").alias("f"), "error")
+    two_step = (feat.transform(read_files(paths, max_bytes=cap))
+                .select("path", vector_to_array("features").alias("f"), F.coalesce("load_error", "error").alias("error")))
+    a = {r["path"]: (r["f"], r["error"]) for r in fused.collect()}
+    b = {r["path"]: (r["f"], r["error"]) for r in two_step.collect()}
+    assert a.keys() == b.keys() and len(a) == len(files)
+    for path in a:
+        assert a[path][1] == b[path][1], path
+        assert np.array_equal(np.array(a[path][0]), np.array(b[path][0])), path
+    errors = {p.rsplit("/", 1)[1]: e.split(":")[0] for p, (_, e) in a.items() if e}
+    assert errors["big.jpg"] == "oversized" and errors["empty.png"] == "empty"
+    assert set(errors) == set(files) - {f"g{i}.jpg" for i in range(4)}
