@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 
 from batch_training.train import TrainConfig, train
 from memestream.classify import PREDICTION, classify
@@ -56,3 +57,16 @@ def test_rerun_adds_v0002_and_saved_model_predicts_like_in_memory(spark, trained
     assert len(saved) == 9 and saved == in_memory
     labels = classify(rows, loaded).select("path", "label").collect()
     assert all(r["label"] == Path(r["path"]).relative_to(sample_dataset).parts[0] for r in labels)
+
+
+def test_saved_featurizer_must_match_the_training_one():
+    from batch_training.train import check_same_featurizer
+    from memestream.errors import ModelError
+    from memestream.featurizer import ImageFeaturizer
+
+    trained = ImageFeaturizer(featureSet="gray32")
+    check_same_featurizer(ImageFeaturizer(featureSet="gray32"), trained, "v1")
+    with pytest.raises(ModelError, match=r"featureSet: saved 'colortex', trained with 'gray32'"):
+        check_same_featurizer(ImageFeaturizer(featureSet="colortex"), trained, "v1")
+    with pytest.raises(ModelError, match="maxBytes"):
+        check_same_featurizer(ImageFeaturizer(featureSet="gray32", maxBytes=10), trained, "v1")
