@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--available-now", action="store_true", help="process everything available, then exit")
     parser.add_argument("--no-watch", action="store_true", help="do not run the inbox mover (another meme-drop --watch does it)")
     parser.add_argument("--demo", action="store_true", help="make sample data, train a model if none exists, stream a few images, show results")
+    parser.add_argument("--no-ui", action="store_true", default=os.environ.get("MEMESTREAM_NO_UI", "").lower() in ("1", "true", "yes"),
+                        help="do not start the Spark UI (default: on, http://127.0.0.1:4040 or the next free port) "
+                        "[env: MEMESTREAM_NO_UI=1]")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master URL (default: local[*])")
     env_flag(parser, "--driver-memory", envvar="MEMESTREAM_DRIVER_MEMORY", default=None, help="Spark driver memory, e.g. 2g")
     env_flag(parser, "--driver-java-options", envvar="MEMESTREAM_DRIVER_JAVA_OPTIONS", default=STREAM_DRIVER_JAVA_OPTIONS,
@@ -136,11 +139,14 @@ def _run(args: argparse.Namespace) -> int:
     from memestream.modelstore import resolve_version_dir
 
     resolve_version_dir(cfg.model_dir, cfg.model_version)  # clear error before Spark starts
-    from memestream.spark import build_spark
+    from memestream.spark import UI_CONF, build_spark, ui_url
     from streaming.query import run_stream
 
     spark = build_spark(f"meme-stream-{cfg.source}", master=args.master, driver_memory=args.driver_memory,
-                        driver_java_options=args.driver_java_options)
+                        driver_java_options=args.driver_java_options, conf=None if args.no_ui else UI_CONF)
+    url = None if args.no_ui else ui_url(spark)
+    if url:
+        print(f"Spark UI: {url} (Structured Streaming tab: {url.rstrip('/')}/StreamingQuery/)", file=sys.stderr)
     summary = run_stream(spark, cfg)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "
