@@ -1,22 +1,17 @@
 """DuckDB and Spark give the same answers over an output folder written by a real stream.
 
-The folder is written by ``run_stream`` (several batches, good and bad images), then
-compacted (leaving a hidden retired generation and a staging file behind, which both
-readers must skip); the same queries then run on both engines and the results are
-compared value by value, column types included.
+The folder (fixture ``streamed`` in conftest.py) is written by ``run_stream`` (several
+batches, good and bad images), then compacted (leaving a hidden retired generation and
+staging files behind, which both readers must skip); the same queries then run on both
+engines and the results are compared value by value, column types included.
 """
 from __future__ import annotations
-
-import shutil
 
 import pyarrow as pa
 import pytest
 
 from streaming import duck
-from streaming.compact import CompactConfig, compact
-from streaming.query import run_stream
 from streaming.tables import register_views as spark_register_views
-from tests.streaming.conftest import make_config
 
 QUERIES = [
     "SELECT * FROM predictions ORDER BY image_id",
@@ -38,30 +33,6 @@ SPARK_TO_DUCK = {
     "map<string,double>": "MAP(VARCHAR, DOUBLE)",
 }
 VIEWS = ("predictions", "quarantine", "class_count_deltas", "class_counts", "class_totals")
-
-
-@pytest.fixture(scope="module")
-def streamed(spark, trained_model_dir, image_bytes, bad_payloads, tmp_path_factory):
-    """An output folder from a real folder stream: 3 classes, 2 bad inputs, several batches, compacted."""
-    root = tmp_path_factory.mktemp("duck-stream")
-    inbox = root / "inbox"
-    inbox.mkdir()
-    for i in range(10):
-        (inbox / f"good_{i}.jpg").write_bytes(image_bytes(["doom", "cats", "animal_crossing"][i % 3], 300 + i, "jpeg"))
-    (inbox / "bad_text.jpg").write_bytes(bad_payloads["text"])
-    (inbox / "bad_trunc.jpg").write_bytes(bad_payloads["truncated_jpeg"])
-    summary = run_stream(spark, make_config(root, trained_model_dir))
-    assert summary.batches >= 3 and summary.rows == 12
-    out = root / "output"
-    results = compact(CompactConfig(out, min_files=2))
-    assert any(r.action == "compacted" for r in results)
-    # what compaction and a crashed writer leave behind: invisible to both readers
-    pred = out / "predictions"
-    assert list(pred.glob(".date=*.retired-*")), "compaction keeps the old generation hidden for a grace period"
-    live = next(pred.glob("date=*"))
-    shutil.copy(next(live.glob("*.parquet")), live / ".part-main-0000000099.parquet.tmp")
-    shutil.copy(next(live.glob("*.parquet")), live / "_part-main-0000000098.parquet")
-    return root
 
 
 def _spark_table(spark, sql: str) -> pa.Table:
