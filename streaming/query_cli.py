@@ -60,6 +60,9 @@ examples:
 
   # rolling class counts of the last windows, as JSON lines
   meme-query --output out --format json "SELECT * FROM class_counts ORDER BY window_start DESC, label"
+
+  # the same views on Spark instead of DuckDB (dialect differences: docs/query.md)
+  meme-query --engine spark --output out "SELECT label, count(*) AS n FROM predictions GROUP BY label"
 """
 
 
