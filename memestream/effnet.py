@@ -98,13 +98,13 @@ def find_weights() -> Path:
     return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _StorageType:
     name: str
     dtype: np.dtype
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _StorageRef:
     key: str
     dtype: np.dtype
@@ -112,7 +112,7 @@ class _StorageRef:
     numel: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _TensorRef:
     storage: _StorageRef
     offset: int
@@ -256,9 +256,14 @@ def read_legacy_torch(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise ModelError(f"{path}: holds a {type(obj).__name__}, expected a state dict")
     out: dict[str, np.ndarray] = {}
     for name, ref in obj.items():
-        if not isinstance(name, str) or not isinstance(ref, _TensorRef):
+        if not isinstance(name, str) or not isinstance(ref, _TensorRef) or not isinstance(ref.storage, _StorageRef):
             raise ModelError(f"{path}: entry {str(name)[:60]!r} is not a tensor")
-        out[name] = _materialise(ref, storages, name, path)
+        try:
+            out[name] = _materialise(ref, storages, name, path)
+        except MemestreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. fields overwritten by a crafted BUILD opcode
+            raise ModelError(f"{path}: tensor {name} is malformed ({type(exc).__name__}: {str(exc)[:120]})") from None
     return out
 
 

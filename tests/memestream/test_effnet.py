@@ -140,6 +140,21 @@ def test_legacy_reader_refuses_a_forbidden_global_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def test_legacy_reader_refuses_a_build_opcode_that_rewrites_a_tensor(tmp_path):
+    obj = bytearray(b"\x80\x02")
+    _emit(_Call(_Global("collections", "OrderedDict"), ()), obj)
+    obj += b"("
+    _emit("t", obj)
+    _emit(_tensor("FloatStorage", "1", 6, 0, (6,), (1,)), obj)
+    obj += b"}"
+    _emit("storage", obj)
+    _emit(5, obj)
+    obj += b"sbu."  # SETITEM into the state dict, BUILD on the tensor, SETITEMS
+    path = _write_legacy(tmp_path / "w.pth", bytes(obj), {"1": np.arange(6, dtype=np.float32)})
+    with pytest.raises(ModelError, match="is not a tensor|malformed|not a readable"):
+        effnet.read_legacy_torch(path)
+
+
 @pytest.mark.parametrize(
     "case, match",
     [
