@@ -128,6 +128,20 @@ class LoadedModel:
     feature_set: str
     path: Path
     manifest: dict[str, Any]
+    #: OCR text branch stacked with the image branch (memestream.stacking.TextBranch), if trained.
+    text_branch: Any = None
+
+
+def _check_assets(pipeline: Any, where: Path) -> None:
+    """Open the featurizer's asset (its ONNX graph) now, on the driver: a missing or corrupt
+    file must fail the load with one line (a running stream then keeps its old model),
+    not fail a batch later inside a worker."""
+    stage = pipeline.stages[0] if pipeline.stages else None
+    asset = stage.getAssetPath() if hasattr(stage, "getAssetPath") else None
+    if asset:
+        from memestream.effnet import get_embedder
+
+        get_embedder(asset)
 
 
 def load_model(model: str | os.PathLike[str], version: str | None = None, which: str | None = None) -> LoadedModel:
@@ -146,7 +160,15 @@ def load_model(model: str | os.PathLike[str], version: str | None = None, which:
     except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
+    _check_assets(pipeline, mpath)
+    text_branch = None
+    branch_rel = models[name].get("text_branch")
+    if branch_rel:
+        from memestream.stacking import TextBranch
+
+        text_branch = TextBranch.load(vdir / branch_rel)
     return LoadedModel(
+        text_branch=text_branch,
         pipeline=pipeline,
         version=manifest.get("version", vdir.name),
         name=name,
