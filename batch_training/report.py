@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted", "roc_auc", "pr_auc")
+SUMMARY_FIELDS = ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted", "roc_auc", "pr_auc", "ece", "brier", "log_loss")
 
 
 def _fmt(value: Any) -> str:
@@ -41,6 +41,9 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     lines = [
         f"rows: {metrics['n']}   accuracy: {_fmt(metrics['accuracy'])}   weighted F1: {_fmt(metrics['f1_weighted'])}   "
         f"ROC AUC ({metrics['auc_average']}): {_fmt(metrics['roc_auc'])}   PR AUC: {_fmt(metrics['pr_auc'])}",
+        f"calibration: ECE {_fmt(metrics.get('ece'))}   Brier {_fmt(metrics.get('brier'))}   log loss {_fmt(metrics.get('log_loss'))}   "
+        f"auto-label coverage at 95 % / 98 % precision: {_fmt((metrics.get('coverage') or {}).get('at_95'))} / "
+        f"{_fmt((metrics.get('coverage') or {}).get('at_98'))}",
         f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>7} {'ROC AUC':>8} {'PR AUC':>7} {'support':>8}",
     ]
     for name, pc in metrics["per_class"].items():
@@ -97,6 +100,7 @@ def write_report(
     if plots:
         try:
             _plots(out, results, classes, class_balance, curves)
+            _reliability_plot(out, results)
             cascade = (extra or {}).get("cv", {}).get("cascade")
             if cascade:
                 _cascade_plot(out, cascade, (extra or {})["cv"].get("chosen_cascade"))
@@ -205,4 +209,35 @@ def _cascade_plot(out: Path, rows: Sequence[Mapping[str, Any]], chosen: float | 
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_ocr.png", dpi=100)
+    plt.close(fig)
+
+
+def _reliability_plot(out: Path, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Reliability diagram on the test split: claimed confidence against delivered accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfect")
+    drawn = False
+    for name, splits in results.items():
+        m = splits.get("test") or {}
+        rows = m.get("reliability") or []
+        if not rows:
+            continue
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o",
+                label=f"{name} (ECE {_fmt(m.get('ece'))})")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0.45 if all(len((s.get("test") or {}).get("classes", [])) == 2 for s in results.values()) else 0.0, 1.0)
+    ax.set_title("reliability (test split)")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
     plt.close(fig)

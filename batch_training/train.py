@@ -329,7 +329,7 @@ def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n
 def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mode: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Probabilities of the test rows through the saved model as the stream applies it
     (numpy stages, then the text branch with its cascade); JVM for a random forest."""
-    from memestream.classify import local_model
+    from memestream.classify import calibrator_for, local_model
 
     local = local_model(loaded)
     if local is None:
@@ -343,6 +343,13 @@ def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mod
         has = np.array([bool(t.strip()) for t in texts]) & todo
         probs = branch.combine(probs, [t if d else "" for t, d in zip(texts, todo)], has)
         info = {"ocr_share": round(float(todo.mean()), 4), "with_text": round(float(has.mean()), 4)}
+    if loaded.novelty is not None:
+        scores, _ = loaded.novelty.score(features)
+        info["ood_flagged_share"] = round(float((scores > loaded.novelty.threshold).mean()), 4)
+    calibrator = calibrator_for(loaded, text_mode if branch is not None and texts is not None else "off")
+    if calibrator is not None:
+        probs = calibrator.apply(probs)
+        info["calibration"] = calibrator.method
     return probs, info
 
 
@@ -357,6 +364,8 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     from batch_training.metrics import classification_metrics, roc_curves
     from batch_training.progress import SparkProgress, phase
     from batch_training.report import summary_table, write_report
+    from memestream.calibration import fit_calibration, save_calibrators
+    from memestream.novelty import NoveltyModel
     from memestream.classify import ERROR, FEATURES, REDUCED, SCALED, featurizer_of
     from memestream.features import get_feature_set
     from memestream.featurizer import ImageFeaturizer
@@ -424,16 +433,27 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         results[name] = {"cv": cv}
         models_meta[name] = {"path": f"models/{name}", "params": _params(fitted), "fit_seconds": round(time.monotonic() - fit_started, 1), "cv": cv}
     reduced.unpersist()
+    novelty, _ = NoveltyModel.fit(data.features[tr], y[tr], chosen.folds)
+    for name in cfg.models:  # the same reference set for every model of the version
+        novelty.save(vdir / "models" / name)
+    calibration: dict[str, Any] = {}
+    if "logreg" in cfg.models:
+        image_cal, calibration["image"] = fit_calibration(chosen.image.oof_probs, y[tr], chosen.folds)
+        save_calibrators(vdir / "models" / "logreg", {"image": image_cal}, {"image": calibration["image"]})
+        models_meta["logreg"]["calibration"] = image_cal.method
     if chosen.cascade is not None:
         branch = _fit_text_branch(cfg, data, y, chosen, len(classes))
         pipelines["logreg"].write().overwrite().save(str(vdir / "models" / STACKED))
         branch.save(vdir / "models" / STACKED / "text_branch")
+        stacked_cal, calibration["stacked"] = fit_calibration(chosen.cascade.oof_probs, y[tr], chosen.folds)
+        save_calibrators(vdir / "models" / STACKED, {"image": image_cal, "stacked": stacked_cal}, calibration)
+        novelty.save(vdir / "models" / STACKED)
         pipelines[STACKED] = pipelines["logreg"]
         cv = sel.fold_summary(next(r for r in chosen.cascade.table if r["cascade"] == chosen.cascade.cascade)["fold_accuracy"])
         results[STACKED] = {"cv": cv}
         models_meta[STACKED] = {
             "path": f"models/{STACKED}", "image_branch": "logreg", "text_branch": f"models/{STACKED}/text_branch",
-            "cascade": branch.cascade, "text_C": chosen.text.C, "cv": cv,
+            "cascade": branch.cascade, "text_C": chosen.text.C, "cv": cv, "calibration": stacked_cal.method,
         }
     best = STACKED if STACKED in models_meta else ("logreg" if "logreg" in cfg.models else cfg.models[0])
     manifest: dict[str, Any] = {
@@ -458,6 +478,8 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
                 "cascade": [{kk: vv for kk, vv in r.items() if kk != "fold_accuracy"} | {"fold": sel.fold_summary(r["fold_accuracy"])} for r in chosen.cascade.table],
                 "chosen_cascade": chosen.cascade.cascade} if chosen.cascade is not None else {}),
         },
+        "calibration_cv_log_loss": calibration,
+        "novelty": {"k": novelty.k, "threshold": round(novelty.threshold, 6), "quantile": 0.99, "reference_rows": int(len(novelty.labels))},
         "cache": {"features_reused": data.cached_features, "texts_reused": data.cached_texts},
         "data": {"root": inputs.root, "fingerprint": inputs.fingerprint, "files": inputs.fingerprint["count"], "skipped": data.skipped},
         "config": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in asdict(cfg).items()},
@@ -503,6 +525,8 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
                "input_files": inputs.file_counts, "cv": manifest["cv"]},
         plots=cfg.plots,
     )
+    split_doc = {"test": [r for r, t in zip(data.rel_path, test) if t], "train": [r for r, t in zip(data.rel_path, test) if not t]}
+    atomic_write_text(vdir / "report" / "split.json", json.dumps(split_doc) + "\n")
     store.mark_current(version)
     log.info("version %s marked current in %s (best: %s)", version, cfg.model_dir, best)
     log.debug("summary:\n%s", summary_table(results, best))

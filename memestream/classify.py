@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +21,7 @@ from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.featurizer import ImageFeaturizer
 from memestream.inference import LocalModel, NotCompilable, compile_stages
 from memestream.modelstore import LoadedModel
+from memestream.novelty import DEFAULT_OOD_MODE, OOD_CODE, check_ood_mode
 from memestream.stacking import DEFAULT_TEXT_MODE, TextBranch, check_text_mode
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def label_exprs(
     index = prediction if prediction is not None else F.col(PREDICTION)
     ok = F.col(error_col).isNull()
     return {
-        "label": F.when(ok, F.element_at(names, index.cast("int") + 1)),
+        "label": F.when(ok & (index >= 0), F.element_at(names, index.cast("int") + 1)),
         "probabilities": F.when(ok, F.map_from_arrays(names, probs)),
         "confidence": F.when(ok, F.array_max(probs)),
         "error_code": code if code is not None else error_code(F.col(error_col)),
@@ -109,31 +110,69 @@ def local_model(model: LoadedModel) -> LocalModel | None:
     return local
 
 
+@dataclass
+class ScoredBatch:
+    """The in-worker scorer's result for a batch of inputs, row-aligned."""
+
+    index: np.ndarray
+    probs: np.ndarray
+    featurized: Any  # memestream.features.Featurized
+    text: Any  # memestream.stacking.TextResult
+    novelty: list[float | None]
+    ood: list[bool | None]
+    nearest: list[str | None]
+
+
+def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
+    """Read/decode/featurize, apply the model's stages as numpy and the text branch: the
+    whole per-image computation of the stream, also run as a plain loop by the benchmark's
+    single-process limit."""
+    from memestream.features import featurize_inputs, get_feature_set
+    from memestream.stacking import apply_text_branch
+
+    fs = get_feature_set(spec.feature_set)
+    text_on = spec.text is not None and spec.text_mode != "off"
+    out = featurize_inputs(
+        values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
+        max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on,
+    )
+    image_probs = spec.local.predict_proba(out.matrix)
+    text = apply_text_branch(spec.text, spec.text_mode, image_probs, out.images, out.ok)
+    out.images = []  # free the decoded arrays early
+    probs = text.probs
+    if spec.calibrator is not None:
+        probs = spec.calibrator.apply(probs)
+    # the label is the most probable class of the probabilities the row reports
+    index = probs.argmax(axis=1).astype(np.int32) if (text_on or spec.calibrator is not None) else spec.local.head.predict(probs)
+    n = len(values)
+    novelty: list[float | None] = [None] * n
+    ood: list[bool | None] = [None] * n
+    nearest: list[str | None] = [None] * n
+    ok = out.ok
+    if spec.novelty is not None and spec.ood_mode != "off" and ok.any():
+        scores, near = spec.novelty.score(out.matrix[ok])
+        for j, i in enumerate(np.flatnonzero(ok)):
+            novelty[i] = float(scores[j])
+            ood[i] = bool(scores[j] > spec.novelty.threshold)
+            nearest[i] = spec.classes[int(near[j])]
+            if ood[i] and spec.ood_mode == "reject":
+                index[i] = -1  # no class: label NULL, error_code out_of_distribution
+                out.codes[i] = OOD_CODE
+    return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
+
+
 def _score_arrow(spec: "ScoringSpec"):
     """Build the UDF body (module-level so cloudpickle ships arrays and a function reference)."""
 
     def run(inputs: pa.Array) -> pa.Array:
-        from memestream.features import featurize_inputs, get_feature_set
-        from memestream.stacking import apply_text_branch
-
-        fs = get_feature_set(spec.feature_set)
-        values = inputs.to_pylist()
-        text_on = spec.text is not None and spec.text_mode != "off"
-        out = featurize_inputs(
-            values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
-            max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on,
-        )
-        ok = out.ok
-        image_probs = spec.local.predict_proba(out.matrix)
-        text = apply_text_branch(spec.text, spec.text_mode, image_probs, out.images, ok)
-        probs = text.probs
-        index = spec.local.head.predict(probs) if not text_on else probs.argmax(axis=1).astype(np.int32)
+        scored = score_values(spec, inputs.to_pylist())
+        out, text, probs = scored.featurized, scored.text, scored.probs
         n, k = probs.shape
         offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
         payloads = out.payloads
         return pa.StructArray.from_arrays(
             [
-                pa.array(index, type=pa.int32()),
+                pa.array(scored.index, type=pa.int32()),
                 pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
                 pa.array(out.errors, type=pa.string()),
                 pa.array(out.codes, type=pa.string()),
@@ -143,6 +182,9 @@ def _score_arrow(spec: "ScoringSpec"):
                 pa.array(text.ocr_ran, type=pa.bool_()),
                 pa.array(text.ocr_text, type=pa.string()),
                 pa.array(text.ocr_error, type=pa.string()),
+                pa.array(scored.novelty, type=pa.float64()),
+                pa.array(scored.ood, type=pa.bool_()),
+                pa.array(scored.nearest, type=pa.string()),
             ],
             names=list(_SCORE_FIELDS),
         )
@@ -163,15 +205,46 @@ class ScoringSpec:
     text: TextBranch | None
     text_mode: str
     from_path: bool
+    calibrator: Any = None  # memestream.calibration.Calibrator
+    novelty: Any = None  # memestream.novelty.NoveltyModel
+    ood_mode: str = DEFAULT_OOD_MODE
+    classes: tuple[str, ...] = ()
 
 
-_SCORE_FIELDS = ("prediction", "probabilities", "error", "error_code", "image_id", "size_bytes", "payload", "ocr_ran", "ocr_text", "ocr_error")
+def calibrator_for(model: LoadedModel, text_mode: str) -> Any:
+    """The calibration map of the output the model gives in ``text_mode`` (None: none saved)."""
+    stacked = model.text_branch is not None and text_mode != "off"
+    return model.calibrators.get("stacked" if stacked else "image")
+
+
+def scoring_spec(
+    model: LoadedModel,
+    local: LocalModel,
+    from_path: bool,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    text_mode: str = DEFAULT_TEXT_MODE,
+    ood_mode: str = DEFAULT_OOD_MODE,
+) -> ScoringSpec:
+    feat = featurizer_of(model)
+    return ScoringSpec(
+        feat.getFeatureSet(), max_bytes, feat.getMaxBytes(), feat.getMaxPixels(), feat.getAssetPath(),
+        local, model.text_branch, check_text_mode(text_mode), from_path, calibrator_for(model, text_mode),
+        model.novelty, check_ood_mode(ood_mode), tuple(model.classes),
+    )
+
+
+_SCORE_FIELDS = (
+    "prediction", "probabilities", "error", "error_code", "image_id", "size_bytes", "payload", "ocr_ran", "ocr_text", "ocr_error",
+    "novelty", "ood", "nearest_class",
+)
 _SCORE_SCHEMA = (
     "prediction int, probabilities array<double>, error string, error_code string, image_id string, size_bytes long, "
-    "payload binary, ocr_ran boolean, ocr_text string, ocr_error string"
+    "payload binary, ocr_ran boolean, ocr_text string, ocr_error string, novelty double, ood boolean, nearest_class string"
 )
-#: Columns the in-worker scorer adds besides the labelled ones.
+#: Columns the in-worker scorer adds besides the labelled ones, with their Spark types.
 TEXT_COLUMNS = ("ocr_ran", "ocr_text", "ocr_error")
+NOVELTY_COLUMNS = ("novelty", "ood", "nearest_class")
+EXTRA_COLUMNS = {"ocr_ran": "boolean", "ocr_text": "string", "ocr_error": "string", "novelty": "double", "ood": "boolean", "nearest_class": "string"}
 
 
 SCORED = "__memestream_scored"
@@ -184,6 +257,7 @@ def local_columns(
     from_path: bool,
     max_bytes: int = DEFAULT_MAX_BYTES,
     text_mode: str = DEFAULT_TEXT_MODE,
+    ood_mode: str = DEFAULT_OOD_MODE,
 ) -> tuple[Column, dict[str, Column]]:
     """``(UDF call, {output name: expression over its result})``: the in-worker scorer.
 
@@ -197,14 +271,9 @@ def local_columns(
     pickled body and JVM counterpart. Unresolved Columns are reusable across DataFrames.
     """
     cache = model.__dict__.setdefault("_memestream_local_columns", {})
-    check_text_mode(text_mode)
-    key = (id(local), input_col, from_path, max_bytes, text_mode)
+    key = (id(local), input_col, from_path, max_bytes, text_mode, ood_mode)
     if key not in cache:
-        feat = featurizer_of(model)
-        spec = ScoringSpec(
-            feat.getFeatureSet(), max_bytes, feat.getMaxBytes(), feat.getMaxPixels(), feat.getAssetPath(),
-            local, model.text_branch, text_mode, from_path,
-        )
+        spec = scoring_spec(model, local, from_path, max_bytes, text_mode, ood_mode)
         udf = F.arrow_udf(_score_arrow(spec), _SCORE_SCHEMA).asNondeterministic()  # never duplicated into each field read below (one decode per image)
         new = label_exprs(
             model.classes, f"{SCORED}.error", F.col(f"{SCORED}.prediction"), F.col(f"{SCORED}.probabilities"),
@@ -212,7 +281,7 @@ def local_columns(
         )
         new["error"] = F.col(f"{SCORED}.error")
         new["model_version"] = F.lit(model.version)
-        for name in ("image_id", "size_bytes", "payload", *TEXT_COLUMNS):
+        for name in ("image_id", "size_bytes", "payload", *EXTRA_COLUMNS):
             new[name] = F.col(f"{SCORED}.{name}")
         cache[key] = (udf(F.col(input_col)), {name: expr.alias(name) for name, expr in new.items()})
     return cache[key]
@@ -225,6 +294,7 @@ def score_paths(
     engine: str = "auto",
     text_mode: str = DEFAULT_TEXT_MODE,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    ood_mode: str = DEFAULT_OOD_MODE,
 ) -> DataFrame:
     """Label the files named in ``path_col`` exactly as the stream does (same engine choice,
     same text branch and cascade): adds ``label``, ``probabilities``, ``confidence``,
@@ -239,10 +309,10 @@ def score_paths(
 
         raise ConfigError(f"model {model.version}/{model.name} has stages that run only in Spark; use --scoring auto or spark")
     if local is not None:
-        call, new = local_columns(model, local, path_col, True, max_bytes, text_mode)
+        call, new = local_columns(model, local, path_col, True, max_bytes, text_mode, ood_mode)
         keep = [F.col(c) for c in df.columns if c not in new]
         return df.withColumn(SCORED, call).select(
-            *keep, *[new[c] for c in ("label", "probabilities", "confidence", "error", "error_code", "model_version", *TEXT_COLUMNS)],
+            *keep, *[new[c] for c in ("label", "probabilities", "confidence", "error", "error_code", "model_version", *EXTRA_COLUMNS)],
             F.col(f"{SCORED}.probabilities").alias("probability_vector"),
         )
     if model.text_branch is not None and text_mode != "off":
@@ -259,6 +329,6 @@ def score_paths(
         err.alias("error"),
         error_code(err).alias("error_code"),
         F.col("model_version"),
-        *[F.lit(None).cast(t).alias(c) for c, t in zip(TEXT_COLUMNS, ("boolean", "string", "string"))],
+        *[F.lit(None).cast(t).alias(c) for c, t in EXTRA_COLUMNS.items()],
         vector_to_array(F.col(PROBABILITY), "float64").alias("probability_vector"),
     )

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,10 @@ class LoadedModel:
     manifest: dict[str, Any]
     #: OCR text branch stacked with the image branch (memestream.stacking.TextBranch), if trained.
     text_branch: Any = None
+    #: Probability calibration per output ("image", "stacked"): memestream.calibration.Calibrator.
+    calibrators: dict[str, Any] = field(default_factory=dict)
+    #: Novelty ("none of these") model: memestream.novelty.NoveltyModel, if trained.
+    novelty: Any = None
 
 
 def _check_assets(pipeline: Any, where: Path) -> None:
@@ -167,7 +171,12 @@ def load_model(model: str | os.PathLike[str], version: str | None = None, which:
         from memestream.stacking import TextBranch
 
         text_branch = TextBranch.load(vdir / branch_rel)
+    from memestream.calibration import load_calibrators
+    from memestream.novelty import NoveltyModel
+
     return LoadedModel(
+        calibrators=load_calibrators(mpath),
+        novelty=NoveltyModel.load(mpath),
         text_branch=text_branch,
         pipeline=pipeline,
         version=manifest.get("version", vdir.name),
