@@ -40,6 +40,7 @@ from memestream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 THUMB_SIDE = 160
 MAX_THUMB_SOURCE_BYTES = 32 * 1024 * 1024
 LATEST = 12
@@ -130,6 +131,17 @@ class Snapshots:
         data["generated_at"] = datetime.now().astimezone().isoformat(timespec="seconds")
         data["query_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return data
+
+    def payload(self, image_id: str) -> bytes | None:
+        """The stored bytes of one quarantined input (Kafka inputs have no file to show)."""
+        from streaming import duck
+
+        with self._lock:
+            con = self._connection()
+            duck.register_views(con, self.output)
+            row = con.execute("SELECT payload FROM quarantine WHERE image_id = ? AND payload IS NOT NULL LIMIT 1",
+                              [image_id]).fetchone()
+        return bytes(row[0]) if row and row[0] else None
 
     def _read(self) -> dict[str, Any]:
         from streaming import duck
@@ -273,14 +285,8 @@ class Thumbnails:
             return None
 
         def make() -> bytes | None:
-            with self.snapshots._lock:
-                con = self.snapshots._connection()
-                from streaming import duck
-
-                duck.register_views(con, self.snapshots.output)
-                row = con.execute("SELECT payload FROM quarantine WHERE image_id = ? AND payload IS NOT NULL LIMIT 1",
-                                  [image_id]).fetchone()
-            return thumbnail(bytes(row[0])) if row and row[0] else None
+            data = self.snapshots.payload(image_id) if self.snapshots.output.is_dir() else None
+            return thumbnail(data) if data else None
 
         return self._cached(("payload", image_id), make)
 
@@ -354,8 +360,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
         self.do_GET()
 
+    def _host_allowed(self) -> bool:
+        """On a loopback address, answer only requests addressed to a loopback name: a web page
+        elsewhere cannot read the dashboard through a DNS name that resolves to 127.0.0.1."""
+        if self.server.config.host not in LOOPBACK:
+            return True
+        host = (self.headers.get("Host") or "").strip()
+        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        return name.lower() in LOOPBACK
+
     def do_GET(self) -> None:  # noqa: N802
         path = urlsplit(self.path).path
+        if not self._host_allowed():
+            self._send(HTTPStatus.FORBIDDEN, b"forbidden: use http://127.0.0.1\n", "text/plain; charset=utf-8")
+            return
         try:
             max_age = self.server.config.refresh_s
             if path == "/":
@@ -406,7 +424,7 @@ class Handler(BaseHTTPRequestHandler):
 # ---------------------------------------------------------------------------------------
 def render_page(data: dict[str, Any], config: DashboardConfig) -> str:
     """The HTML page with the first snapshot embedded (first paint needs no extra request)."""
-    initial = json.dumps(data).replace("</", "<\\/")
+    initial = json.dumps(data).replace("<", "\\u003c")  # nothing in the data can close or open a tag
     return (
         _PAGE.replace("__TITLE__", html.escape(f"memestream - {config.output}"))
         .replace("__REFRESH_MS__", str(int(config.refresh_s * 1000)))
@@ -599,7 +617,7 @@ def serve(config: DashboardConfig) -> DashboardServer:
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     server = serve(config)
-    if config.host not in ("127.0.0.1", "localhost", "::1"):
+    if config.host not in LOOPBACK:
         log.warning("listening on %s: anyone who can reach this address can read the dashboard", config.host)
     print(f"meme-dashboard: {server.url} (output {config.output}, images from {config.data_dir}); Ctrl-C to stop", flush=True)
     try:

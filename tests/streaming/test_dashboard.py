@@ -85,10 +85,21 @@ def test_routes_never_serve_files_outside_the_data_folders(tmp_path, running, im
                     "static/..%2F..%2Fsecret.jpg", "..%2Fsecret.jpg"):
         status, body = _get(url + attempt)
         assert status == 404 and b"\xff\xd8" not in body, attempt
+    req = urllib.request.Request(url, headers={"Host": "attacker.example:8050"})  # DNS rebinding
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == 403
     req = urllib.request.Request(url, data=b"x", method="POST")
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 405  # read-only
+
+
+def test_page_escapes_whatever_the_tables_hold(tmp_path):
+    from streaming.dashboard import render_page
+
+    page = render_page({"message": "</script><script>alert(1)</script><!--"}, DashboardConfig(tmp_path, tmp_path))
+    assert "alert(1)" in page and "<script>alert" not in page and "<!--" not in page.split('id="initial"')[1]
 
 
 def test_missing_and_broken_tables_are_a_message_not_a_stack_trace(tmp_path, running):
@@ -153,3 +164,22 @@ def test_page_in_headless_chromium(streamed, running, tmp_path, monkeypatch):
     assert shot.stat().st_size > 10_000
     if os.environ.get("MEMESTREAM_UPDATE_SCREENSHOT") == "1":
         shutil.copy(shot, DOCS / "dashboard.png")
+
+
+def test_quarantine_payload_thumbnail(tmp_path, running, image_bytes):
+    """Kafka inputs have no file: the quarantine table's payload is the thumbnail's source."""
+    import pyarrow as pa
+
+    from streaming.sinks import BatchMarker, OutputTables
+
+    out = tmp_path / "output"
+    image, junk = image_bytes("cats", 3), b"not an image at all"
+    table = pa.table({"image_id": ["ab" * 32, "cd" * 32], "payload": [image, junk], "error_code": ["unsupported_format", "garbage"],
+                      "date": ["2026-11-29", "2026-11-29"]})
+    OutputTables(out).commit_batch(0, {"quarantine": table}, BatchMarker(0, 2, 2, 0, None))
+    url = running(out)
+    status, body = _get(url + "thumb/payload/" + "ab" * 32)
+    assert status == 200 and body[:2] == b"\xff\xd8"
+    assert _get(url + "thumb/payload/" + "cd" * 32)[0] == 404  # not decodable: no thumbnail, no error
+    assert _get(url + "thumb/payload/" + "ef" * 32)[0] == 404
+    assert _get(url + "thumb/payload/nothex")[0] == 404
