@@ -49,7 +49,13 @@ OCR_MIN_SCORE = 0.5
 #: Cache key of the OCR output: bump whenever any setting above or the engine changes.
 OCR_VERSION = "rapidocr-onnxruntime-1.4.4/ppocrv4-det-rec/side480/cls-off/score0.5/lines-v1"
 
+#: Give freed heap back to the OS after every OCR call (glibc malloc_trim, ~10 ms). Without it the
+#: ONNX Runtime temporaries of detection/recognition stay in the heap: a worker's RSS sits at
+#: 400-600 MB instead of ~130 MB after 100 memes.
+OCR_TRIM_HEAP = True
+
 _ENGINE: Any = None
+_TRIM: Any = None  # libc malloc_trim, when the C library has it
 _ENGINE_ERROR: str | None = None
 _ENGINE_LOCK = threading.Lock()  # creation
 _CALL_LOCK = threading.Lock()  # rapidocr keeps per-call state on the engine: one call at a time
@@ -92,15 +98,31 @@ def _create_engine() -> Any:
         raise OcrError(f"OCR engine failed to load: {type(exc).__name__}: {exc}") from None
 
 
+def _find_malloc_trim() -> Any:
+    """glibc's malloc_trim, or None (musl, macOS): then the heap is simply not trimmed."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
 def _engine() -> Any:
     """The process-wide engine, created once (thread-safe). A failed creation is remembered."""
-    global _ENGINE, _ENGINE_ERROR
+    global _ENGINE, _ENGINE_ERROR, _TRIM
     if _ENGINE is None:
         with _ENGINE_LOCK:
             if _ENGINE is None:
                 if _ENGINE_ERROR is not None:
                     raise OcrError(_ENGINE_ERROR)
                 try:
+                    _TRIM = _find_malloc_trim() if OCR_TRIM_HEAP else None
                     _ENGINE = _create_engine()
                 except OcrError as exc:
                     _ENGINE_ERROR = str(exc)
@@ -174,7 +196,11 @@ def ocr_text(image_bgr: np.ndarray) -> str:
     try:
         image = _resize_for_ocr(image)
         with _CALL_LOCK:
-            result, _ = engine(image, use_cls=OCR_USE_CLS)
+            try:
+                result, _ = engine(image, use_cls=OCR_USE_CLS)
+            finally:
+                if _TRIM is not None:
+                    _TRIM(0)
         boxes = []
         for points, text, score in result or ():
             text = str(text).strip()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -128,6 +129,29 @@ def test_ocr_engine_is_one_per_process_and_quiet(capfd, monkeypatch):
     # one ONNX Runtime thread per session (Spark runs one Python worker per core)
     for session in (first.text_det.infer, first.text_rec.session):
         assert session.session.get_session_options().intra_op_num_threads == 1
+
+
+def _rss_mb() -> float:
+    import re
+
+    with open("/proc/self/status") as fh:
+        return int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) / 1024
+
+
+def test_ocr_gives_freed_memory_back():
+    # Without malloc_trim this loop leaves ~130 MB of ONNX Runtime temporaries in the heap.
+    if mt._find_malloc_trim() is None or not Path("/proc/self/status").exists():
+        pytest.skip("needs glibc malloc_trim and /proc (Linux)")
+    mt.ocr_text(np.full((300, 300, 3), 255, np.uint8))
+    before = _rss_mb()
+    rng = np.random.default_rng(0)
+    words = "nook miles blathers daisy mae turnip doom eternal slayer demon chainsaw rip and tear".split()
+    for i in range(12):
+        image = np.full((300 + 40 * (i % 3), 300, 3), 255, np.uint8)
+        for line in range(9):
+            cv2.putText(image, " ".join(rng.choice(words, 3)), (8, 30 + 30 * line), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 2)
+        assert mt.has_text(mt.ocr_text(image))
+    assert _rss_mb() - before < 40  # measured: 3-14 MB with the trim, 65-130 MB without
 
 
 # ---------------------------------------------------------------------------------------- n-grams
