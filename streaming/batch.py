@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 
 from memestream.decode import READ_ERROR
-from memestream.load import EMPTY_FILE_MARKER, local_path
+from memestream.inputs import EMPTY_FILE_MARKER, local_path
 from streaming.config import StreamConfig
 from streaming.counts import WindowSpec, late_mask, window_deltas
 from streaming.models import ModelHolder

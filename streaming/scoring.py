@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 from memestream.classify import SCORED, classify, error_code, local_columns, local_model
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
-from memestream.load import EMPTY_FILE_MARKER
+from memestream.inputs import EMPTY_FILE_MARKER
 from memestream.modelstore import LoadedModel
 from memestream.sample import sample_image_bytes
 from streaming.config import SCORING_ENGINES, StreamConfig
