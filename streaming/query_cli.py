@@ -18,7 +18,8 @@ from typing import IO, Sequence
 from memestream.cli import add_common_flags, env_flag, one_line, run_main
 from memestream.errors import ConfigError, DataError
 from memestream.spark import build_spark
-from streaming.tables import check_output_dir, register_views
+from streaming.schema import check_output_dir
+from streaming.tables import register_views
 
 log = logging.getLogger(__name__)
 
