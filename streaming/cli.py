@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="what happens to a processed input file (after its batch is committed)")
     env_flag(parser, "--max-bytes", envvar="MEMESTREAM_MAX_BYTES", type=positive_int, default=DEFAULT_MAX_BYTES, help="inputs above this size are quarantined")
     env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
-             help="Kafka reader: python (built in, kafka-python) or spark (Spark's connector; its jar must be on the classpath)")
+             help="Kafka reader: python (built in, kafka-python) or spark (Spark's spark-sql-kafka-0-10 connector at the installed "
+             "PySpark's version, fetched from Maven Central once; not served for every version)")
     env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=["auto", "python", "spark"],
              help="where the model runs: python (numpy in the worker that decodes, one pass per image; logistic "
              "regression and MLP models), spark (the PipelineModel in the JVM; any model), auto (python when possible)")
@@ -139,8 +140,13 @@ def _run(args: argparse.Namespace) -> int:
     from memestream.spark import build_spark
     from streaming.query import run_stream
 
+    conf = None
+    if cfg.source == "kafka" and cfg.kafka_impl == "spark":
+        from memestream.jars import spark_kafka_conf
+
+        conf = spark_kafka_conf()  # Spark's Kafka source jars (Maven, cached), or one clear line
     spark = build_spark(f"meme-stream-{cfg.source}", master=args.master, driver_memory=args.driver_memory,
-                        driver_java_options=args.driver_java_options)
+                        driver_java_options=args.driver_java_options, conf=conf)
     summary = run_stream(spark, cfg)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "

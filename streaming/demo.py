@@ -80,7 +80,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if not getattr(args, "bootstrap_servers", None):
                 broker = start_broker()
                 args.bootstrap_servers = broker.bootstrap
-                print(f"demo: started a Kafka-compatible broker (tansu) on {broker.bootstrap}", file=sys.stderr)
+                print(f"demo: started a local Apache Kafka broker on {broker.bootstrap}", file=sys.stderr)
             args.topic = getattr(args, "topic", None) or "memes"
             cfg = config_from_args(args)
             ensure_topic(args.bootstrap_servers, args.topic, partitions=2)
