@@ -151,22 +151,36 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, proc: subprocess.Po
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as kafka-storage random-uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (as kafka-storage random-uuid).
+
+    Never one starting with "-": the storage tool's argument parser would take it for an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def server_properties(port: int, controller_port: int, log_dirs: Path,
-                      extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The full broker configuration for one combined controller+broker node on 127.0.0.1."""
+                      extra: Mapping[str, str] | None = None,
+                      extra_listeners: Mapping[str, int] | None = None) -> dict[str, str]:
+    """The full broker configuration for one combined controller+broker node on 127.0.0.1.
+
+    ``extra_listeners`` adds listeners named after their security protocol (``{"SSL": 9094}``);
+    their SASL/SSL settings come in ``extra``.
+    """
+    more = dict(extra_listeners or {})
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"] + [f"{name}://127.0.0.1:{p}" for name, p in more.items()]
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": ",".join(listeners + [f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": ",".join(
+            ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"] + [f"{name}:{name}" for name in more]),
         "log.dirs": str(log_dirs),
         **BROKER_SETTINGS,
     }
@@ -178,8 +192,10 @@ class KafkaBroker:
     """A running Apache Kafka JVM on 127.0.0.1; a context manager that stops it on exit.
 
     ``kill()`` then ``start()`` (or ``restart()``) comes back on the same port with the same
-    topics and records. ``extra_properties`` override or add broker settings (listeners for
-    SASL/SSL tests, for example); ``bootstrap`` is then whatever ``advertised_bootstrap`` says.
+    topics and records. ``extra_properties`` override or add broker settings; ``extra_listeners``
+    (protocol -> port, e.g. SASL_PLAINTEXT, SSL) open more listeners beside PLAINTEXT;
+    ``scram_users`` (name -> password) are stored as SCRAM-SHA-512 credentials when the storage
+    is formatted (KRaft keeps them in its metadata log).
     """
 
     impl = "kafka"
@@ -187,12 +203,15 @@ class KafkaBroker:
 
     def __init__(self, port: int, data_dir: Path, ready_timeout_s: float = 90.0, heap: str = DEFAULT_HEAP,
                  extra_properties: Mapping[str, str] | None = None, owns_data_dir: bool = False,
-                 controller_port: int | None = None) -> None:
+                 controller_port: int | None = None, extra_listeners: Mapping[str, int] | None = None,
+                 scram_users: Mapping[str, str] | None = None) -> None:
         self.port = port
         self.data_dir = Path(data_dir)
         self.ready_timeout_s = ready_timeout_s
         self.heap = heap
         self.extra_properties = dict(extra_properties or {})
+        self.extra_listeners = dict(extra_listeners or {})
+        self._scram_users = dict(scram_users or {})
         self.controller_port = controller_port or free_port()
         self._owns_data_dir = owns_data_dir
         self._proc: subprocess.Popen | None = None
@@ -231,13 +250,16 @@ class KafkaBroker:
         jars = resolve(kafka_broker_jars())
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
-        props = server_properties(self.port, self.controller_port, self.log_dirs, self.extra_properties)
+        props = server_properties(self.port, self.controller_port, self.log_dirs, self.extra_properties,
+                                  self.extra_listeners)
         conf = self.data_dir / "server.properties"
         conf.write_text("# written by meme-broker on each start\n"
                         + "".join(f"{k}={v}\n" for k, v in props.items()))
         if not (self.log_dirs / "meta.properties").is_file():
+            scram = [arg for user, pw in self._scram_users.items()
+                     for arg in ("--add-scram", f"SCRAM-SHA-512=[name={user},password={pw}]")]
             cmd = self._java_cmd(java, jars, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                 "--cluster-id", new_cluster_id(), "--config", str(conf))
+                                 "--cluster-id", new_cluster_id(), "--config", str(conf), *scram)
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 detail = (proc.stderr or proc.stdout).strip().splitlines()
@@ -385,6 +407,8 @@ def start_broker(
     ready_timeout_s: float = 90.0,
     heap: str = DEFAULT_HEAP,
     extra_properties: Mapping[str, str] | None = None,
+    extra_listeners: Mapping[str, int] | None = None,
+    scram_users: Mapping[str, str] | None = None,
     log_dir: str | os.PathLike | None = None,
 ) -> KafkaBroker | TansuBroker:
     """Start a broker on 127.0.0.1 (a free port unless given) and return once it answers.
@@ -403,7 +427,8 @@ def start_broker(
     if impl == "tansu":
         broker = TansuBroker(port, root, min(ready_timeout_s, 30.0), owns_data_dir=owns)
     else:
-        broker = KafkaBroker(port, root, ready_timeout_s, heap, extra_properties, owns_data_dir=owns)
+        broker = KafkaBroker(port, root, ready_timeout_s, heap, extra_properties, owns_data_dir=owns,
+                             extra_listeners=extra_listeners, scram_users=scram_users)
     try:
         return broker.start()
     except BaseException:

@@ -41,8 +41,8 @@ def test_settings_fit_the_publishers_biggest_image():
     assert props["process.roles"] == "broker,controller" and props["auto.create.topics.enable"] == "false"
     assert server_properties(1, 2, Path("/d"), {"num.partitions": "3"})["num.partitions"] == "3"
     assert BROKER_SETTINGS["num.partitions"] == "1"
-    cid = new_cluster_id()
-    assert len(cid) == 22 and "=" not in cid and cid != new_cluster_id()
+    ids = {new_cluster_id() for _ in range(500)}
+    assert len(ids) == 500 and all(len(c) == 22 and "=" not in c and not c.startswith("-") for c in ids)
 
 
 @pytest.mark.kafka
