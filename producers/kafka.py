@@ -92,7 +92,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _connect_error(bootstrap: str, exc: BaseException) -> BrokerError:
+def _connect_error(bootstrap: str, exc: BaseException, security: KafkaSecurity | None = None) -> BrokerError:
+    from memestream.kafka_diagnose import explain_connect_failure
+
+    why = explain_connect_failure(bootstrap, security)  # TLS/SASL: say which step failed
+    if why:
+        return BrokerError(f"Kafka broker at {bootstrap}: {why}")
     detail = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
     return BrokerError(f"expected a Kafka broker at {bootstrap}, could not connect ({detail})")
 
@@ -105,7 +110,7 @@ def topic_exists(bootstrap: str, topic: str, security: KafkaSecurity | None = No
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=int(timeout_s * 1000),
                                  bootstrap_timeout_ms=int(timeout_s * 1000), **(security or KafkaSecurity()).kwargs())
     except Exception as exc:  # noqa: BLE001
-        raise _connect_error(bootstrap, exc) from None
+        raise _connect_error(bootstrap, exc, security) from None
     try:
         return topic in admin.list_topics()
     finally:
@@ -128,7 +133,7 @@ def ensure_topic(
         admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=int(timeout_s * 1000),
                                  bootstrap_timeout_ms=int(timeout_s * 1000), **(security or KafkaSecurity()).kwargs())
     except Exception as exc:  # noqa: BLE001
-        raise _connect_error(bootstrap, exc) from None
+        raise _connect_error(bootstrap, exc, security) from None
     try:
         if topic in admin.list_topics():
             return False
@@ -162,7 +167,7 @@ class ImagePublisher:
         try:
             self._producer = KafkaProducer(**config.producer_kwargs())
         except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, DNS, SSL setup
-            raise _connect_error(config.bootstrap_servers, exc) from None
+            raise _connect_error(config.bootstrap_servers, exc, config.security) from None
         self._checked_topic = False
 
     def _check_topic(self) -> None:
