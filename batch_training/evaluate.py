@@ -15,19 +15,33 @@ from typing import Any, Sequence
 
 from memestream.cli import add_common_flags, env_flag, run_main
 from memestream.errors import DataError
+from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
+
+TEXT_RAN = "ocr_ran"
 
 log = logging.getLogger(__name__)
 
 
-def evaluate(spark, model_path: str, data: str, version: str | None = None, which: str | None = None) -> dict[str, Any]:
-    """Metrics dict of one saved model on a labelled folder (plus model/version/skipped info)."""
+def evaluate(
+    spark,
+    model_path: str,
+    data: str,
+    version: str | None = None,
+    which: str | None = None,
+    text_mode: str = DEFAULT_TEXT_MODE,
+    engine: str = "auto",
+) -> dict[str, Any]:
+    """Metrics dict of one saved model on a labelled folder (plus model/version/skipped info).
+
+    Scores through :func:`memestream.classify.score_paths`, the stream's own scorer (same
+    engine choice, text branch and cascade), so the probabilities are the stream's.
+    """
     from pyspark.sql import functions as F
 
     from batch_training import dataset as ds
     from batch_training.metrics import classification_metrics
-    from batch_training.train import _collect_scores, summarize_errors
-    from memestream.classify import classify
-    from memestream.load import read_files
+    from batch_training.train import summarize_errors
+    from memestream.classify import score_paths
     from memestream.modelstore import load_model
 
     root = ds.check_folder(data)
@@ -43,18 +57,23 @@ def evaluate(spark, model_path: str, data: str, version: str | None = None, whic
             f"does not know; it knows: {', '.join(loaded.classes)}"
         )
     log.info("scoring %d files under %s with %s/%s", sum(counts.values()), root, loaded.version, loaded.name)
-    scored = classify(read_files(ds.with_label_index(listing, loaded.classes)), loaded, keep_prediction_index=True).cache()
+    scored = score_paths(ds.with_label_index(listing, loaded.classes), loaded, "path", engine, text_mode).cache()
     try:
         skipped = summarize_errors(scored, ds.REL_PATH, "error")
-        y, p, yhat = _collect_scores(scored.filter(F.col("error").isNull()))
+        good = scored.filter(F.col("error").isNull())
+        rows = good.select(F.col(ds.LABEL_INDEX).cast("int").alias("y"), "probability_vector", F.col(TEXT_RAN).alias("ocr")).collect()
     finally:
         scored.unpersist()
+    y = [r["y"] for r in rows]
+    p = [list(r["probability_vector"]) for r in rows]
+    ocr = [bool(r["ocr"]) for r in rows]
     if skipped["count"]:
         log.warning("skipped %d undecodable files (%s); e.g. %s", skipped["count"], skipped["by_code"], [e["path"] for e in skipped["examples"]])
     if not y:
         raise DataError(f"data folder {root} holds no decodable images ({skipped['by_code']})")
-    metrics = classification_metrics(y, p, loaded.classes, yhat)
-    return {"model_version": loaded.version, "model": loaded.name, "data": root, "skipped": skipped, **metrics}
+    metrics = classification_metrics(y, p, loaded.classes)
+    extra = {"text": text_mode if loaded.text_branch is not None else "none", "ocr_share": round(sum(ocr) / len(ocr), 4)}
+    return {"model_version": loaded.version, "model": loaded.name, "data": root, "skipped": skipped, **extra, **metrics}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--data", envvar="MEMESTREAM_EVAL_DATA", required=True, help="labelled folder: DATA/<class>/.../<image>")
     parser.add_argument("--model-version", default=None, help="version name inside the store (default: CURRENT)")
     parser.add_argument("--which", default=None, help="model name inside the version (default: the best one)")
+    env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
+             help="use the model's OCR text branch: off, cascade (as trained) or always")
+    parser.add_argument("--scoring", default="auto", choices=("auto", "python", "spark"), help="scoring engine, as meme-stream's")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master (default local[*])")
     add_common_flags(parser)
@@ -84,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     resolve_version_dir(args.model, args.model_version)  # fail before the Spark start-up
     spark, created = get_spark(args.master, "meme-evaluate")
     try:
-        result = evaluate(spark, args.model, args.data, args.model_version, args.which)
+        result = evaluate(spark, args.model, args.data, args.model_version, args.which, args.text, args.scoring)
     finally:
         if created:
             spark.stop()

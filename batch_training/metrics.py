@@ -138,6 +138,50 @@ def classification_metrics(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
         "classes": list(classes),
+        **calibration_metrics(y, probs),
+    }
+
+
+def calibration_metrics(y_true: Sequence[int] | np.ndarray, probabilities: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """How far the confidences are from the accuracies they claim.
+
+    ``ece``: expected calibration error over ``bins`` equal-width confidence bins (top
+    class); ``brier``: mean squared error of the probability vector against the one-hot
+    truth (summed over classes); ``log_loss``: mean negative log-probability of the truth;
+    ``reliability``: per bin, the mean confidence, the accuracy and the count (for the
+    reliability diagram); ``coverage``: the share of rows that can be auto-labelled (most
+    confident first) while keeping 95 % / 98 % precision.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if len(y) == 0:
+        return {"ece": None, "brier": None, "log_loss": None, "reliability": [], "coverage": {}}
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    table = []
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            gap = abs(conf[sel].mean() - correct[sel].mean())
+            ece += sel.mean() * gap
+            table.append({"bin": [round(float(edges[b]), 2), round(float(edges[b + 1]), 2)], "confidence": round(float(conf[sel].mean()), 4),
+                          "accuracy": round(float(correct[sel].mean()), 4), "n": int(sel.sum())})
+    onehot = np.eye(probs.shape[1])[y]
+    order = np.argsort(-conf, kind="stable")
+    running = np.cumsum(correct[order]) / np.arange(1, len(y) + 1)
+    coverage = {}
+    for target in (0.95, 0.98):
+        ok = np.flatnonzero(running >= target)
+        coverage[f"at_{int(target * 100)}"] = round(float((ok.max() + 1) / len(y)), 4) if ok.size else 0.0
+    return {
+        "ece": round(float(ece), 6),
+        "brier": round(float(np.mean(np.sum((probs - onehot) ** 2, axis=1))), 6),
+        "log_loss": round(float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-15, 1.0)))), 6),
+        "reliability": table,
+        "coverage": coverage,
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FIELDS = ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted", "roc_auc", "pr_auc")
+SUMMARY_FIELDS = ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted", "roc_auc", "pr_auc", "ece", "brier", "log_loss")
 
 
 def _fmt(value: Any) -> str:
@@ -21,14 +21,16 @@ def _fmt(value: Any) -> str:
 
 
 def summary_table(results: Mapping[str, Mapping[str, Any]], best: str | None = None) -> str:
-    """Text table: one line per model with validation and test accuracy, test F1 and ROC AUC."""
-    head = f"{'model':<16} {'val acc':>8} {'test acc':>8} {'test F1':>8} {'ROC AUC':>8}"
+    """Text table: one line per model with grouped-CV accuracy (mean +- std over folds),
+    test accuracy, test F1 and ROC AUC."""
+    head = f"{'model':<16} {'CV acc':>13} {'test acc':>8} {'test F1':>8} {'ROC AUC':>8}"
     lines = [head, "-" * len(head)]
     for name, res in results.items():
-        val, test = res.get("validation") or {}, res.get("test") or {}
+        cv, test = res.get("cv") or {}, res.get("test") or {}
+        cv_text = f"{cv['mean']:.3f}+-{cv['std']:.3f}" if cv else "-"
         mark = " *" if name == best else ""
         lines.append(
-            f"{name:<16} {_fmt(val.get('accuracy')):>8} {_fmt(test.get('accuracy')):>8} "
+            f"{name:<16} {cv_text:>13} {_fmt(test.get('accuracy')):>8} "
             f"{_fmt(test.get('f1_weighted')):>8} {_fmt(test.get('roc_auc')):>8}{mark}"
         )
     return "\n".join(lines)
@@ -39,6 +41,9 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     lines = [
         f"rows: {metrics['n']}   accuracy: {_fmt(metrics['accuracy'])}   weighted F1: {_fmt(metrics['f1_weighted'])}   "
         f"ROC AUC ({metrics['auc_average']}): {_fmt(metrics['roc_auc'])}   PR AUC: {_fmt(metrics['pr_auc'])}",
+        f"calibration: ECE {_fmt(metrics.get('ece'))}   Brier {_fmt(metrics.get('brier'))}   log loss {_fmt(metrics.get('log_loss'))}   "
+        f"auto-label coverage at 95 % / 98 % precision: {_fmt((metrics.get('coverage') or {}).get('at_95'))} / "
+        f"{_fmt((metrics.get('coverage') or {}).get('at_98'))}",
         f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>7} {'ROC AUC':>8} {'PR AUC':>7} {'support':>8}",
     ]
     for name, pc in metrics["per_class"].items():
@@ -82,7 +87,7 @@ def write_report(
     per_class_rows = []
     for model, splits in results.items():
         for split, m in splits.items():
-            if not m:
+            if not m or "per_class" not in m:
                 continue
             rows.append([model, split, m["n"], *[m.get(f) for f in SUMMARY_FIELDS]])
             for cls, pc in m["per_class"].items():
@@ -95,6 +100,10 @@ def write_report(
     if plots:
         try:
             _plots(out, results, classes, class_balance, curves)
+            _reliability_plot(out, results)
+            cascade = (extra or {}).get("cv", {}).get("cascade")
+            if cascade:
+                _cascade_plot(out, cascade, (extra or {})["cv"].get("chosen_cascade"))
         except Exception as exc:  # noqa: BLE001 - a plotting problem must not lose the trained models
             log.warning("could not draw plots in %s: %s", out, exc)
     log.info("report written to %s", out)
@@ -172,3 +181,63 @@ def _plots(out: Path, results, classes, class_balance, curves) -> None:
         fig.tight_layout()
         fig.savefig(out / f"roc_{name}.png", dpi=100)
         plt.close(fig)
+
+
+def _cascade_plot(out: Path, rows: Sequence[Mapping[str, Any]], chosen: float | None) -> None:
+    """Grouped-CV accuracy of the stacked model against the share of images OCR'd, one
+    point per cascade threshold: what each OCR call buys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(rows, key=lambda r: r["ocr_share"])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    xs = [100 * r["ocr_share"] for r in pts]
+    ys = [r["fold"]["mean"] for r in pts]
+    es = [r["fold"]["std"] for r in pts]
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3)
+    for r, x, y in zip(pts, xs, ys):
+        label = "always" if r["cascade"] > 1 else f"<{r['cascade']:g}"
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, -12), fontsize=7)
+        if chosen is not None and r["cascade"] == chosen:
+            ax.plot([x], [y], "r*", markersize=14, label="chosen")
+    ax.set_xlabel("images OCR'd (%)")
+    ax.set_ylabel("grouped CV accuracy")
+    ax.set_title("accuracy vs OCR share (cascade threshold)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_ocr.png", dpi=100)
+    plt.close(fig)
+
+
+def _reliability_plot(out: Path, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Reliability diagram on the test split: claimed confidence against delivered accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], "k:", linewidth=0.8, label="perfect")
+    drawn = False
+    for name, splits in results.items():
+        m = splits.get("test") or {}
+        rows = m.get("reliability") or []
+        if not rows:
+            continue
+        ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], marker="o",
+                label=f"{name} (ECE {_fmt(m.get('ece'))})")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0.45 if all(len((s.get("test") or {}).get("classes", [])) == 2 for s in results.values()) else 0.0, 1.0)
+    ax.set_title("reliability (test split)")
+    ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)

@@ -1,12 +1,19 @@
-"""``meme-train``: featurize a labelled folder once, fit several classifiers, keep the best.
+"""``meme-train``: featurize a labelled folder once, choose a configuration by grouped
+cross-validation, fit it with Spark ML and save it as a new model version.
 
-Flow (all heavy work in Spark): list files -> read + featurize each file in one UDF call
-(:meth:`ImageFeaturizer.transform_paths`) -> cache the feature vectors -> seeded
-stratified split -> StandardScaler + PCA fitted on the train split -> one classifier per
-``--models`` entry -> pick the best by validation accuracy -> save each as
-``[ImageFeaturizer, scaler, pca, classifier]`` -> load each back from disk, check its
-featurizer stage computes the training features, and score the cached test features with
-its saved stages -> manifest, report, ``CURRENT``.
+Steps (each a function below):
+1. list the labelled files (Spark) and check the classes;
+2. ingest: one Spark pass reads, hashes, decodes, embeds and OCRs each image (reusing
+   the store's cache, :mod:`batch_training.ingest`);
+3. group near-duplicates and split off a grouped test set (:mod:`batch_training.selection`);
+4. grouped k-fold CV on the training part: PCA k and regularisation of the image
+   branch, the text classifier, the stacker and the cascade threshold;
+5. fit the chosen image pipeline (StandardScaler -> PCA -> LogisticRegression) and the
+   comparison models (RandomForest, MLP) with Spark ML on the whole training part;
+   the text branch and stacker are fitted on the same rows / out-of-fold predictions;
+6. save ``[ImageFeaturizer, scaler, pca, classifier]`` per model (``stacked`` adds the
+   text branch), load each back, check its featurizer, score the test split through
+   the saved model exactly as the stream does; manifest, report, ``CURRENT``.
 """
 from __future__ import annotations
 
@@ -21,14 +28,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError, DataError, ModelError
 from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
+from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("logreg", "random_forest", "mlp")
 DEFAULT_MODELS = "logreg,random_forest,mlp"
+#: The saved model that adds the OCR text branch to ``logreg``'s image branch.
+STACKED = "stacked"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in str(text).split(",") if v.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in str(text).split(",") if v.strip())
 
 
 @dataclass(frozen=True)
@@ -38,15 +58,20 @@ class TrainConfig:
     data: str
     model_dir: str
     feature_set: str = DEFAULT_FEATURE_SET
-    pca_k: int = 50
+    #: PCA components: a fixed k, or None to choose from ``pca_ks`` by grouped CV.
+    pca_k: int | None = None
+    pca_ks: tuple[int, ...] = (128, 256, 512)
+    reg_params: tuple[float, ...] = (0.01, 0.03, 0.1)
+    text: str = DEFAULT_TEXT_MODE
+    folds: int = 5
+    dup_distance: int = 6
     seed: int = 42
     test_fraction: float = 0.2
-    val_fraction: float = 0.2
     models: tuple[str, ...] = ("logreg", "random_forest", "mlp")
     num_trees: int = 150
     max_depth: int = 12
-    reg_param: float = 0.01
     mlp_hidden: int = 64
+    cache: bool = True
     master: str | None = None
     progress: bool = True
     plots: bool = True
@@ -57,10 +82,22 @@ class TrainConfig:
         unknown = [m for m in self.models if m not in MODEL_NAMES]
         if unknown or not self.models:
             raise ConfigError(f"--models must list some of {','.join(MODEL_NAMES)}, found {','.join(self.models) or 'nothing'}")
-        if not (0 < self.test_fraction < 1) or not (0 <= self.val_fraction < 1):
-            raise ConfigError(
-                f"--test-fraction must be in (0, 1) and --val-fraction in [0, 1), found {self.test_fraction} and {self.val_fraction}"
-            )
+        if not (0 < self.test_fraction < 1):
+            raise ConfigError(f"--test-fraction must be in (0, 1), found {self.test_fraction}")
+        if self.text not in TEXT_MODES:
+            raise ConfigError(f"--text must be one of {'|'.join(TEXT_MODES)}, found {self.text!r}")
+        if self.text != "off" and "logreg" not in self.models:
+            raise ConfigError("--text cascade|always stacks on the logreg image branch: add logreg to --models or pass --text off")
+        if self.folds < 2:
+            raise ConfigError(f"--folds must be at least 2, found {self.folds}")
+        if not self.reg_params or any(r <= 0 for r in self.reg_params):
+            raise ConfigError(f"--reg-params must be positive numbers, found {self.reg_params}")
+        if not (0 <= self.dup_distance <= 32):
+            raise ConfigError(f"--dup-distance must be 0..32 bits, found {self.dup_distance}")
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return (self.pca_k,) if self.pca_k else self.pca_ks
 
 
 @dataclass
@@ -89,7 +126,7 @@ def get_spark(master: str | None, app: str):
     return build_spark(app, master), True
 
 
-def _classifier(name: str, cfg: TrainConfig, k: int, n_classes: int):
+def _classifier(name: str, cfg: TrainConfig, k: int, n_classes: int, reg_param: float):
     from pyspark.ml.classification import LogisticRegression, MultilayerPerceptronClassifier, RandomForestClassifier
 
     from batch_training.dataset import LABEL_INDEX
@@ -97,7 +134,9 @@ def _classifier(name: str, cfg: TrainConfig, k: int, n_classes: int):
 
     common = dict(featuresCol=REDUCED, labelCol=LABEL_INDEX, predictionCol=PREDICTION, probabilityCol=PROBABILITY, rawPredictionCol=RAW_PREDICTION)
     if name == "logreg":
-        return LogisticRegression(family="multinomial", maxIter=200, regParam=cfg.reg_param, elasticNetParam=0.0, **common)
+        # L2 on the PCA coordinates as they are (no per-component re-standardisation, which
+        # would inflate the small, noisy components): the objective the CV searched.
+        return LogisticRegression(maxIter=300, tol=1e-7, regParam=reg_param, elasticNetParam=0.0, standardization=False, **common)
     if name == "random_forest":
         return RandomForestClassifier(numTrees=cfg.num_trees, maxDepth=cfg.max_depth, seed=cfg.seed, **common)
     if name == "mlp":
@@ -114,13 +153,13 @@ def _params(stage) -> dict[str, Any]:
     return out
 
 
-def _collect_scores(df) -> tuple[list[int], list[list[float]], list[int]]:
-    """Collect ``(label index, probability vector, prediction)`` for scored rows (small)."""
+def collect_scores(df) -> tuple[list[int], list[list[float]], list[int]]:
+    """``(label index, probability vector, prediction)`` of Spark-scored rows (small sets):
+    shared by training's and ``meme-evaluate``'s metrics."""
     from pyspark.ml.functions import vector_to_array
-
-    from batch_training.dataset import LABEL_INDEX
     from pyspark.sql import functions as F
 
+    from batch_training.dataset import LABEL_INDEX
     from memestream.classify import PREDICTION, PROBABILITY
 
     rows = df.select(
@@ -140,10 +179,15 @@ def check_same_featurizer(saved, trained, where) -> None:
 
 def library_versions() -> dict[str, str]:
     import cv2
-    import numpy
     import pyspark
 
-    return {"pyspark": pyspark.__version__, "opencv": cv2.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
+    out = {"pyspark": pyspark.__version__, "opencv": cv2.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    for mod in ("onnxruntime", "sklearn"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    return out
 
 
 def summarize_errors(feats, rel_col: str, error_col: str, examples: int = 5) -> dict[str, Any]:
@@ -158,21 +202,24 @@ def summarize_errors(feats, rel_col: str, error_col: str, examples: int = 5) -> 
     return {"count": sum(counts.values()), "by_code": counts, "examples": sample}
 
 
-def train(spark, cfg: TrainConfig) -> TrainResult:
-    """Run one training; writes a new version under ``cfg.model_dir`` and marks it current."""
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler
+# ---------------------------------------------------------------------------------------
+# The steps
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Inputs:
+    root: str
+    labelled: Any  # DataFrame: path, rel_path, label_name, length, modificationTime
+    fingerprint: dict[str, Any]
+    file_counts: dict[str, int]
+    classes: list[str]
+
+
+def list_inputs(spark, cfg: TrainConfig) -> Inputs:
+    """Step 1: the labelled files and their classes (Spark lists; nothing is read yet)."""
     from pyspark.sql import functions as F
 
     from batch_training import dataset as ds
-    from batch_training.metrics import classification_metrics, roc_curves
-    from batch_training.progress import SparkProgress
-    from batch_training.report import summary_table, write_report
-    from memestream.classify import ERROR, FEATURES, REDUCED, SCALED, featurizer_of
-    from memestream.featurizer import ImageFeaturizer
-    from memestream.modelstore import MANIFEST, ModelStore, atomic_write_text, load_model
 
-    started = time.monotonic()
     root = ds.check_folder(cfg.data)
     listing = ds.list_labelled(spark, root)
     loose = listing.filter(F.col(ds.LABEL).isNull()).select(ds.REL_PATH).limit(5).collect()
@@ -187,115 +234,284 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     if len(classes) < 2:
         raise DataError(f"data folder {root} has only one class folder ({classes[0]!r}); training needs at least two classes")
     log.info("found %d files in %d classes under %s: %s", fp["count"], len(classes), root, ", ".join(f"{c}={file_counts[c]}" for c in classes))
+    return Inputs(root, labelled, fp, file_counts, classes)
 
-    featurizer = ImageFeaturizer(featureSet=cfg.feature_set, inputCol="content", outputCol=FEATURES, errorCol=ERROR)
-    # one Python pass per image: read + decode + featurize (the bytes never go to the JVM)
-    feats = featurizer.transform_paths(labelled.select("path", ds.REL_PATH, ds.LABEL), "path").cache()
-    with SparkProgress(spark, f"featurizing {fp['count']} images ({cfg.feature_set})", cfg.progress):
-        good_counts = {r[ds.LABEL]: int(r["count"]) for r in feats.filter(F.col(ERROR).isNull()).groupBy(ds.LABEL).count().collect()}
-    skipped = summarize_errors(feats, ds.REL_PATH, ERROR)
+
+def check_decodable(inputs: Inputs, data) -> None:
+    skipped = data.skipped
     if skipped["count"]:
         log.warning(
             "skipped %d files that are not decodable images (%s); e.g. %s",
             skipped["count"],
             ", ".join(f"{k}={v}" for k, v in sorted(skipped["by_code"].items())),
-            "; ".join(f"{root}/{e['path']} ({e['error']})" for e in skipped["examples"]),
+            "; ".join(f"{inputs.root}/{e['path']} ({e['error']})" for e in skipped["examples"]),
         )
-    empty = [c for c in classes if good_counts.get(c, 0) == 0]
+    good = {c: 0 for c in inputs.classes}
+    for label in data.label:
+        good[label] += 1
+    empty = [c for c in inputs.classes if good[c] == 0]
     if empty:
         raise DataError(
-            f"class folder(s) {', '.join(f'{root}/{c}' for c in empty)} hold no decodable images "
-            f"({', '.join(f'{c}: {file_counts[c]} files' for c in empty)}); expected JPEG/PNG/... images"
+            f"class folder(s) {', '.join(f'{inputs.root}/{c}' for c in empty)} hold no decodable images "
+            f"({', '.join(f'{c}: {inputs.file_counts[c]} files' for c in empty)}); expected JPEG/PNG/... images"
         )
 
-    split = ds.stratified_split(ds.with_label_index(feats.filter(F.col(ERROR).isNull()), classes), cfg.test_fraction, cfg.val_fraction, cfg.seed).cache()
-    sizes: dict[str, dict[str, int]] = {ds.TRAIN: {}, ds.VALIDATION: {}, ds.TEST: {}}
-    for r in split.groupBy(ds.SPLIT, ds.LABEL).count().collect():
-        sizes[r[ds.SPLIT]][r[ds.LABEL]] = int(r["count"])
-    feats.unpersist()
-    n_train = sum(sizes[ds.TRAIN].values())
-    if n_train == 0:
-        raise DataError(f"no training rows left after the split of {root}; lower --test-fraction/--val-fraction or add images")
-    log.info("split (seed %d): %s", cfg.seed, "; ".join(f"{s}={sum(c.values())}" for s, c in sizes.items()))
 
-    dim = featurizer.dim()
-    k = min(cfg.pca_k, dim, n_train)
-    if k != cfg.pca_k:
-        log.info("PCA k clamped from %d to %d (feature dim %d, %d training rows)", cfg.pca_k, k, dim, n_train)
-    train_df = split.filter(F.col(ds.SPLIT) == ds.TRAIN)
-    with SparkProgress(spark, f"fitting scaler + PCA(k={k}) on {n_train} rows", cfg.progress):
-        prep = Pipeline(stages=[StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED), PCA(k=k, inputCol=SCALED, outputCol=REDUCED)]).fit(train_df)
-        reduced = prep.transform(split).select("path", ds.REL_PATH, ds.LABEL, ds.LABEL_INDEX, ds.SPLIT, FEATURES, REDUCED).cache()
-        reduced.count()
-    split.unpersist()
-    scaler_model, pca_model = prep.stages
-    explained = [float(v) for v in pca_model.explainedVariance.toArray()]
+@dataclass
+class Selection:
+    """Step 3-4 outcome: the split, the folds and the chosen configuration."""
 
+    groups: np.ndarray
+    test: np.ndarray  # bool per row
+    folds: np.ndarray  # fold per training row
+    image: Any  # selection.ImageCV
+    text: Any = None  # selection.TextCV
+    cascade: Any = None  # selection.CascadeCV
+
+    @property
+    def duplicate_groups(self) -> int:
+        _, counts = np.unique(self.groups, return_counts=True)
+        return int((counts > 1).sum())
+
+
+def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int) -> Selection:
+    """Steps 3-4: near-duplicate groups, grouped test split, grouped CV on the rest."""
+    from batch_training import selection as sel
+    from memestream.dedup import near_duplicate_groups
+
+    groups = near_duplicate_groups(data.dhash, data.sha256, cfg.dup_distance)
+    test = sel.grouped_split(groups, y, cfg.test_fraction, cfg.seed)
+    tr = ~test
+    if tr.sum() < 2 * n_classes:
+        raise DataError(f"only {int(tr.sum())} training images after the split; add images or lower --test-fraction")
+    folds = sel.grouped_folds(groups[tr], y[tr], cfg.folds, cfg.seed)
+    ks = tuple(min(k, data.features.shape[1]) for k in cfg.ks)
+    image = sel.image_cv(data.features[tr], y[tr], folds, n_classes, ks, cfg.reg_params, cfg.seed)
+    out = Selection(groups, test, folds, image)
+    if cfg.text != "off":
+        texts = [t for t, keep in zip(data.texts, tr) if keep]
+        out.text = sel.text_cv(texts, y[tr], folds, n_classes, seed=cfg.seed)
+        has = np.array([bool(t.strip()) for t in texts])
+        cascades = (1.01,) if cfg.text == "always" else sel.DEFAULT_CASCADES
+        out.cascade = sel.cascade_cv(image.oof_probs, out.text.oof_logp, has, y[tr], folds, cascades)
+    return out
+
+
+def _frame(spark, features: np.ndarray, y: np.ndarray):
+    """Driver arrays -> a Spark DataFrame ``features`` (vector), ``label_index`` (double)."""
+    import pyarrow as pa
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    from batch_training.dataset import LABEL_INDEX
+    from memestream.classify import FEATURES
+
+    n, dim = features.shape
+    offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+    table = pa.table({"f": pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1).astype(np.float32))), LABEL_INDEX: y.astype(np.float64)})
+    df = spark.createDataFrame(table)
+    return df.select(array_to_vector(F.col("f")).alias(FEATURES), F.col(LABEL_INDEX))
+
+
+def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n_classes: int):
+    from memestream import text as textmod
+    from memestream.stacking import TextBranch
+
+    tr = ~chosen.test
+    texts = [t for t, keep in zip(data.texts, tr) if keep]
+    model = textmod.TextModel.fit(texts, y[tr], n_classes, C=chosen.text.C, seed=cfg.seed)
+    image_logp = np.log(np.clip(chosen.image.oof_probs, 1e-12, 1.0))
+    has = np.array([bool(t.strip()) for t in texts]) & (chosen.image.oof_probs.max(axis=1) < chosen.cascade.cascade)
+    stacker = textmod.Stacker.fit(image_logp, chosen.text.oof_logp, has.astype(np.float64), y[tr], C=chosen.cascade.stacker_c)
+    return TextBranch(model, stacker, float(chosen.cascade.cascade), textmod.OCR_VERSION)
+
+
+def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mode: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Probabilities of the test rows through the saved model as the stream applies it
+    (numpy stages, then the text branch with its cascade); JVM for a random forest."""
+    from memestream.classify import calibrator_for, local_model
+
+    local = local_model(loaded)
+    if local is None:
+        return np.empty((0, 0)), {}
+    probs = local.predict_proba(features)
+    info: dict[str, Any] = {}
+    branch = loaded.text_branch
+    if branch is not None and texts is not None and text_mode != "off":
+        ok = np.ones(len(features), dtype=bool)
+        todo = branch.needs_ocr(probs, ok, text_mode)
+        has = np.array([bool(t.strip()) for t in texts]) & todo
+        probs = branch.combine(probs, [t if d else "" for t, d in zip(texts, todo)], has)
+        info = {"ocr_share": round(float(todo.mean()), 4), "with_text": round(float(has.mean()), 4)}
+    if loaded.novelty is not None:
+        scores, _ = loaded.novelty.score(features)
+        info["ood_flagged_share"] = round(float((scores > loaded.novelty.threshold).mean()), 4)
+    calibrator = calibrator_for(loaded, text_mode if branch is not None and texts is not None else "off")
+    if calibrator is not None:
+        probs = calibrator.apply(probs)
+        info["calibration"] = calibrator.method
+    return probs, info
+
+
+def train(spark, cfg: TrainConfig) -> TrainResult:
+    """Run one training; writes a new version under ``cfg.model_dir`` and marks it current."""
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import PCA, StandardScaler
+
+    from batch_training import selection as sel
+    from batch_training.dataset import LABEL_INDEX
+    from batch_training.ingest import FeatureCache, ingest
+    from batch_training.metrics import classification_metrics, roc_curves
+    from batch_training.progress import SparkProgress, phase
+    from batch_training.report import summary_table, write_report
+    from memestream.calibration import fit_calibration, save_calibrators
+    from memestream.novelty import NoveltyModel
+    from memestream.classify import ERROR, FEATURES, REDUCED, SCALED, featurizer_of
+    from memestream.features import get_feature_set
+    from memestream.featurizer import ImageFeaturizer
+    from memestream.modelstore import MANIFEST, ModelStore, atomic_write_text, load_model
+
+    started = time.monotonic()
+    inputs = list_inputs(spark, cfg)
+    classes = inputs.classes
+    fs = get_feature_set(cfg.feature_set)
     store = ModelStore(cfg.model_dir)
     version = store.new_version_name()
     vdir = Path(cfg.model_dir) / version
     (vdir / "models").mkdir(parents=True, exist_ok=False)
+    asset = None
+    if fs.make_asset is not None:
+        with phase(spark, f"building the {fs.name} graph", cfg.progress):
+            asset = str(fs.make_asset(str(vdir / "assets" / fs.asset)))
+    featurizer = ImageFeaturizer(featureSet=cfg.feature_set, inputCol="content", outputCol=FEATURES, errorCol=ERROR, assetPath=asset or "")
+
+    # step 2: ingest
+    ocr_version = None
+    if cfg.text != "off":
+        from memestream import text as textmod
+
+        ocr_version = textmod.OCR_VERSION
+    cache = FeatureCache(cfg.model_dir, fs, ocr_version) if cfg.cache else None
+    data = ingest(
+        spark, inputs.labelled, fs, max_bytes=featurizer.getMaxBytes(), max_pixels=featurizer.getMaxPixels(), asset=asset,
+        cache=cache, ocr=cfg.text != "off", progress=cfg.progress, root=inputs.root,
+    )
+    check_decodable(inputs, data)
+    y = np.array([classes.index(c) for c in data.label], dtype=np.int64)
+
+    # steps 3-4: grouped split and grouped CV
+    chosen = select(cfg, data, y, len(classes))
+    test, tr = chosen.test, ~chosen.test
+    sizes = {"train": {}, "test": {}}
+    for split, mask in (("train", tr), ("test", test)):
+        for c in classes:
+            sizes[split][c] = int(((y == classes.index(c)) & mask).sum())
+    log.info("grouped split (seed %d, %d near-duplicate groups): train=%d test=%d", cfg.seed, chosen.duplicate_groups, int(tr.sum()), int(test.sum()))
+    k, reg = chosen.image.pca_k, chosen.image.reg_param
+
+    # step 5: Spark ML fits on the whole training part
+    train_df = _frame(spark, data.features[tr], y[tr]).cache()
+    with SparkProgress(spark, f"fitting scaler + PCA(k={k}) on {int(tr.sum())} rows", cfg.progress):
+        prep = Pipeline(stages=[StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED), PCA(k=k, inputCol=SCALED, outputCol=REDUCED)]).fit(train_df)
+        reduced = prep.transform(train_df).select(LABEL_INDEX, REDUCED).cache()
+        reduced.count()
+    train_df.unpersist()
+    scaler_model, pca_model = prep.stages
+    explained = [float(v) for v in pca_model.explainedVariance.toArray()]
+
     results: dict[str, dict[str, Any]] = {}
     pipelines: dict[str, Any] = {}
     models_meta: dict[str, dict[str, Any]] = {}
-    val_rows = reduced.filter(F.col(ds.SPLIT) == ds.VALIDATION)
     for name in cfg.models:
-        clf = _classifier(name, cfg, k, len(classes))
         fit_started = time.monotonic()
         with SparkProgress(spark, f"fitting {name}", cfg.progress):
-            fitted = clf.fit(reduced.filter(F.col(ds.SPLIT) == ds.TRAIN))
-        fit_seconds = round(time.monotonic() - fit_started, 1)
-        val_metrics = None
-        if sizes[ds.VALIDATION]:
-            y, p, yhat = _collect_scores(fitted.transform(val_rows))
-            val_metrics = classification_metrics(y, p, classes, yhat)
-            log.info("%s: validation accuracy %.4f, weighted F1 %.4f", name, val_metrics["accuracy"], val_metrics["f1_weighted"])
+            fitted = _classifier(name, cfg, k, len(classes), reg).fit(reduced)
         pipeline = PipelineModel(stages=[featurizer, scaler_model, pca_model, fitted])
-        path = vdir / "models" / name
-        pipeline.write().overwrite().save(str(path))
-        log.info("saved %s to %s", name, path)
+        pipeline.write().overwrite().save(str(vdir / "models" / name))
         pipelines[name] = pipeline
-        results[name] = {"validation": val_metrics}
-        models_meta[name] = {"path": f"models/{name}", "params": _params(fitted), "fit_seconds": fit_seconds, "validation": val_metrics}
-
-    def rank(name: str) -> tuple[float, float]:
-        m = results[name]["validation"] or {}
-        return (m.get("accuracy") or 0.0, m.get("f1_weighted") or 0.0)
-
-    best = max(cfg.models, key=rank)  # max keeps the first of equals: --models order breaks full ties
+        cv = sel.fold_summary(chosen.image.fold_accuracy) if name == "logreg" else None
+        results[name] = {"cv": cv}
+        models_meta[name] = {"path": f"models/{name}", "params": _params(fitted), "fit_seconds": round(time.monotonic() - fit_started, 1), "cv": cv}
+    reduced.unpersist()
+    novelty, _ = NoveltyModel.fit(data.features[tr], y[tr], chosen.folds)
+    for name in cfg.models:  # the same reference set for every model of the version
+        novelty.save(vdir / "models" / name)
+    calibration: dict[str, Any] = {}
+    if "logreg" in cfg.models:
+        image_cal, calibration["image"] = fit_calibration(chosen.image.oof_probs, y[tr], chosen.folds)
+        save_calibrators(vdir / "models" / "logreg", {"image": image_cal}, {"image": calibration["image"]})
+        models_meta["logreg"]["calibration"] = image_cal.method
+    if chosen.cascade is not None:
+        branch = _fit_text_branch(cfg, data, y, chosen, len(classes))
+        pipelines["logreg"].write().overwrite().save(str(vdir / "models" / STACKED))
+        branch.save(vdir / "models" / STACKED / "text_branch")
+        stacked_cal, calibration["stacked"] = fit_calibration(chosen.cascade.oof_probs, y[tr], chosen.folds)
+        save_calibrators(vdir / "models" / STACKED, {"image": image_cal, "stacked": stacked_cal}, calibration)
+        novelty.save(vdir / "models" / STACKED)
+        pipelines[STACKED] = pipelines["logreg"]
+        cv = sel.fold_summary(next(r for r in chosen.cascade.table if r["cascade"] == chosen.cascade.cascade)["fold_accuracy"])
+        results[STACKED] = {"cv": cv}
+        models_meta[STACKED] = {
+            "path": f"models/{STACKED}", "image_branch": "logreg", "text_branch": f"models/{STACKED}/text_branch",
+            "cascade": branch.cascade, "text_C": chosen.text.C, "cv": cv, "calibration": stacked_cal.method,
+        }
+    best = STACKED if STACKED in models_meta else ("logreg" if "logreg" in cfg.models else cfg.models[0])
     manifest: dict[str, Any] = {
         "version": version,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "feature_set": cfg.feature_set,
-        "feature_dim": dim,
+        "feature_dim": fs.dim,
         "pca_k": k,
+        "reg_param": reg,
         "pca_explained_variance": round(sum(explained), 6),
         "classes": classes,
         "best": best,
-        "selection": "highest validation accuracy, ties by weighted F1",
+        "selection": "grouped k-fold CV on the training part (near-duplicates in one fold); random_forest and mlp "
+        "are compared on the grouped test split only",
+        "text": cfg.text,
         "models": models_meta,
-        "split": {"seed": cfg.seed, "test_fraction": cfg.test_fraction, "val_fraction": cfg.val_fraction, "sizes": sizes},
-        "data": {"root": root, "fingerprint": fp, "files": fp["count"], "skipped": skipped},
+        "split": {"seed": cfg.seed, "test_fraction": cfg.test_fraction, "folds": int(chosen.folds.max()) + 1,
+                  "dup_distance": cfg.dup_distance, "duplicate_groups": chosen.duplicate_groups, "sizes": sizes},
+        "cv": {
+            "image": {"grid": {key: sel.fold_summary(v) for key, v in chosen.image.scores.items()}, "pca_k": k, "reg_param": reg},
+            **({"text": {"grid": {key: sel.fold_summary(v) for key, v in chosen.text.scores.items()}, "C": chosen.text.C},
+                "cascade": [{kk: vv for kk, vv in r.items() if kk != "fold_accuracy"} | {"fold": sel.fold_summary(r["fold_accuracy"])} for r in chosen.cascade.table],
+                "chosen_cascade": chosen.cascade.cascade} if chosen.cascade is not None else {}),
+        },
+        "calibration_cv_log_loss": calibration,
+        "novelty": {"k": novelty.k, "threshold": round(novelty.threshold, 6), "quantile": 0.99, "reference_rows": int(len(novelty.labels))},
+        "cache": {"features_reused": data.cached_features, "texts_reused": data.cached_texts},
+        "data": {"root": inputs.root, "fingerprint": inputs.fingerprint, "files": inputs.fingerprint["count"], "skipped": data.skipped},
         "config": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in asdict(cfg).items()},
         "library_versions": library_versions(),
     }
     atomic_write_text(vdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # lets load_model find the models
 
-    # Test metrics through the models as saved: each is loaded back from disk, its featurizer
-    # stage must compute exactly the cached features, and its saved scaler/PCA/classifier
-    # score them (re-decoding the test images once per model cost ~2.5 s each).
+    # step 6: the grouped test split through the models as saved
     curves: dict[str, Any] = {}
-    if sizes[ds.TEST]:
-        test_feats = reduced.filter(F.col(ds.SPLIT) == ds.TEST).select(ds.LABEL_INDEX, FEATURES)
-        for name in cfg.models:
+    if test.any():
+        xt, yt = data.features[test], y[test]
+        texts_t = [t for t, keep in zip(data.texts, test) if keep] if data.texts is not None else None
+        test_df = None
+        for name in models_meta:
             loaded = load_model(vdir, which=name)
             check_same_featurizer(featurizer_of(loaded), featurizer, loaded.path)
-            with SparkProgress(spark, f"scoring {name} (loaded from {loaded.path}) on {sum(sizes[ds.TEST].values())} test images", cfg.progress):
-                y, p, yhat = _collect_scores(PipelineModel(stages=loaded.pipeline.stages[1:]).transform(test_feats))
-            results[name]["test"] = classification_metrics(y, p, classes, yhat)
-            models_meta[name]["test"] = results[name]["test"]
-            curves[name] = roc_curves(y, p, classes)
-    reduced.unpersist()
+            probs, info = _score_saved(loaded, xt, texts_t, cfg.text)
+            if probs.size == 0:  # a stage that runs only in the JVM (random forest)
+                if test_df is None:
+                    test_df = _frame(spark, xt, yt).cache()
+                with SparkProgress(spark, f"scoring {name} on {len(yt)} test images", cfg.progress):
+                    yy, pp, yhat = collect_scores(PipelineModel(stages=loaded.pipeline.stages[1:]).transform(test_df))
+                metrics = classification_metrics(yy, pp, classes, yhat)
+                curves[name] = roc_curves(yy, pp, classes)
+            else:
+                metrics = classification_metrics(yt, probs, classes)
+                curves[name] = roc_curves(yt, probs, classes)
+            metrics.update(info)
+            results[name]["test"] = metrics
+            models_meta[name]["test"] = metrics
+        if test_df is not None:
+            test_df.unpersist()
     seconds = time.monotonic() - started
     manifest["train_seconds"] = round(seconds, 1)
     atomic_write_text(vdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -305,9 +521,12 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         classes,
         sizes,
         curves,
-        extra={"version": version, "best": best, "feature_set": cfg.feature_set, "skipped": skipped, "input_files": file_counts},
+        extra={"version": version, "best": best, "feature_set": cfg.feature_set, "skipped": data.skipped,
+               "input_files": inputs.file_counts, "cv": manifest["cv"]},
         plots=cfg.plots,
     )
+    split_doc = {"test": [r for r, t in zip(data.rel_path, test) if t], "train": [r for r, t in zip(data.rel_path, test) if not t]}
+    atomic_write_text(vdir / "report" / "split.json", json.dumps(split_doc) + "\n")
     store.mark_current(version)
     log.info("version %s marked current in %s (best: %s)", version, cfg.model_dir, best)
     log.debug("summary:\n%s", summary_table(results, best))
@@ -318,38 +537,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-train",
         description="Train meme image classifiers on a labelled folder (one sub-folder per class) with Spark and "
-        "save them as a new version of a model directory.",
+        "save them as a new version of a model directory. Hyper-parameters are chosen by grouped k-fold "
+        "cross-validation (near-duplicate images never straddle a split).",
         epilog="examples:\n  meme-sample --out data/sample && meme-train --data data/sample --model-dir models\n"
-        "  meme-train --data /data/memes --model-dir models --feature-set gray32 --models logreg --pca-k 30",
+        "  meme-train --data /data/memes --model-dir models --text off --models logreg\n"
+        "  meme-train --data /data/memes --model-dir models --feature-set colorcooc --pca-k 50",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     env_flag(parser, "--data", envvar="MEMESTREAM_TRAIN_DATA", required=True, help="labelled folder: DATA/<class>/.../<image>")
     env_flag(parser, "--model-dir", envvar="MEMESTREAM_MODEL_DIR", required=True, help="model store root (a new version is added)")
     env_flag(parser, "--feature-set", envvar="MEMESTREAM_FEATURE_SET", default=DEFAULT_FEATURE_SET, choices=sorted(FEATURE_SETS), help="image features")
-    env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=50, help="PCA components (clamped to feature dim / rows)")
-    env_flag(parser, "--seed", envvar="MEMESTREAM_SEED", type=int, default=42, help="seed for the split and the models")
-    env_flag(parser, "--test-fraction", envvar="MEMESTREAM_TEST_FRACTION", type=float, default=0.2, help="share of each class held out for test")
-    env_flag(parser, "--val-fraction", envvar="MEMESTREAM_VAL_FRACTION", type=float, default=0.2, help="share of the rest used for validation")
+    env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
+             help="OCR text branch stacked on the logreg image branch: off, cascade (OCR only when the image branch is unsure) or always")
+    env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=None, help="fixed PCA components (default: chosen by CV from --pca-ks)")
+    env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="128,256,512", help="PCA components to try in CV (clamped to the feature dim)")
+    env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.01,0.03,0.1", help="logistic regression L2 strengths to try in CV")
+    env_flag(parser, "--folds", envvar="MEMESTREAM_FOLDS", type=positive_int, default=5, help="grouped cross-validation folds")
+    env_flag(parser, "--dup-distance", envvar="MEMESTREAM_DUP_DISTANCE", type=int, default=6,
+             help="dHash bits (of 64) up to which two images count as near-duplicates and stay on one side of every split")
+    env_flag(parser, "--seed", envvar="MEMESTREAM_SEED", type=int, default=42, help="seed for the split, the folds and the models")
+    env_flag(parser, "--test-fraction", envvar="MEMESTREAM_TEST_FRACTION", type=float, default=0.2, help="share of each class held out for test (whole groups)")
     env_flag(parser, "--models", envvar="MEMESTREAM_MODELS", default=DEFAULT_MODELS, help=f"comma-separated, from {','.join(MODEL_NAMES)}")
     env_flag(parser, "--num-trees", envvar="MEMESTREAM_NUM_TREES", type=positive_int, default=150, help="random forest trees")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master (default local[*])")
+    parser.add_argument("--no-cache", action="store_true", help="recompute embeddings and OCR text (default: reuse MODEL_DIR/_cache)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots in the report")
     add_common_flags(parser)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    try:
+        ks, regs = _ints(args.pca_ks), _floats(args.reg_params)
+    except ValueError:
+        raise ConfigError(f"--pca-ks and --reg-params take comma-separated numbers, found {args.pca_ks!r} and {args.reg_params!r}") from None
     return TrainConfig(
         data=args.data,
         model_dir=args.model_dir,
         feature_set=args.feature_set,
-        pca_k=int(args.pca_k),
+        pca_k=int(args.pca_k) if args.pca_k else None,
+        pca_ks=ks,
+        reg_params=regs,
+        text=args.text,
+        folds=int(args.folds),
+        dup_distance=int(args.dup_distance),
         seed=int(args.seed),
         test_fraction=float(args.test_fraction),
-        val_fraction=float(args.val_fraction),
         models=tuple(m.strip() for m in str(args.models).split(",") if m.strip()),
         num_trees=int(args.num_trees),
         master=args.master,
+        cache=not args.no_cache,
         progress=not args.quiet and sys.stderr.isatty(),
         plots=not args.no_plots,
     )

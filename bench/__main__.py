@@ -28,6 +28,7 @@ _MODULES = {
     "limit": "bench.limit",
     "notebook": "bench.notebook",
     "train": "bench.train",
+    "features": "bench.features",
     "stream-folder": "bench.stream",
     "stream-kafka": "bench.stream",
     "scale": "bench.scale",
@@ -179,7 +180,7 @@ def _clean(obj: Any) -> Any:
 
 _COLUMNS = (
     ("case", "case", 58), ("images", "images", 7), ("images_per_s", "img/s", 9), ("seconds", "sec", 8), ("images_per_cpu_s", "img/cpu-s", 9),
-    ("p50", "p50", 8), ("p95", "p95", 8), ("p99", "p99", 8), ("peak_rss_mib", "peakMiB", 8), ("ratio", "ratio", 12),
+    ("p50", "p50", 8), ("p95", "p95", 8), ("p99", "p99", 8), ("peak_rss_mib", "peakMiB", 8), ("cv_accuracy", "CV acc", 7), ("ratio", "ratio", 12),
 )
 
 

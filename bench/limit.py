@@ -1,8 +1,9 @@
 """Scenario ``limit``: what one core can do with no Spark at all.
 
-A plain loop reads each file, runs the exact shared feature code
-(:func:`memestream.features.featurize_batch`) and predicts with the saved model's
-coefficients in numpy. Every Spark scenario is compared to this rate, measured in the
+A plain loop runs the stream's own per-image computation
+(:func:`memestream.classify.score_values`: read, decode, embed, the model's stages in
+numpy, and the text branch with its cascade), one image at a time, in the run's text
+mode and image-only. Every Spark scenario is compared to this rate, measured in the
 same run, so the ratios survive a noisy shared machine.
 """
 from __future__ import annotations
@@ -16,9 +17,38 @@ import numpy as np
 from bench.common import Timer, percentiles, rate
 from bench.context import BenchContext
 from memestream.decode import decode
+from memestream.classify import score_values
 from memestream.features import featurize_batch, get_feature_set
+from memestream.stacking import DEFAULT_TEXT_MODE
 
 log = logging.getLogger(__name__)
+
+
+def _text_mode(ctx: BenchContext) -> str:
+    """The text mode the streams of this run use (``--stream-arg --text X``), default cascade."""
+    args = list(ctx.config.stream_args)
+    for i, a in enumerate(args):
+        if a == "--text" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--text="):
+            return a.split("=", 1)[1]
+    return DEFAULT_TEXT_MODE
+
+
+def _loop(spec, files, mode_label: str) -> tuple[dict[str, Any], list[float], float, float, Any]:
+    """One image at a time through the stream's own per-image computation."""
+    lat: list[float] = []
+    ocr = 0
+    cpu0 = time.process_time()
+    start = time.perf_counter()
+    last = None
+    for p in files:
+        t0 = time.perf_counter()
+        last = score_values(spec, [p.read_bytes()])
+        lat.append(time.perf_counter() - t0)
+        ocr += sum(1 for r in last.text.ocr_ran if r)
+    e2e = time.perf_counter() - start
+    return {"mode": mode_label, "ocr_share": round(ocr / max(1, len(files)), 4)}, lat, e2e, time.process_time() - cpu0, last
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -30,44 +60,46 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         files = files[: ctx.config.limit_images]
     spark = ctx.get_spark()
     loaded, local = load_scoring_model(spark, ctx.model_dir())  # the stream's own model, as numpy
-    from memestream.classify import featurizer_of
+    from memestream.classify import featurizer_of, scoring_spec
 
-    fs = get_feature_set(featurizer_of(loaded).getFeatureSet())  # what the saved model computes
-    predict = lambda m: local.predict(m)[1]  # noqa: E731
+    feat = featurizer_of(loaded)
+    fs = get_feature_set(feat.getFeatureSet())  # what the saved model computes
+    asset = feat.getAssetPath()
+    mode = _text_mode(ctx) if loaded.text_branch is not None else "off"
     n = len(files)
 
-    # warm-up (imports, OpenCV's first-call costs) outside the timings
-    featurize_batch([files[0].read_bytes()], fs)
+    # warm-up (imports, OpenCV's and ONNX Runtime's first-call costs, the OCR engine) outside the timings
+    spec = scoring_spec(loaded, local, from_path=False, text_mode=mode)
+    spec_off = scoring_spec(loaded, local, from_path=False, text_mode="off")
+    score_values(spec, [files[0].read_bytes()])
+    score_values(scoring_spec(loaded, local, from_path=False, text_mode="always") if mode != "off" else spec, [files[0].read_bytes()])
 
     with Timer() as t_read:
         payloads = [p.read_bytes() for p in files]
     with Timer() as t_decode:
         images = [decode(b, color=fs.color, min_side=fs.min_side)[0] for b in payloads]
     with Timer() as t_extract:
-        for img in images:
-            fs.extract(img)
+        for i in range(0, len(images), 16):
+            chunk = images[i : i + 16]
+            fs.extract_many(chunk, asset) if fs.extract_many is not None else [fs.extract(img) for img in chunk]
     del images
     with Timer() as t_feat:
-        matrix, errors = featurize_batch(payloads, fs)
+        matrix, errors = featurize_batch(payloads, fs, asset=asset)
     with Timer() as t_pred:
-        pred = predict(matrix)
+        pred = local.predict(matrix)[1]
 
-    # end to end, one image at a time (the latency a single-image service would see)
-    lat: list[float] = []
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    for p in files:
-        t0 = time.perf_counter()
-        m, _ = featurize_batch([p.read_bytes()], fs)
-        predict(m)
-        lat.append(time.perf_counter() - t0)
-    e2e = time.perf_counter() - start
-    e2e_cpu = time.process_time() - cpu0
+    # end to end, one image at a time (the latency a single-image service would see), in
+    # the run's text mode and image-only
+    loops = {}
+    info, lat, e2e, e2e_cpu, _ = _loop(spec, files, mode)
+    loops[mode] = (info, lat, e2e, e2e_cpu)
+    if mode != "off":
+        loops["off"] = _loop(spec_off, files, "off")[:4]
 
     truth = np.array([loaded.classes.index(lab) if lab in loaded.classes else -1 for lab in base.labels[:n]])
     ok = np.array([e is None for e in errors])
     accuracy = float((pred[ok] == truth[ok]).mean()) if ok.any() else None
-    agreement = _agreement_with_spark(spark, loaded, files[: min(n, 200)], predict, fs)
+    agreement = _agreement_with_spark(spark, loaded, files[: min(n, 200)], lambda m: local.predict(m)[1], fs, asset)
 
     per_image_ms = {k: round(v * 1000, 3) for k, v in percentiles(lat).items()}
     out = {
@@ -75,6 +107,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "feature_set": fs.name,
         "model_version": loaded.version,
         "model": loaded.name,
+        "text_mode": mode,
+        "ocr_share": info["ocr_share"],
         "bad_images": int((~ok).sum()),
         "read_images_per_s": rate(n, t_read.seconds),
         "decode_images_per_s": rate(n, t_decode.seconds),
@@ -90,6 +124,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "images_per_cpu_s": rate(n, e2e_cpu),
         "ideal_machine_images_per_s": round(rate(n, e2e) * (ctx.cpu_count()), 1),
         "latency_ms": per_image_ms,
+        "by_text_mode": {
+            m: {"images_per_s_per_core": rate(n, e), "ideal_machine_images_per_s": round(rate(n, e) * ctx.cpu_count(), 1),
+                "images_per_cpu_s": rate(n, c), "ocr_share": i["ocr_share"],
+                "latency_ms": {k: round(v * 1000, 3) for k, v in percentiles(la).items()}}
+            for m, (i, la, e, c) in loops.items()
+        },
         "share_of_time": {
             "read": round(t_read.seconds / e2e, 3),
             "decode": round(t_decode.seconds / e2e, 3),
@@ -103,15 +143,16 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         {"case": "read bytes", "images": n, "images_per_s": out["read_images_per_s"], "images_per_cpu_s": rate(n, t_read.cpu)},
         {"case": f"decode only ({fs.name})", "images": n, "images_per_s": out["decode_images_per_s"], "images_per_cpu_s": rate(n, t_decode.cpu)},
         {"case": "extract only", "images": n, "images_per_s": out["extract_images_per_s"], "images_per_cpu_s": rate(n, t_extract.cpu)},
-        {"case": "featurize_batch (decode+extract)", "images": n, "images_per_s": out["featurize_images_per_s"], "images_per_cpu_s": rate(n, t_feat.cpu)},
+        {"case": "featurize_inputs (decode+extract)", "images": n, "images_per_s": out["featurize_images_per_s"], "images_per_cpu_s": rate(n, t_feat.cpu)},
         {"case": "numpy predict", "images": n, "images_per_s": out["predict_images_per_s"], "images_per_cpu_s": rate(n, t_pred.cpu)},
-        {"case": "end to end, 1 core (latency ms)", "images": n, "images_per_s": out["images_per_s_per_core"],
-         "images_per_cpu_s": out["images_per_cpu_s"], "seconds": round(e2e, 2), **per_image_ms},
     ]
+    for m, row in out["by_text_mode"].items():
+        out["rows"].append({"case": f"end to end, 1 core, text {m} (OCR {row['ocr_share']:.0%}; latency ms)", "images": n,
+                            "images_per_s": row["images_per_s_per_core"], "images_per_cpu_s": row["images_per_cpu_s"], **row["latency_ms"]})
     return out
 
 
-def _agreement_with_spark(spark, loaded, files, predict, fs) -> float | None:
+def _agreement_with_spark(spark, loaded, files, predict, fs, asset) -> float | None:
     """Share of images where the numpy baseline predicts the same class as the Spark model."""
     from memestream.classify import classify
 
@@ -120,7 +161,7 @@ def _agreement_with_spark(spark, loaded, files, predict, fs) -> float | None:
     rows = [(str(p), p.read_bytes()) for p in files]
     df = spark.createDataFrame(rows, "path string, content binary")
     got = {r["path"]: r["label"] for r in classify(df, loaded).select("path", "label").collect()}
-    matrix, errors = featurize_batch([b for _, b in rows], fs)
+    matrix, errors = featurize_batch([b for _, b in rows], fs, asset=asset)
     mine = predict(matrix)
     same = [got[p] == loaded.classes[k] for (p, _), k, e in zip(rows, mine, errors) if e is None and got.get(p) is not None]
     return round(sum(same) / len(same), 4) if same else None

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-_COLS = ("case", "images", "images_per_s", "images_per_cpu_s", "seconds", "p50", "p95", "p99", "peak_rss_mib")
-_TITLES = ("case", "images", "img/s", "img/CPU-s", "sec", "p50", "p95", "p99", "peak RSS MiB")
+_COLS = ("case", "images", "images_per_s", "images_per_cpu_s", "seconds", "p50", "p95", "p99", "peak_rss_mib", "cv_accuracy", "cv_std")
+_TITLES = ("case", "images", "img/s", "img/CPU-s", "sec", "p50", "p95", "p99", "peak RSS MiB", "CV acc", "CV std")
 
 
 def _fmt(value: Any) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,8 @@ from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.featurizer import ImageFeaturizer
 from memestream.inference import LocalModel, NotCompilable, compile_stages
 from memestream.modelstore import LoadedModel
+from memestream.novelty import DEFAULT_OOD_MODE, OOD_CODE, check_ood_mode
+from memestream.stacking import DEFAULT_TEXT_MODE, TextBranch, check_text_mode
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,11 @@ def error_code(col: Column) -> Column:
 
 
 def label_exprs(
-    classes: Sequence[str], error_col: str = ERROR, prediction: Column | None = None, probabilities: Column | None = None
+    classes: Sequence[str],
+    error_col: str = ERROR,
+    prediction: Column | None = None,
+    probabilities: Column | None = None,
+    code: Column | None = None,
 ) -> dict[str, Column]:
     """Expressions turning a class index and a probability array into ``label``,
     ``probabilities`` (class -> probability), ``confidence`` and ``error_code``.
@@ -61,16 +68,11 @@ def label_exprs(
     index = prediction if prediction is not None else F.col(PREDICTION)
     ok = F.col(error_col).isNull()
     return {
-        "label": F.when(ok, F.element_at(names, index.cast("int") + 1)),
+        "label": F.when(ok & (index >= 0), F.element_at(names, index.cast("int") + 1)),
         "probabilities": F.when(ok, F.map_from_arrays(names, probs)),
         "confidence": F.when(ok, F.array_max(probs)),
-        "error_code": error_code(F.col(error_col)),
+        "error_code": code if code is not None else error_code(F.col(error_col)),
     }
-
-
-def label_columns(df: DataFrame, classes: Sequence[str], error_col: str = ERROR) -> DataFrame:
-    """Turn ``prediction``/``probability`` into ``label``, ``probabilities``, ``confidence``."""
-    return df.withColumns(label_exprs(classes, error_col))
 
 
 def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = False) -> DataFrame:
@@ -91,7 +93,6 @@ def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = Fa
 # In-worker scoring: read, decode, featurize and classify in one Arrow UDF call
 # ---------------------------------------------------------------------------------------
 _LOCAL_CACHE_ATTR = "_memestream_local_model"
-_SCORE_SCHEMA = "prediction int, probabilities array<double>, error string, image_id string, size_bytes long, payload binary"
 
 
 def local_model(model: LoadedModel) -> LocalModel | None:
@@ -109,80 +110,225 @@ def local_model(model: LoadedModel) -> LocalModel | None:
     return local
 
 
-def _score_arrow(feature_set: str, read_max: int, max_bytes: int, max_pixels: int, local: LocalModel, from_path: bool):
+@dataclass
+class ScoredBatch:
+    """The in-worker scorer's result for a batch of inputs, row-aligned."""
+
+    index: np.ndarray
+    probs: np.ndarray
+    featurized: Any  # memestream.features.Featurized
+    text: Any  # memestream.stacking.TextResult
+    novelty: list[float | None]
+    ood: list[bool | None]
+    nearest: list[str | None]
+
+
+def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
+    """Read/decode/featurize, apply the model's stages as numpy and the text branch: the
+    whole per-image computation of the stream, also run as a plain loop by the benchmark's
+    single-process limit."""
+    from memestream.features import featurize_inputs, get_feature_set
+    from memestream.stacking import apply_text_branch
+
+    fs = get_feature_set(spec.feature_set)
+    text_on = spec.text is not None and spec.text_mode != "off"
+    out = featurize_inputs(
+        values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
+        max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on,
+    )
+    image_probs = spec.local.predict_proba(out.matrix)
+    text = apply_text_branch(spec.text, spec.text_mode, image_probs, out.images, out.ok)
+    out.images = []  # free the decoded arrays early
+    probs = text.probs
+    if spec.calibrator is not None:
+        probs = spec.calibrator.apply(probs)
+    # the label is the most probable class of the probabilities the row reports
+    index = probs.argmax(axis=1).astype(np.int32) if (text_on or spec.calibrator is not None) else spec.local.head.predict(probs)
+    n = len(values)
+    novelty: list[float | None] = [None] * n
+    ood: list[bool | None] = [None] * n
+    nearest: list[str | None] = [None] * n
+    ok = out.ok
+    if spec.novelty is not None and spec.ood_mode != "off" and ok.any():
+        scores, near = spec.novelty.score(out.matrix[ok])
+        for j, i in enumerate(np.flatnonzero(ok)):
+            novelty[i] = float(scores[j])
+            ood[i] = bool(scores[j] > spec.novelty.threshold)
+            nearest[i] = spec.classes[int(near[j])]
+            if ood[i] and spec.ood_mode == "reject":
+                index[i] = -1  # no class: label NULL, error_code out_of_distribution
+                out.codes[i] = OOD_CODE
+    return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
+
+
+def _score_arrow(spec: "ScoringSpec"):
     """Build the UDF body (module-level so cloudpickle ships arrays and a function reference)."""
 
     def run(inputs: pa.Array) -> pa.Array:
-        from memestream.features import featurize_batch, get_feature_set
-        from memestream.load import local_path, read_capped
-
-        fs = get_feature_set(feature_set)
-        values = inputs.to_pylist()
-        if from_path:
-            read = [read_capped(local_path(v), read_max) if v is not None else (None, "read_error: no path") for v in values]
-            payloads = [d for d, _ in read]
-            read_errors = [e for _, e in read]
-        else:
-            payloads, read_errors = values, [None] * len(values)
-        matrix, feat_errors = featurize_batch(payloads, fs, max_bytes, max_pixels)
-        probs, index = local.predict(matrix)
-        errors = [r or f for r, f in zip(read_errors, feat_errors)]
-        k = probs.shape[1]
-        offsets = pa.array(np.arange(0, (len(values) + 1) * k, k, dtype=np.int32))
+        scored = score_values(spec, inputs.to_pylist())
+        out, text, probs = scored.featurized, scored.text, scored.probs
+        n, k = probs.shape
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        payloads = out.payloads
         return pa.StructArray.from_arrays(
             [
-                pa.array(index, type=pa.int32()),
+                pa.array(scored.index, type=pa.int32()),
                 pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
-                pa.array(errors, type=pa.string()),
+                pa.array(out.errors, type=pa.string()),
+                pa.array(out.codes, type=pa.string()),
                 pa.array([hashlib.sha256(d).hexdigest() if d is not None else None for d in payloads], type=pa.string()),
                 pa.array([len(d) if d is not None else None for d in payloads], type=pa.int64()),
-                pa.array([d if e is not None else None for d, e in zip(payloads, errors)], type=pa.binary()),
+                pa.array([d if e is not None else None for d, e in zip(payloads, out.errors)], type=pa.binary()),
+                pa.array(text.ocr_ran, type=pa.bool_()),
+                pa.array(text.ocr_text, type=pa.string()),
+                pa.array(text.ocr_error, type=pa.string()),
+                pa.array(scored.novelty, type=pa.float64()),
+                pa.array(scored.ood, type=pa.bool_()),
+                pa.array(scored.nearest, type=pa.string()),
             ],
-            names=["prediction", "probabilities", "error", "image_id", "size_bytes", "payload"],
+            names=list(_SCORE_FIELDS),
         )
 
     return run
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Everything the in-worker scorer needs, shipped to the workers with the UDF."""
+
+    feature_set: str
+    read_max: int
+    max_bytes: int
+    max_pixels: int
+    asset: str | None
+    local: LocalModel
+    text: TextBranch | None
+    text_mode: str
+    from_path: bool
+    calibrator: Any = None  # memestream.calibration.Calibrator
+    novelty: Any = None  # memestream.novelty.NoveltyModel
+    ood_mode: str = DEFAULT_OOD_MODE
+    classes: tuple[str, ...] = ()
+
+
+def calibrator_for(model: LoadedModel, text_mode: str) -> Any:
+    """The calibration map of the output the model gives in ``text_mode`` (None: none saved)."""
+    stacked = model.text_branch is not None and text_mode != "off"
+    return model.calibrators.get("stacked" if stacked else "image")
+
+
+def scoring_spec(
+    model: LoadedModel,
+    local: LocalModel,
+    from_path: bool,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    text_mode: str = DEFAULT_TEXT_MODE,
+    ood_mode: str = DEFAULT_OOD_MODE,
+) -> ScoringSpec:
+    feat = featurizer_of(model)
+    return ScoringSpec(
+        feat.getFeatureSet(), max_bytes, feat.getMaxBytes(), feat.getMaxPixels(), feat.getAssetPath(),
+        local, model.text_branch, check_text_mode(text_mode), from_path, calibrator_for(model, text_mode),
+        model.novelty, check_ood_mode(ood_mode), tuple(model.classes),
+    )
+
+
+_SCORE_FIELDS = (
+    "prediction", "probabilities", "error", "error_code", "image_id", "size_bytes", "payload", "ocr_ran", "ocr_text", "ocr_error",
+    "novelty", "ood", "nearest_class",
+)
+_SCORE_SCHEMA = (
+    "prediction int, probabilities array<double>, error string, error_code string, image_id string, size_bytes long, "
+    "payload binary, ocr_ran boolean, ocr_text string, ocr_error string, novelty double, ood boolean, nearest_class string"
+)
+#: Columns the in-worker scorer adds besides the labelled ones, with their Spark types.
+TEXT_COLUMNS = ("ocr_ran", "ocr_text", "ocr_error")
+NOVELTY_COLUMNS = ("novelty", "ood", "nearest_class")
+EXTRA_COLUMNS = {"ocr_ran": "boolean", "ocr_text": "string", "ocr_error": "string", "novelty": "double", "ood": "boolean", "nearest_class": "string"}
 
 
 SCORED = "__memestream_scored"
 
 
 def local_columns(
-    model: LoadedModel, local: LocalModel, input_col: str, from_path: bool, max_bytes: int = DEFAULT_MAX_BYTES
+    model: LoadedModel,
+    local: LocalModel,
+    input_col: str,
+    from_path: bool,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    text_mode: str = DEFAULT_TEXT_MODE,
+    ood_mode: str = DEFAULT_OOD_MODE,
 ) -> tuple[Column, dict[str, Column]]:
-    """``(UDF call, {output name: expression over its result})`` for :func:`classify_local`.
+    """``(UDF call, {output name: expression over its result})``: the in-worker scorer.
+
+    One Arrow UDF call per row batch reads the file (``from_path``) or takes the bytes,
+    decodes once, embeds, runs the model's stages as numpy and, when ``text_mode`` asks
+    and the model has a text branch, OCR and the stacker. Image bytes and vectors never
+    travel back to the JVM; only labels, probabilities, ids and the payload of bad inputs.
 
     Built once per model and input kind and cached on the model: building a Column costs
     a Py4J round trip each (about 700 per projection, ~0.13 s), and a UDF object keeps its
     pickled body and JVM counterpart. Unresolved Columns are reusable across DataFrames.
     """
     cache = model.__dict__.setdefault("_memestream_local_columns", {})
-    key = (id(local), input_col, from_path, max_bytes)
+    key = (id(local), input_col, from_path, max_bytes, text_mode, ood_mode)
     if key not in cache:
-        feat = featurizer_of(model)
-        udf = F.arrow_udf(
-            _score_arrow(feat.getFeatureSet(), max_bytes, feat.getMaxBytes(), feat.getMaxPixels(), local, from_path),
-            _SCORE_SCHEMA,
-        ).asNondeterministic()  # never duplicated into each field read below (one decode per image)
-        new = label_exprs(model.classes, f"{SCORED}.error", F.col(f"{SCORED}.prediction"), F.col(f"{SCORED}.probabilities"))
+        spec = scoring_spec(model, local, from_path, max_bytes, text_mode, ood_mode)
+        udf = F.arrow_udf(_score_arrow(spec), _SCORE_SCHEMA).asNondeterministic()  # never duplicated into each field read below (one decode per image)
+        new = label_exprs(
+            model.classes, f"{SCORED}.error", F.col(f"{SCORED}.prediction"), F.col(f"{SCORED}.probabilities"),
+            code=F.col(f"{SCORED}.error_code"),
+        )
         new["error"] = F.col(f"{SCORED}.error")
         new["model_version"] = F.lit(model.version)
-        for name in ("image_id", "size_bytes", "payload"):
+        for name in ("image_id", "size_bytes", "payload", *EXTRA_COLUMNS):
             new[name] = F.col(f"{SCORED}.{name}")
         cache[key] = (udf(F.col(input_col)), {name: expr.alias(name) for name, expr in new.items()})
     return cache[key]
 
 
-def classify_local(
-    df: DataFrame, model: LoadedModel, local: LocalModel, input_col: str, from_path: bool, max_bytes: int = DEFAULT_MAX_BYTES
+def score_paths(
+    df: DataFrame,
+    model: LoadedModel,
+    path_col: str = "path",
+    engine: str = "auto",
+    text_mode: str = DEFAULT_TEXT_MODE,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    ood_mode: str = DEFAULT_OOD_MODE,
 ) -> DataFrame:
-    """Label ``df`` in one pass through a Python worker: ``input_col`` holds file paths
-    (``from_path``) or image bytes. Adds ``label``, ``probabilities``, ``confidence``,
-    ``error``, ``error_code``, ``model_version``, ``image_id``, ``size_bytes``, ``payload``
-    (the bytes of inputs that failed, for the quarantine table).
-
-    The image bytes never travel back to the JVM, and the vectors never leave Python.
+    """Label the files named in ``path_col`` exactly as the stream does (same engine choice,
+    same text branch and cascade): adds ``label``, ``probabilities``, ``confidence``,
+    ``error``, ``error_code``, ``model_version`` and ``probability_vector`` (the class
+    probabilities in class order, for metrics). Used by ``meme-evaluate``.
     """
-    call, new = local_columns(model, local, input_col, from_path, max_bytes)
-    keep = [F.col(c) for c in df.columns if c not in new]
-    return df.withColumn(SCORED, call).select(*keep, *new.values())
+    from memestream.load import read_files
+
+    local = None if engine == "spark" else local_model(model)
+    if engine == "python" and local is None:
+        from memestream.errors import ConfigError
+
+        raise ConfigError(f"model {model.version}/{model.name} has stages that run only in Spark; use --scoring auto or spark")
+    if local is not None:
+        call, new = local_columns(model, local, path_col, True, max_bytes, text_mode, ood_mode)
+        keep = [F.col(c) for c in df.columns if c not in new]
+        return df.withColumn(SCORED, call).select(
+            *keep, *[new[c] for c in ("label", "probabilities", "confidence", "error", "error_code", "model_version", *EXTRA_COLUMNS)],
+            F.col(f"{SCORED}.probabilities").alias("probability_vector"),
+        )
+    if model.text_branch is not None and text_mode != "off":
+        log.warning("model %s/%s: the JVM engine scores the image branch only (its text branch needs the Python engine)", model.version, model.name)
+    read = read_files(df, path_col=path_col, max_bytes=max_bytes)
+    out = classify(read, model, keep_prediction_index=True)
+    err = F.coalesce(F.col("load_error"), F.col(ERROR))
+    ok = err.isNull()
+    return out.select(
+        *[F.col(c) for c in df.columns],
+        F.when(ok, F.col("label")).alias("label"),
+        F.when(ok, F.col("probabilities")).alias("probabilities"),
+        F.when(ok, F.col("confidence")).alias("confidence"),
+        err.alias("error"),
+        error_code(err).alias("error_code"),
+        F.col("model_version"),
+        *[F.lit(None).cast(t).alias(c) for c, t in EXTRA_COLUMNS.items()],
+        vector_to_array(F.col(PROBABILITY), "float64").alias("probability_vector"),
+    )

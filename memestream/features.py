@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from memestream.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, BadImage, decode
+from memestream.decode import CORRUPT, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_ERROR, BadImage, decode
 
 #: Test hook: when this environment variable names a file, every :func:`featurize_batch`
 #: call appends its row count to it, so tests can prove Spark runs the featurizer once per
@@ -29,8 +29,20 @@ class FeatureSet:
     color: bool
     #: Smallest short side the extractor needs; lets JPEGs decode at reduced scale.
     min_side: int
-    extract: Callable[[np.ndarray], np.ndarray]
+    extract: Callable[[np.ndarray], np.ndarray] | None
     description: str
+    #: Batch extractor ``(images, asset path) -> (n, dim)`` for sets that run a network.
+    extract_many: Callable[[Sequence[np.ndarray], str | None], np.ndarray] | None = None
+    #: File the set needs at run time (an ONNX graph), built by :attr:`make_asset` when a
+    #: model is trained and saved inside the model, so a stream needs only the model folder.
+    asset: str | None = None
+    make_asset: Callable[[str], object] | None = None
+    #: Bump when the computation changes: feature caches are keyed by name and version.
+    version: str = "1"
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}-v{self.version}"
 
 
 def _gray32(img: np.ndarray) -> np.ndarray:
@@ -272,7 +284,37 @@ _register(
     "Hellinger HSV histogram, colour co-occurrence, edge colours, tone statistics, LBP on L/a/b at 128x128",
 )
 
-DEFAULT_FEATURE_SET = "colorcooc"
+def _effnet_many(images: Sequence[np.ndarray], asset: str | None) -> np.ndarray:
+    from memestream.effnet import get_embedder
+
+    if asset is None:
+        from memestream.errors import ModelError
+
+        raise ModelError("feature set effnet_lite0 needs its ONNX graph (saved inside the model); none was given")
+    return get_embedder(asset).embed(images)
+
+
+def _effnet_asset(dest: str) -> object:
+    from pathlib import Path
+
+    from memestream.effnet import export_onnx
+
+    return export_onnx(Path(dest))
+
+
+FEATURE_SETS["effnet_lite0"] = FeatureSet(
+    "effnet_lite0",
+    1280,
+    True,
+    224,
+    None,
+    "ImageNet-pretrained EfficientNet-Lite0, 1280-d global-average-pooled embedding at 224x224 (ONNX Runtime)",
+    extract_many=_effnet_many,
+    asset="effnet_lite0.onnx",
+    make_asset=_effnet_asset,
+)
+
+DEFAULT_FEATURE_SET = "effnet_lite0"
 
 
 def get_feature_set(name: str) -> FeatureSet:
@@ -284,25 +326,128 @@ def get_feature_set(name: str) -> FeatureSet:
         raise ConfigError(f"unknown feature set {name!r}; expected one of: {', '.join(sorted(FEATURE_SETS))}") from None
 
 
+def _decode_for(data: bytes | None, fs: FeatureSet, max_bytes: int, max_pixels: int) -> np.ndarray:
+    img, _ = decode(data, color=fs.color, min_side=fs.min_side, max_bytes=max_bytes, max_pixels=max_pixels)
+    return img
+
+
+def _bad(exc: Exception) -> BadImage:
+    if isinstance(exc, BadImage):
+        return exc
+    return BadImage(CORRUPT, f"decoder failed with {type(exc).__name__}: {str(exc)[:200]}")
+
+
 def featurize_one(
     data: bytes | None,
     feature_set: FeatureSet,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    asset: str | None = None,
 ) -> tuple[np.ndarray | None, str | None]:
     """Features for one image, or ``(None, "<code>: <reason>")``. Never raises on bad bytes."""
-    try:
-        img, _ = decode(
-            data, color=feature_set.color, min_side=feature_set.min_side, max_bytes=max_bytes, max_pixels=max_pixels
-        )
-        vec = feature_set.extract(img)
-    except BadImage as exc:
-        return None, str(exc)
-    except Exception as exc:  # noqa: BLE001 - a decoder bug must not fail a stream batch
-        return None, f"corrupt: decoder failed with {type(exc).__name__}: {str(exc)[:200]}"
-    if not np.all(np.isfinite(vec)):
-        return None, "corrupt: features are not finite"
-    return vec, None
+    out = featurize_inputs([data], feature_set, max_bytes=max_bytes, max_pixels=max_pixels, asset=asset)
+    if out.errors[0] is not None:
+        return None, out.errors[0]
+    return out.matrix[0], None
+
+
+@dataclass
+class Featurized:
+    """What one pass over a batch of inputs produced, row-aligned with the inputs.
+
+    ``errors`` hold ``"<code>: <detail>"`` and ``codes`` the code alone (a field, never
+    parsed back out of the message). Failed rows have zero features.
+    """
+
+    matrix: np.ndarray
+    errors: list[str | None]
+    codes: list[str | None]
+    payloads: list[bytes | None]
+    images: list[np.ndarray | None]
+
+    @property
+    def ok(self) -> np.ndarray:
+        return np.array([e is None for e in self.errors], dtype=bool)
+
+
+def featurize_inputs(
+    values: Sequence[bytes | str | None],
+    feature_set: FeatureSet,
+    *,
+    from_path: bool = False,
+    read_max: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    asset: str | None = None,
+    keep_images: bool = False,
+) -> Featurized:
+    """THE input path, shared by training, streaming, evaluation and the benchmarks:
+    read each file with a size cap (``from_path``) or take the bytes, decode once, and
+    compute the feature set's vectors. Bad inputs become an error per row, never an
+    exception (a decoder or extractor bug is reported as ``corrupt``).
+
+    ``keep_images`` keeps the decoded arrays (for OCR or hashing in the same pass).
+    """
+    from memestream.inputs import local_path, read_capped
+
+    call_log = os.environ.get(CALL_LOG_ENV)
+    if call_log:
+        with open(call_log, "a", encoding="ascii") as fh:  # O_APPEND: safe across worker processes
+            fh.write(f"{len(values)}\n")
+    n = len(values)
+    errors: list[BadImage | None] = [None] * n
+    payloads: list[bytes | None] = [None] * n
+    if from_path:
+        cap = read_max or max_bytes
+        for i, v in enumerate(values):
+            if v is None:
+                errors[i] = BadImage(READ_ERROR, "no path")
+            else:
+                payloads[i], errors[i] = read_capped(local_path(str(v)), cap)
+    else:
+        payloads = list(values)  # type: ignore[arg-type]
+    images: list[np.ndarray | None] = [None] * n
+    for i, data in enumerate(payloads):
+        if errors[i] is not None:
+            continue
+        try:
+            images[i] = _decode_for(data, feature_set, max_bytes, max_pixels)
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not fail a stream batch
+            errors[i] = _bad(exc)
+    out = np.zeros((n, feature_set.dim), dtype=np.float32)
+    good = [i for i in range(n) if images[i] is not None]
+    if good:
+        if feature_set.extract_many is not None:
+            try:
+                out[good] = feature_set.extract_many([images[i] for i in good], asset)
+            except Exception as exc:  # noqa: BLE001 - retry one by one so one bad image cannot fail the batch
+                from memestream.errors import MemestreamError
+
+                if isinstance(exc, MemestreamError):
+                    raise  # a missing or broken model asset is not the input's fault
+                for i in good:
+                    try:
+                        out[i] = feature_set.extract_many([images[i]], asset)[0]
+                    except Exception as one:  # noqa: BLE001
+                        errors[i] = _bad(one)
+        else:
+            for i in good:
+                try:
+                    out[i] = feature_set.extract(images[i])  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001
+                    errors[i] = _bad(exc)
+    for i in good:
+        if errors[i] is None and not np.all(np.isfinite(out[i])):
+            errors[i] = BadImage(CORRUPT, "features are not finite")
+        if errors[i] is not None:
+            out[i] = 0.0
+    return Featurized(
+        matrix=out,
+        errors=[str(e) if e is not None else None for e in errors],
+        codes=[e.code if e is not None else None for e in errors],
+        payloads=payloads,
+        images=images if keep_images else [None] * n,
+    )
 
 
 def featurize_batch(
@@ -310,20 +455,11 @@ def featurize_batch(
     feature_set: FeatureSet,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    asset: str | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Features for many images as one ``(n, dim)`` float32 matrix plus an error per row.
 
     Rows that failed hold zeros (so a model never sees nulls) and a non-null error.
     """
-    call_log = os.environ.get(CALL_LOG_ENV)
-    if call_log:
-        with open(call_log, "a", encoding="ascii") as fh:  # O_APPEND: safe across worker processes
-            fh.write(f"{len(payloads)}\n")
-    out = np.zeros((len(payloads), feature_set.dim), dtype=np.float32)
-    errors: list[str | None] = []
-    for i, data in enumerate(payloads):
-        vec, err = featurize_one(data, feature_set, max_bytes, max_pixels)
-        if vec is not None:
-            out[i] = vec
-        errors.append(err)
-    return out, errors
+    out = featurize_inputs(payloads, feature_set, max_bytes=max_bytes, max_pixels=max_pixels, asset=asset)
+    return out.matrix, out.errors

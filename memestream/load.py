@@ -7,44 +7,12 @@ instead of a failed batch. Training and streaming share it.
 """
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from memestream.decode import DEFAULT_MAX_BYTES, EMPTY, OVERSIZED, READ_ERROR
-
-
-#: What the inbox mover writes in place of a zero-byte file: Spark's file listing drops
-#: empty files, which would lose them silently. Only this exact content means "empty".
-EMPTY_FILE_MARKER = b"memestream:empty-input-file\n"
-
-
-def local_path(uri: str) -> str:
-    """``file:/a/b c.png`` -> ``/a/b c.png``. Spark's file paths are not percent-encoded."""
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
-    if uri.startswith("file:"):
-        return uri[len("file:") :]
-    return uri
-
-
-def read_capped(path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """File bytes, or ``(None, "<code>: <reason>")`` without reading oversized files."""
-    try:
-        size = os.path.getsize(path)
-        if size > max_bytes:
-            return None, f"{OVERSIZED}: file is {size:,} bytes, above the {max_bytes:,}-byte cap (--max-bytes)"
-        if size == 0:
-            return None, f"{EMPTY}: file has 0 bytes"
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-        if data == EMPTY_FILE_MARKER:
-            return None, f"{EMPTY}: file had 0 bytes when it arrived"
-        return data, None
-    except OSError as exc:
-        return None, f"{READ_ERROR}: cannot read {path}: {exc.strerror or exc}"
+from memestream.decode import DEFAULT_MAX_BYTES
+from memestream.inputs import EMPTY_FILE_MARKER, local_path, read_capped  # noqa: F401 - re-exported
 
 
 def _reader(max_bytes: int):
@@ -54,7 +22,7 @@ def _reader(max_bytes: int):
         for uri in paths.to_pylist():
             data, err = read_capped(local_path(uri), max_bytes)
             contents.append(data)
-            errors.append(err)
+            errors.append(str(err) if err is not None else None)
         return pa.StructArray.from_arrays(
             [pa.array(contents, type=pa.binary()), pa.array(errors, type=pa.string())], names=["content", "error"]
         )

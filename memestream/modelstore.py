@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,24 @@ class LoadedModel:
     feature_set: str
     path: Path
     manifest: dict[str, Any]
+    #: OCR text branch stacked with the image branch (memestream.stacking.TextBranch), if trained.
+    text_branch: Any = None
+    #: Probability calibration per output ("image", "stacked"): memestream.calibration.Calibrator.
+    calibrators: dict[str, Any] = field(default_factory=dict)
+    #: Novelty ("none of these") model: memestream.novelty.NoveltyModel, if trained.
+    novelty: Any = None
+
+
+def _check_assets(pipeline: Any, where: Path) -> None:
+    """Open the featurizer's asset (its ONNX graph) now, on the driver: a missing or corrupt
+    file must fail the load with one line (a running stream then keeps its old model),
+    not fail a batch later inside a worker."""
+    stage = pipeline.stages[0] if pipeline.stages else None
+    asset = stage.getAssetPath() if hasattr(stage, "getAssetPath") else None
+    if asset:
+        from memestream.effnet import get_embedder
+
+        get_embedder(asset)
 
 
 def load_model(model: str | os.PathLike[str], version: str | None = None, which: str | None = None) -> LoadedModel:
@@ -146,7 +164,20 @@ def load_model(model: str | os.PathLike[str], version: str | None = None, which:
     except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
+    _check_assets(pipeline, mpath)
+    text_branch = None
+    branch_rel = models[name].get("text_branch")
+    if branch_rel:
+        from memestream.stacking import TextBranch
+
+        text_branch = TextBranch.load(vdir / branch_rel)
+    from memestream.calibration import load_calibrators
+    from memestream.novelty import NoveltyModel
+
     return LoadedModel(
+        calibrators=load_calibrators(mpath),
+        novelty=NoveltyModel.load(mpath),
+        text_branch=text_branch,
         pipeline=pipeline,
         version=manifest.get("version", vdir.name),
         name=name,

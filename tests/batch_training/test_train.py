@@ -22,18 +22,26 @@ def test_trained_version_has_models_manifest_report_and_is_current(trained_model
     m = json.loads((vdir / "manifest.json").read_text())
     assert m["version"] == version and m["feature_set"] == DEFAULT_FEATURE_SET
     assert m["classes"] == ["animal_crossing", "cats", "doom"]
-    assert m["best"] in m["models"] and set(m["models"]) == {"logreg", "random_forest"}
-    assert m["pca_k"] == 8 and m["feature_dim"] > 8
-    assert m["split"]["sizes"]["test"] == {"animal_crossing": 5, "cats": 5, "doom": 5}
-    assert m["split"]["sizes"]["train"] == {"animal_crossing": 15, "cats": 15, "doom": 15}
+    assert m["best"] == "stacked" and set(m["models"]) == {"logreg", "random_forest", "stacked"}
+    assert m["pca_k"] == 8 and m["feature_dim"] == 1280
+    sizes = m["split"]["sizes"]
+    for cls in m["classes"]:  # whole near-duplicate groups move, so about 20 % of each class
+        assert sizes["train"][cls] + sizes["test"][cls] == 24 and 3 <= sizes["test"][cls] <= 7
+    n_test = sum(sizes["test"].values())
     assert m["data"]["fingerprint"]["count"] == 72 and len(m["data"]["fingerprint"]["sha256"]) == 64
-    assert set(m["library_versions"]) >= {"pyspark", "opencv", "numpy", "python"}
+    assert set(m["library_versions"]) >= {"pyspark", "opencv", "numpy", "python", "onnxruntime"}
+    assert m["split"]["folds"] == 5 and m["cv"]["image"]["pca_k"] == 8
+    assert m["models"]["stacked"]["text_branch"] and 0 < m["models"]["stacked"]["cascade"] <= 1.01
     for name, info in m["models"].items():
         assert (vdir / info["path"] / "metadata").is_dir()
-        assert info["validation"]["n"] == 12 and info["test"]["n"] == 15
+        assert info["test"]["n"] == n_test
         assert info["test"]["accuracy"] >= 0.8, f"{name} should separate the generated classes"
+    for name in ("logreg", "stacked"):
+        cv = m["models"][name]["cv"]
+        assert len(cv["folds"]) == 5 and 0.8 <= cv["mean"] <= 1.0
     report = vdir / "report"
-    for f in ("metrics.json", "metrics.csv", "per_class.csv", "class_balance.csv", "class_balance.png", "model_comparison.png", "confusion_logreg.png", "roc_logreg.png"):
+    for f in ("metrics.json", "metrics.csv", "per_class.csv", "class_balance.csv", "class_balance.png", "model_comparison.png",
+              "confusion_logreg.png", "roc_logreg.png", "accuracy_vs_ocr.png"):
         assert (report / f).stat().st_size > 0, f
     doc = json.loads((report / "metrics.json").read_text())
     assert doc["models"]["logreg"]["test"]["accuracy"] == m["models"]["logreg"]["test"]["accuracy"]
@@ -42,9 +50,10 @@ def test_trained_version_has_models_manifest_report_and_is_current(trained_model
 def test_rerun_adds_v0002_and_saved_model_predicts_like_in_memory(spark, trained_model_dir, sample_dataset, tmp_path):
     root = tmp_path / "models"
     shutil.copytree(trained_model_dir, root)
-    cfg = TrainConfig(data=str(sample_dataset), model_dir=str(root), pca_k=6, models=("logreg",), progress=False, plots=False)
+    cfg = TrainConfig(data=str(sample_dataset), model_dir=str(root), pca_k=6, models=("logreg",), text="off", progress=False, plots=False)
     result = train(spark, cfg)
     assert result.version.startswith("v0002-")
+    assert result.manifest["cache"]["features_reused"] == 72  # the embeddings of v0001's run were kept
     assert ModelStore(root).current() == result.version
     first = ModelStore(root).manifest(ModelStore(root).versions()[0])
     assert result.manifest["data"]["fingerprint"] == first["data"]["fingerprint"]
@@ -70,3 +79,89 @@ def test_saved_featurizer_must_match_the_training_one():
         check_same_featurizer(ImageFeaturizer(featureSet="colortex"), trained, "v1")
     with pytest.raises(ModelError, match="maxBytes"):
         check_same_featurizer(ImageFeaturizer(featureSet="gray32", maxBytes=10), trained, "v1")
+
+
+def test_training_features_equal_the_saved_featurizers(spark, trained_model_dir, sample_dataset):
+    """What the model was trained on (training ingest, cached or not) is exactly what its
+    saved featurizer stage computes in the stream, for the same files."""
+    import numpy as np
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    from batch_training import dataset as ds
+    from batch_training.ingest import FeatureCache, ingest
+    from memestream.classify import featurizer_of
+    from memestream.features import get_feature_set
+
+    loaded = load_model(trained_model_dir, which="logreg")
+    feat = featurizer_of(loaded)
+    fs = get_feature_set(feat.getFeatureSet())
+    labelled = ds.list_labelled(spark, str(sample_dataset)).filter(F.col(ds.LABEL).isNotNull())
+    fresh = ingest(spark, labelled, fs, max_bytes=feat.getMaxBytes(), max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath(), cache=None, ocr=False)
+    cached = ingest(spark, labelled, fs, max_bytes=feat.getMaxBytes(), max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath(),
+                    cache=FeatureCache(trained_model_dir, fs, None), ocr=False)
+    assert cached.cached_features == 72 and fresh.cached_features == 0
+    assert np.array_equal(fresh.features, cached.features)
+    rows = read_files(spark.createDataFrame([(str(Path(sample_dataset) / r),) for r in fresh.rel_path], ["path"]))
+    streamed = feat.transform(rows).select("path", vector_to_array("features").alias("f")).collect()
+    by_path = {Path(r["path"]).relative_to(sample_dataset).as_posix(): np.array(r["f"], dtype=np.float32) for r in streamed}
+    for i, rel in enumerate(fresh.rel_path):
+        assert np.array_equal(by_path[rel], fresh.features[i]), rel
+
+
+def test_cascade_and_text_off_agree_where_the_image_branch_is_confident(spark, trained_model_dir, sample_dataset):
+    from memestream.classify import score_paths
+
+    loaded = load_model(trained_model_dir)
+    assert loaded.name == "stacked" and loaded.text_branch is not None
+    loaded.calibrators = {}  # compare raw image confidences with the cascade threshold (which was fitted on them)
+    paths = spark.createDataFrame([(str(p),) for p in sorted(Path(sample_dataset).rglob("*.*"))], ["path"])
+    off = {r["path"]: r for r in score_paths(paths, loaded, text_mode="off").collect()}
+    cascade = {r["path"]: r for r in score_paths(paths, loaded, text_mode="cascade").collect()}
+    always = {r["path"]: r for r in score_paths(paths, loaded, text_mode="always").collect()}
+    confident = [p for p, r in off.items() if r["confidence"] >= loaded.text_branch.cascade]
+    unsure = [p for p in off if p not in confident]
+    for p in confident:
+        assert cascade[p]["label"] == off[p]["label"], p
+        assert cascade[p]["ocr_ran"] is False and cascade[p]["ocr_text"] is None
+    for p in unsure:
+        assert cascade[p]["ocr_ran"] is True
+    assert all(r["ocr_ran"] is True for r in always.values())
+    assert any(r["ocr_text"] for r in always.values())  # the generated images carry caption words
+    assert all(off[p]["ocr_ran"] is None for p in off)
+
+
+def test_a_model_with_a_corrupt_or_missing_onnx_fails_to_load_in_one_line(trained_model_dir, tmp_path):
+    from memestream.errors import ModelError
+
+    root = tmp_path / "models"
+    shutil.copytree(trained_model_dir, root)
+    vdir = root / ModelStore(root).current()
+    graphs = list((vdir / "models" / "logreg").rglob("*.onnx"))
+    assert len(graphs) == 1
+    graphs[0].unlink()
+    graphs[0].write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelError, match=r"\.onnx") as err:
+        load_model(root, which="logreg")
+    assert "\n" not in str(err.value)
+    graphs[0].unlink()
+    with pytest.raises(ModelError, match="missing its effnet_lite0.onnx"):
+        load_model(root, which="logreg")
+
+
+def test_stream_model_holder_switches_across_feature_sets(spark, trained_model_dir, sample_dataset, tmp_path):
+    from streaming.models import ModelHolder
+
+    root = tmp_path / "models"
+    shutil.copytree(trained_model_dir, root)
+    holder = ModelHolder(root)
+    assert holder.model.feature_set == "effnet_lite0"
+    train(spark, TrainConfig(data=str(sample_dataset), model_dir=str(root), feature_set="gray32", pca_k=6, models=("logreg",),
+                             text="off", progress=False, plots=False))
+    new = holder.refresh()
+    assert new.feature_set == "gray32" and holder.switches == 1
+    from memestream.classify import score_paths
+
+    paths = spark.createDataFrame([(str(p),) for p in sorted(Path(sample_dataset).rglob("*.png"))[:6]], ["path"])
+    rows = score_paths(paths, new).collect()
+    assert len(rows) == 6 and all(r["label"] in new.classes and r["model_version"] == new.version for r in rows)

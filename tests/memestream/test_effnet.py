@@ -1,0 +1,331 @@
+"""EfficientNet-Lite0 embeddings: the torch-free legacy .pth reader, the ONNX graph, the Embedder."""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from memestream import effnet
+from memestream.errors import DataError, ModelError
+
+# ---------------------------------------------------------------------------------------
+# A tiny writer for torch's legacy format (no torch): the object pickle needs GLOBAL opcodes
+# for torch names, which pickle.dumps cannot emit without importing torch, so it is written
+# opcode by opcode; the plain-data pickles around it use pickle.dumps.
+# ---------------------------------------------------------------------------------------
+
+
+class _Global:
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+
+class _Call:
+    def __init__(self, fn: _Global, args: tuple) -> None:
+        self.fn, self.args = fn, args
+
+
+class _PersId:
+    def __init__(self, pid: tuple) -> None:
+        self.pid = pid
+
+
+def _emit(obj, out: bytearray) -> None:
+    if isinstance(obj, _Global):
+        out += b"c" + obj.module.encode() + b"\n" + obj.name.encode() + b"\n"
+    elif isinstance(obj, _Call):
+        _emit(obj.fn, out)
+        _emit(obj.args, out)
+        out += b"R"
+    elif isinstance(obj, _PersId):
+        _emit(obj.pid, out)
+        out += b"Q"
+    elif obj is None:
+        out += b"N"
+    elif obj is True or obj is False:
+        out += b"\x88" if obj else b"\x89"
+    elif isinstance(obj, int):
+        out += b"J" + struct.pack("<i", obj)
+    elif isinstance(obj, str):
+        raw = obj.encode()
+        out += b"X" + struct.pack("<I", len(raw)) + raw
+    elif isinstance(obj, tuple):
+        out += b"("
+        for item in obj:
+            _emit(item, out)
+        out += b"t"
+    elif isinstance(obj, dict):  # as an OrderedDict, the way torch saves a state dict
+        _emit(_Call(_Global("collections", "OrderedDict"), ()), out)
+        out += b"("
+        for k, v in obj.items():
+            _emit(k, out)
+            _emit(v, out)
+        out += b"u"
+    else:
+        raise TypeError(type(obj))
+
+
+def _object_pickle(obj) -> bytes:
+    out = bytearray(b"\x80\x02")
+    _emit(obj, out)
+    return bytes(out + b".")
+
+
+def _tensor(storage_type: str, key: str, numel: int, offset: int, size: tuple, stride: tuple):
+    pid = _PersId(("storage", _Global("torch", storage_type), key, "cpu", numel, None))
+    return _Call(_Global("torch._utils", "_rebuild_tensor_v2"), (pid, offset, size, stride, False, {}))
+
+
+def _write_legacy(path: Path, obj_pickle: bytes, storages: dict[str, np.ndarray]) -> Path:
+    parts = [
+        pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2),
+        pickle.dumps(1001, protocol=2),
+        pickle.dumps({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2),
+        obj_pickle,
+        pickle.dumps(list(storages), protocol=2),
+    ]
+    for arr in storages.values():
+        parts.append(struct.pack("<q", arr.size) + arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def test_legacy_reader_round_trip_with_strides_offsets_and_shared_storage(tmp_path):
+    s_float = np.arange(12, dtype=np.float32) * 0.5 - 1.0  # shared by three tensors
+    s_perm = np.arange(24, dtype=np.float32)
+    s_long = np.array([7, -3, 2**40], dtype=np.int64)
+    state = {
+        "plain.weight": _tensor("FloatStorage", "10", 12, 0, (3, 4), (4, 1)),
+        "transposed": _tensor("FloatStorage", "10", 12, 0, (4, 3), (1, 4)),
+        "strided_slice": _tensor("FloatStorage", "10", 12, 3, (2, 2), (6, 2)),
+        # an OIHW view of HWIO data, like the real checkpoint's converted TF kernels
+        "conv.weight": _tensor("FloatStorage", "20", 24, 0, (4, 3, 1, 2), (1, 8, 24, 4)),
+        "count": _tensor("LongStorage", "30", 3, 2, (), ()),
+        "longs": _tensor("LongStorage", "30", 3, 0, (3,), (1,)),
+    }
+    path = _write_legacy(tmp_path / "w.pth", _object_pickle(state), {"10": s_float, "20": s_perm, "30": s_long})
+
+    got = effnet.read_legacy_torch(path)
+
+    assert list(got) == list(state)  # file order kept
+    m = s_float.reshape(3, 4)
+    np.testing.assert_array_equal(got["plain.weight"], m)
+    np.testing.assert_array_equal(got["transposed"], m.T)
+    np.testing.assert_array_equal(got["strided_slice"], [[s_float[3], s_float[5]], [s_float[9], s_float[11]]])
+    expected_conv = np.empty((4, 3, 1, 2), dtype=np.float32)
+    for o in range(4):
+        for i in range(3):
+            for w in range(2):
+                expected_conv[o, i, 0, w] = s_perm[o * 1 + i * 8 + w * 4]
+    np.testing.assert_array_equal(got["conv.weight"], expected_conv)
+    assert got["count"].shape == () and got["count"] == 2**40 and got["count"].dtype == np.int64
+    np.testing.assert_array_equal(got["longs"], s_long)
+    for arr in got.values():
+        assert arr.flags.c_contiguous and arr.flags.owndata
+
+
+def test_legacy_reader_refuses_a_forbidden_global_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    evil = _Call(_Global("os", "system"), (f"touch {marker}",))
+    path = _write_legacy(tmp_path / "evil.pth", _object_pickle({"x": evil}), {})
+
+    with pytest.raises(ModelError, match=r"refusing to load global os\.system") as err:
+        effnet.read_legacy_torch(path)
+    assert str(path) in str(err.value)
+    assert not marker.exists()
+
+
+def test_legacy_reader_refuses_a_build_opcode_that_rewrites_a_tensor(tmp_path):
+    obj = bytearray(b"\x80\x02")
+    _emit(_Call(_Global("collections", "OrderedDict"), ()), obj)
+    obj += b"("
+    _emit("t", obj)
+    _emit(_tensor("FloatStorage", "1", 6, 0, (6,), (1,)), obj)
+    obj += b"}"
+    _emit("storage", obj)
+    _emit(5, obj)
+    obj += b"sbu."  # SETITEM into the state dict, BUILD on the tensor, SETITEMS
+    path = _write_legacy(tmp_path / "w.pth", bytes(obj), {"1": np.arange(6, dtype=np.float32)})
+    with pytest.raises(ModelError, match="is not a tensor|malformed|not a readable"):
+        effnet.read_legacy_torch(path)
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("out_of_bounds", "reaches element"),
+        ("truncated", "truncated"),
+        ("zip", "zip-format"),
+        ("garbage", "bad magic|not a readable"),
+    ],
+)
+def test_legacy_reader_rejects_malformed_files(tmp_path, case, match):
+    s = np.arange(6, dtype=np.float32)
+    if case == "out_of_bounds":
+        path = _write_legacy(tmp_path / "w.pth", _object_pickle({"t": _tensor("FloatStorage", "1", 6, 2, (3,), (2,))}), {"1": s})
+    elif case == "truncated":
+        path = _write_legacy(tmp_path / "w.pth", _object_pickle({"t": _tensor("FloatStorage", "1", 6, 0, (6,), (1,))}), {"1": s})
+        path.write_bytes(path.read_bytes()[:-5])
+    elif case == "zip":
+        path = tmp_path / "w.pth"
+        path.write_bytes(b"PK\x03\x04" + bytes(100))
+    else:
+        path = tmp_path / "w.pth"
+        path.write_bytes(os.urandom(64))
+    with pytest.raises(ModelError, match=match):
+        effnet.read_legacy_torch(path)
+
+
+# ---------------------------------------------------------------------------------------
+# The real weights and graph
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict[str, np.ndarray]:
+    return effnet.read_legacy_torch(effnet.find_weights())
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory) -> Path:
+    return effnet.export_onnx(tmp_path_factory.mktemp("effnet") / "lite0.onnx", with_logits=True)
+
+
+@pytest.fixture(scope="module")
+def embedder(onnx_path) -> effnet.Embedder:
+    return effnet.Embedder(onnx_path)
+
+
+def _images(seed: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (300, 420, 3), dtype=np.uint8), (0, 0), 6)
+    return [
+        base,
+        rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        cv2.cvtColor(base, cv2.COLOR_BGR2GRAY),  # grayscale, 2-D
+        cv2.cvtColor(base[:90, :60], cv2.COLOR_BGR2BGRA),  # small, with alpha: upsampled
+        np.ascontiguousarray(base[::-1, ::2]),
+    ]
+
+
+def test_real_weights_have_the_lite0_layout(weights):
+    assert len(weights) == 296
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    assert sum(a.size for k, a in weights.items() if k.rsplit(".", 1)[1] not in stats) == 4_652_008  # trainable
+    assert sum(k.endswith("num_batches_tracked") for k in weights) == 49  # one per BatchNorm
+    assert weights["_bn0.num_batches_tracked"].shape == ()
+    assert weights["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert weights["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert weights["_fc.weight"].shape == (1000, 1280)
+    assert all(a.dtype == np.float32 for k, a in weights.items() if not k.endswith("num_batches_tracked"))
+    assert not any("_se_" in k for k in weights)  # Lite: no squeeze-excite
+
+
+def test_graph_bytes_are_deterministic(weights):
+    first = effnet.build_onnx(weights)
+    assert first == effnet.build_onnx(weights)
+    assert first != effnet.build_onnx(weights, with_logits=True)
+
+
+def test_find_weights_points_into_the_package():
+    path = effnet.find_weights()
+    assert path.name == effnet.WEIGHTS_FILE and path.stat().st_size > 10_000_000
+
+
+def test_preprocess_accepts_bgr_gray_and_bgra():
+    bgr = np.zeros((50, 70, 3), dtype=np.uint8)
+    bgr[..., 0] = 255  # pure blue in BGR
+    x = effnet.preprocess([bgr, bgr[..., 0], cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)])
+    assert x.shape == (3, 3, 224, 224) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[0, 2], 1.0)  # blue is the last RGB plane: (255-127)/128
+    np.testing.assert_array_equal(x[0, 0], -127 / 128)
+    np.testing.assert_array_equal(x[1], 1.0)  # gray 255 in every plane
+    np.testing.assert_array_equal(x[2], x[0])  # alpha dropped
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((10, 10, 3), dtype=np.float32), np.zeros((0, 10, 3), dtype=np.uint8), np.zeros((8, 8, 2), dtype=np.uint8)]
+)
+def test_preprocess_refuses_what_it_cannot_read(bad):
+    with pytest.raises(DataError, match="image 0"):
+        effnet.preprocess([bad])
+
+
+def test_embedding_shape_determinism_and_batch_independence(embedder, onnx_path):
+    images = _images()
+    emb = embedder.embed(images)
+    assert emb.shape == (5, effnet.EMBED_DIM) and emb.dtype == np.float32
+    assert np.all(np.isfinite(emb)) and np.all(emb >= 0)  # a mean over ReLU6 outputs
+    assert np.all(emb.std(axis=1) > 0) and not np.allclose(emb[0], emb[1])
+    np.testing.assert_array_equal(embedder.embed(images), emb)
+    np.testing.assert_array_equal(effnet.Embedder(onnx_path).embed(images), emb)
+    for i in (0, 3):
+        np.testing.assert_allclose(embedder.embed([images[i]])[0], emb[i], rtol=1e-5, atol=1e-5)
+    chunked = effnet.Embedder(onnx_path, chunk=2).embed(images)
+    np.testing.assert_allclose(chunked, emb, rtol=1e-5, atol=1e-5)
+    assert embedder.embed([]).shape == (0, effnet.EMBED_DIM)
+
+
+def test_pretrained_head_names_skimage_photos(embedder):
+    skdata = pytest.importorskip("skimage.data")
+    photos = [skdata.chelsea()[..., ::-1], skdata.coffee()[..., ::-1]]  # skimage gives RGB; we take BGR
+    logits = embedder.logits(photos)
+    assert logits.shape == (2, 1000)
+    assert int(np.argmax(logits[0])) == 285  # Egyptian cat
+    assert int(np.argmax(logits[1])) == 967  # espresso
+
+
+def test_logits_need_a_graph_exported_with_them(tmp_path, weights):
+    path = tmp_path / "plain.onnx"
+    path.write_bytes(effnet.build_onnx(weights))
+    emb = effnet.Embedder(path)
+    assert not emb.has_logits
+    with pytest.raises(ModelError, match="without logits"):
+        emb.logits([_images()[0]])
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx graph at all" * 40])
+def test_corrupt_or_missing_graph_is_one_clear_model_error(tmp_path, content):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(content)
+    for make in (effnet.Embedder, effnet.get_embedder):
+        with pytest.raises(ModelError) as err:
+            make(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="not found"):
+        effnet.get_embedder(tmp_path / "missing.onnx")
+
+
+def test_get_embedder_is_cached_until_the_file_changes(tmp_path, onnx_path):
+    path = tmp_path / "copy.onnx"
+    path.write_bytes(onnx_path.read_bytes())
+    first = effnet.get_embedder(path)
+    assert effnet.get_embedder(str(path)) is first
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    second = effnet.get_embedder(path)
+    assert second is not first and effnet.get_embedder(path) is second
+
+
+def test_cli_exports_a_graph(tmp_path, capsys):
+    dest = tmp_path / "sub" / "cli.onnx"
+    assert effnet.main([str(dest)]) == 0
+    assert dest.is_file() and not effnet.Embedder(dest).has_logits
+    assert not list(dest.parent.glob(".*.tmp"))
+
+
+def test_an_onnx_graph_of_another_model_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "other", [x], [y])
+    path = tmp_path / "other.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
+    with pytest.raises(ModelError, match="not an EfficientNet graph"):
+        effnet.Embedder(path)
