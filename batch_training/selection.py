@@ -25,8 +25,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PCA_KS = (128, 256, 512)
-DEFAULT_REG_PARAMS = (0.01, 0.03, 0.1)
+DEFAULT_PCA_KS = (256, 512)
+DEFAULT_REG_PARAMS = (0.03, 0.1, 0.3)
 DEFAULT_TEXT_CS = (3.0, 10.0, 30.0)
 #: Candidate cascade thresholds on the image branch's top probability (> 1 means "always OCR").
 DEFAULT_CASCADES = (1.01, 0.999, 0.995, 0.99, 0.975, 0.95, 0.9, 0.8)
@@ -83,7 +83,15 @@ def _standardize_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pca_basis(z: np.ndarray, k: int) -> np.ndarray:
+    """Top-``k`` principal axes (d, k). With fewer rows than columns (1000 memes, 1280-d
+    embeddings) the n x n Gram matrix's eigenvectors give them at a fraction of an SVD's cost."""
     centered = z - z.mean(axis=0)
+    n, d = centered.shape
+    if n < d:
+        w, u = np.linalg.eigh(centered @ centered.T)
+        order = np.argsort(w)[::-1][:k]
+        w, u = np.clip(w[order], 1e-12, None), u[:, order]
+        return (centered.T @ u) / np.sqrt(w)
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
     return vt[:k].T
 
@@ -91,7 +99,7 @@ def _pca_basis(z: np.ndarray, k: int) -> np.ndarray:
 def _logreg(x: np.ndarray, y: np.ndarray, reg: float, seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=1.0 / (reg * len(y)), max_iter=500, tol=1e-6, random_state=seed)
+    model = LogisticRegression(C=1.0 / (reg * len(y)), max_iter=300, tol=1e-5, random_state=seed)
     return model.fit(x, y)
 
 

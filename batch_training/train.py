@@ -60,8 +60,8 @@ class TrainConfig:
     feature_set: str = DEFAULT_FEATURE_SET
     #: PCA components: a fixed k, or None to choose from ``pca_ks`` by grouped CV.
     pca_k: int | None = None
-    pca_ks: tuple[int, ...] = (128, 256, 512)
-    reg_params: tuple[float, ...] = (0.01, 0.03, 0.1)
+    pca_ks: tuple[int, ...] = (256, 512)
+    reg_params: tuple[float, ...] = (0.03, 0.1, 0.3)
     text: str = DEFAULT_TEXT_MODE
     folds: int = 5
     dup_distance: int = 6
@@ -136,7 +136,7 @@ def _classifier(name: str, cfg: TrainConfig, k: int, n_classes: int, reg_param: 
     if name == "logreg":
         # L2 on the PCA coordinates as they are (no per-component re-standardisation, which
         # would inflate the small, noisy components): the objective the CV searched.
-        return LogisticRegression(maxIter=300, tol=1e-7, regParam=reg_param, elasticNetParam=0.0, standardization=False, **common)
+        return LogisticRegression(maxIter=150, tol=1e-6, regParam=reg_param, elasticNetParam=0.0, standardization=False, **common)
     if name == "random_forest":
         return RandomForestClassifier(numTrees=cfg.num_trees, maxDepth=cfg.max_depth, seed=cfg.seed, **common)
     if name == "mlp":
@@ -550,8 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
              help="OCR text branch stacked on the logreg image branch: off, cascade (OCR only when the image branch is unsure) or always")
     env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=None, help="fixed PCA components (default: chosen by CV from --pca-ks)")
-    env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="128,256,512", help="PCA components to try in CV (clamped to the feature dim)")
-    env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.01,0.03,0.1", help="logistic regression L2 strengths to try in CV")
+    env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="256,512", help="PCA components to try in CV (clamped to the feature dim)")
+    env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.03,0.1,0.3", help="logistic regression L2 strengths to try in CV")
     env_flag(parser, "--folds", envvar="MEMESTREAM_FOLDS", type=positive_int, default=5, help="grouped cross-validation folds")
     env_flag(parser, "--dup-distance", envvar="MEMESTREAM_DUP_DISTANCE", type=int, default=6,
              help="dHash bits (of 64) up to which two images count as near-duplicates and stay on one side of every split")

@@ -81,7 +81,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     with Timer() as t_extract:
         for i in range(0, len(images), 16):
             chunk = images[i : i + 16]
-            fs.extract_many(chunk, asset) if fs.extract_many is not None else [fs.extract(img) for img in chunk]
+            fs.extract_images(chunk, asset)
     del images
     with Timer() as t_feat:
         matrix, errors = featurize_batch(payloads, fs, asset=asset)

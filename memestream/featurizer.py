@@ -58,7 +58,9 @@ class _FeaturizerWriter(DefaultParamsWriter):
         fs = get_feature_set(inst.getFeatureSet())
         if fs.asset is None:
             return
-        src = Path(inst.getAssetPath() or "")
+        from memestream.features import default_asset
+
+        src = Path(inst.getAssetPath() or default_asset(fs.name))
         if not src.is_file():
             raise ModelError(f"cannot save the {fs.name} featurizer: its asset {src} does not exist")
         dest = Path(local_path(path)) / "data" / fs.asset
