@@ -74,7 +74,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _connect_error(bootstrap: str, exc: BaseException) -> BrokerError:
+def _connect_error(bootstrap: str, exc: BaseException, security: KafkaSecurity | None = None) -> BrokerError:
+    from memestream.kafka_diagnose import explain_connect_failure
+
+    why = explain_connect_failure(bootstrap, security)  # TLS/SASL: say which step failed
+    if why:
+        return BrokerError(f"Kafka broker at {bootstrap}: {why}")
     detail = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
     return BrokerError(f"expected a Kafka broker at {bootstrap}, could not connect ({detail})")
 
@@ -87,7 +92,7 @@ def _admin(bootstrap: str, security: KafkaSecurity | None, timeout_s: float):
         return KafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap), request_timeout_ms=int(timeout_s * 1000),
                                 bootstrap_timeout_ms=int(timeout_s * 1000), **(security or KafkaSecurity()).kwargs())
     except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, DNS, SSL setup
-        raise _connect_error(bootstrap, exc) from None
+        raise _connect_error(bootstrap, exc, security) from None
 
 
 def topic_exists(bootstrap: str, topic: str, security: KafkaSecurity | None = None, timeout_s: float = 15.0) -> bool:
@@ -144,7 +149,7 @@ class ImagePublisher:
         try:
             self._producer = KafkaProducer(**config.producer_kwargs())
         except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, DNS, SSL setup
-            raise _connect_error(config.bootstrap_servers, exc) from None
+            raise _connect_error(config.bootstrap_servers, exc, config.security) from None
         self._checked_topic = False
 
     def _check_topic(self) -> None:

@@ -18,6 +18,7 @@ from memestream.cli import (
 )
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
+from memestream.jars import spark_kafka_conf
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
 from memestream.modelstore import resolve_version_dir
 from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, build_spark
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="what happens to a processed input file (after its batch is committed)")
     env_flag(parser, "--max-bytes", envvar="MEMESTREAM_MAX_BYTES", type=positive_int, default=DEFAULT_MAX_BYTES, help="inputs above this size are quarantined")
     env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
-             help="Kafka reader: python (built in, kafka-python) or spark (Spark's connector; its jar must be on the classpath)")
+             help="Kafka reader: python (built in, kafka-python) or spark (Spark's spark-sql-kafka-0-10 connector at the installed "
+             "PySpark's version, fetched from Maven Central once; not served for every version)")
     env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=["auto", "python", "spark"],
              help="where the model runs: python (numpy in the worker that decodes, one pass per image; logistic "
              "regression and MLP models), spark (the PipelineModel in the JVM; any model), auto (python when possible)")
@@ -159,9 +161,9 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
     )
 
 
-def _spark(args: argparse.Namespace, app: str):
+def _spark(args: argparse.Namespace, app: str, conf: dict[str, str] | None = None):
     return build_spark(app, master=args.master, driver_memory=args.driver_memory,
-                       driver_java_options=args.driver_java_options)
+                       driver_java_options=args.driver_java_options, conf=conf)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -184,7 +186,10 @@ def _run(args: argparse.Namespace) -> int:
     # Lazy: the query imports pyspark (seconds); --help and flag errors do not need it.
     from streaming import query
 
-    summary = query.run_stream(_spark(args, f"meme-stream-{cfg.source}"), cfg)
+    conf = None
+    if cfg.source == "kafka" and cfg.kafka_impl == "spark":
+        conf = spark_kafka_conf()  # Spark's Kafka source jars (Maven, cached), or one clear line
+    summary = query.run_stream(_spark(args, f"meme-stream-{cfg.source}", conf), cfg)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "
         f"tables in {cfg.output}",

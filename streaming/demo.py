@@ -62,9 +62,9 @@ def ensure_model(spark, sample: Path, models: Path, quiet: bool) -> None:
 
 @contextlib.contextmanager
 def demo_broker() -> Iterator[str]:
-    """A Kafka-compatible broker (tansu) for the demo, stopped afterwards; yields its bootstrap address."""
+    """A local Apache Kafka broker for the demo, stopped afterwards; yields its bootstrap address."""
     with start_broker() as broker:
-        print(f"demo: started a Kafka-compatible broker (tansu) on {broker.bootstrap}", file=sys.stderr)
+        print(f"demo: started a local Apache Kafka broker on {broker.bootstrap}", file=sys.stderr)
         yield broker.bootstrap
 
 

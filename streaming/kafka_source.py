@@ -67,6 +67,11 @@ def _new_consumer(cfg: KafkaSourceConfig, fetch_wait_ms: int = 500):
     try:
         return KafkaConsumer(**cfg.consumer_kwargs(fetch_wait_ms))
     except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, SSL setup
+        from memestream.kafka_diagnose import explain_connect_failure
+
+        why = explain_connect_failure(cfg.bootstrap_servers, cfg.security)  # TLS/SASL: which step failed
+        if why:
+            raise BrokerError(f"Kafka broker at {cfg.bootstrap_servers} for topic {cfg.topic!r}: {why}") from None
         raise BrokerError(f"expected a Kafka broker at {cfg.bootstrap_servers} for topic {cfg.topic!r}, "
                           f"could not connect ({exc})") from None
 

@@ -1,4 +1,4 @@
-"""Publisher API and meme-publish CLI against a real tansu broker."""
+"""Publisher API and meme-publish CLI against a real Apache Kafka broker."""
 from __future__ import annotations
 
 import csv

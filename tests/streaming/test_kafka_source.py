@@ -1,4 +1,4 @@
-"""The memestream-kafka Python Data Source against a real tansu broker and a real Spark session."""
+"""The memestream-kafka Python Data Source against a real Apache Kafka broker and a real Spark session."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +17,7 @@ from streaming.query import open_stream
 
 
 def publish(bootstrap: str, topic: str, payloads: list[bytes], first: int = 0) -> None:
-    """Send all payloads, then one flush: the producer batches them (the tansu end-offset quirk)."""
+    """Send all payloads, then one flush: the producer batches them (one produce request, many records)."""
     with ImagePublisher(PublisherConfig(bootstrap, topic)) as pub:
         for i, data in enumerate(payloads, start=first):
             pub.publish(data, {"i": str(i)})
@@ -73,7 +73,7 @@ def test_latest_offset_does_not_trust_reported_end(kafka_broker, kafka_topic):
     reader = KafkaStreamReader(KafkaSourceConfig(kafka_broker.bootstrap, kafka_topic))
     try:
         assert reader.initialOffset() == {"0": 0}
-        # tansu reports 1 here (base offset of the last batch + 1); a naive source would read 1 record.
+        # Kafka reports 20; tansu reported 1 (base offset of the last batch + 1): the probe must not care.
         assert reader.latestOffset({"0": 0}, ReadAllAvailable()) == {"0": 20}, f"broker reported {reported}"
         publish(kafka_broker.bootstrap, kafka_topic, [b"late"], first=20)
         assert reader.latestOffset({"0": 20}, ReadAllAvailable()) == {"0": 21}
