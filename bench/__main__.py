@@ -32,6 +32,7 @@ _MODULES = {
     "stream-folder": "bench.stream",
     "stream-kafka": "bench.stream",
     "scale": "bench.scale",
+    "query": "bench.query",
 }
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n  meme-bench --only limit,notebook --quick\n"
             "  meme-bench --only scale --scale-sizes 1000,10000,50000\n"
+            "  meme-bench --only query              # meme-query cold start, DuckDB vs Spark, 330 and 100k rows\n"
             "  MEMESTREAM_BENCH_DATA=/data/memes meme-bench --only limit"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

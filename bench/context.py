@@ -11,7 +11,7 @@ from bench.common import LabelledImages, base_dataset, work_dir
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("limit", "notebook", "train", "features", "stream-folder", "stream-kafka", "scale")
+SCENARIOS = ("limit", "notebook", "train", "features", "stream-folder", "stream-kafka", "scale", "query")
 
 
 @dataclass(frozen=True)

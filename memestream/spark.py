@@ -59,6 +59,31 @@ DEFAULT_CONF: dict[str, str] = {
 }
 
 
+#: Settings that turn the Spark UI on for a long-running stream (``meme-stream``), with its
+#: Structured Streaming tab. The retained-record limits keep the UI's bookkeeping small:
+#: a stream runs a few jobs per micro-batch, forever.
+UI_CONF: dict[str, str] = {
+    "spark.ui.enabled": "true",
+    "spark.ui.port": "4040",  # Spark tries 4041, 4042... when it is taken
+    "spark.ui.retainedJobs": "50",
+    "spark.ui.retainedStages": "50",
+    "spark.ui.retainedTasks": "1000",
+    "spark.sql.ui.retainedExecutions": "20",
+    "spark.sql.streaming.ui.enabled": "true",
+    "spark.sql.streaming.ui.retainedQueries": "5",
+    "spark.sql.streaming.ui.retainedProgressUpdates": "60",
+    "spark.sql.streaming.numRecentProgressUpdates": "60",
+}
+
+
+def ui_url(spark) -> str | None:
+    """The address of the session's Spark UI (with the port Spark actually bound), or None when off."""
+    try:
+        return spark.sparkContext.uiWebUrl
+    except Exception:  # noqa: BLE001 - a remote/Connect session has no local UI
+        return None
+
+
 def check_java() -> None:
     """Fail with one clear line when no Java runtime is on the machine."""
     if os.environ.get("JAVA_HOME") and os.path.exists(os.path.join(os.environ["JAVA_HOME"], "bin", "java")):

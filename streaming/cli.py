@@ -21,7 +21,7 @@ from memestream.errors import ConfigError
 from memestream.jars import spark_kafka_conf
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
 from memestream.modelstore import resolve_version_dir
-from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, build_spark
+from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, build_spark, ui_url
 from streaming.config import KafkaSourceConfig, StreamConfig
 from streaming.counts import WindowSpec, parse_duration
 
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--available-now", action="store_true", help="process everything available, then exit")
     parser.add_argument("--no-watch", action="store_true", help="do not run the inbox mover (another meme-drop --watch does it)")
     parser.add_argument("--demo", action="store_true", help="make sample data, train a model if none exists, stream a few images, show results")
+    parser.add_argument("--no-ui", action="store_true", default=os.environ.get("MEMESTREAM_NO_UI", "").lower() in ("1", "true", "yes"),
+                        help="do not start the Spark UI (default: on, http://127.0.0.1:4040 or the next free port) "
+                        "[env: MEMESTREAM_NO_UI=1]")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master URL (default: local[*])")
     env_flag(parser, "--driver-memory", envvar="MEMESTREAM_DRIVER_MEMORY", default=None, help="Spark driver memory, e.g. 2g")
     env_flag(parser, "--driver-java-options", envvar="MEMESTREAM_DRIVER_JAVA_OPTIONS", default=STREAM_DRIVER_JAVA_OPTIONS,
@@ -186,10 +189,14 @@ def _run(args: argparse.Namespace) -> int:
     # Lazy: the query imports pyspark (seconds); --help and flag errors do not need it.
     from streaming import query
 
-    conf = None
+    conf = {} if args.no_ui else dict(UI_CONF)
     if cfg.source == "kafka" and cfg.kafka_impl == "spark":
-        conf = spark_kafka_conf()  # Spark's Kafka source jars (Maven, cached), or one clear line
-    summary = query.run_stream(_spark(args, f"meme-stream-{cfg.source}", conf), cfg)
+        conf.update(spark_kafka_conf())  # Spark's Kafka source jars (Maven, cached), or one clear line
+    spark = _spark(args, f"meme-stream-{cfg.source}", conf)
+    url = None if args.no_ui else ui_url(spark)
+    if url:
+        print(f"Spark UI: {url} (Structured Streaming tab: {url.rstrip('/')}/StreamingQuery/)", file=sys.stderr)
+    summary = query.run_stream(spark, cfg)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "
         f"tables in {cfg.output}",

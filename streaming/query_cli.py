@@ -1,9 +1,13 @@
-"""``meme-query``: run Spark SQL over the stream's output folder.
+"""``meme-query``: run SQL (DuckDB by default, or Spark) over the stream's output folder.
 
 Operators ask the same few questions (what came in the last hour, which images the
 model was unsure about, why images were quarantined, how fast the stream goes); this
 registers the output tables as views so each question is one SQL line, and prints or
 saves the answer. It only reads files, so it is safe while the stream is running.
+
+DuckDB (:mod:`streaming.duck`) answers in a fraction of a second; ``--engine spark``
+keeps the Spark path for data on a cluster or an object store (docs/query.md compares
+the two dialects).
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from typing import IO, Sequence
 from memestream.cli import add_common_flags, env_flag, one_line, run_main
 from memestream.errors import ConfigError, DataError
 from memestream.spark import build_spark
-from streaming.schema import check_output_dir
-from streaming.tables import register_views
+
+# streaming.tables imports pyspark: loaded only by the Spark engine, so DuckDB starts fast
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("table", "csv", "json", "parquet")
+ENGINES = ("duckdb", "spark")
 _EXTENSIONS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "table"}
 
 EXAMPLES = """\
@@ -55,6 +60,9 @@ examples:
 
   # rolling class counts of the last windows, as JSON lines
   meme-query --output out --format json "SELECT * FROM class_counts ORDER BY window_start DESC, label"
+
+  # the same views on Spark instead of DuckDB (dialect differences: docs/query.md)
+  meme-query --engine spark --output out "SELECT label, count(*) AS n FROM predictions GROUP BY label"
 """
 
 
@@ -68,12 +76,13 @@ class QueryConfig:
     out: Path | None
     limit: int | None
     master: str | None = None
+    engine: str = "duckdb"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-query",
-        description="Run Spark SQL over meme-stream's output folder (views: predictions, quarantine, "
+        description="Run SQL (DuckDB, or Spark with --engine spark) over meme-stream's output folder (views: predictions, quarantine, "
         "class_counts, class_count_deltas, class_totals). Without SQL, lists the views and their columns.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit", type=int, default=None, help="at most N rows (default: 100 for table output, all rows for files; 0 = all)"
     )
-    env_flag(parser, "--master", envvar="SPARK_MASTER", help="Spark master (default: local[*])")
+    env_flag(parser, "--engine", envvar="MEMESTREAM_QUERY_ENGINE", default="duckdb", choices=ENGINES,
+             help="duckdb (in-process, starts in a fraction of a second) or spark (data on a cluster/object store)")
+    env_flag(parser, "--master", envvar="SPARK_MASTER", help="Spark master, with --engine spark (default: local[*])")
     add_common_flags(parser)
     return parser
 
@@ -109,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> QueryConfig:
     if limit is None:
         limit = 100 if (fmt == "table" and out is None) else 0
     sql = args.sql.strip() if args.sql and args.sql.strip() else None
-    return QueryConfig(Path(args.output), sql, fmt, out, limit or None, args.master)
+    return QueryConfig(Path(args.output), sql, fmt, out, limit or None, args.master, args.engine)
 
 
 def quiet_query_context_logs() -> None:
@@ -190,12 +201,43 @@ def describe_views(spark, infos, stream: IO[str]) -> None:
 
 
 def execute(spark, config: QueryConfig, stream: IO[str] | None = None) -> int:
-    """Register the views over ``config.output`` and run (or list) them; returns the row count."""
+    """Register the views over ``config.output`` and run (or list) them; returns the row count.
+
+    ``spark`` is the SparkSession for ``--engine spark``; for DuckDB it may be None or a
+    DuckDB connection to reuse."""
     stream = stream or sys.stdout
+    run = _execute_duckdb if config.engine == "duckdb" else _execute_spark
+    table = run(spark, config, stream)
+    if table is None:  # views listed
+        return 0
+    render(table, config.fmt, config.out, stream)
+    if config.limit and table.num_rows == config.limit:
+        log.warning("showing the first %d rows; raise --limit (0 = all) for more", config.limit)
+    log.info("%d row(s) from %s%s", table.num_rows, config.output, f" -> {config.out}" if config.out else "")
+    return table.num_rows
+
+
+def _execute_duckdb(con, config: QueryConfig, stream: IO[str]):
+    import duckdb
+
+    from streaming import duck
+
+    if not isinstance(con, duckdb.DuckDBPyConnection):  # None, or a SparkSession passed by habit
+        con = duck.connect()
+    infos = duck.register_views(con, config.output)
+    if config.sql is None:
+        duck.describe_views(con, infos, stream)
+        return None
+    return duck.query(con, config.output, config.sql, config.limit)
+
+
+def _execute_spark(spark, config: QueryConfig, stream: IO[str]):
+    from streaming.tables import register_views
+
     infos = register_views(spark, config.output)
     if config.sql is None:
         describe_views(spark, infos, stream)
-        return 0
+        return None
     for attempt in (1, 2):
         try:
             table = run_sql(spark, config.sql, config.limit)
@@ -206,18 +248,19 @@ def execute(spark, config: QueryConfig, stream: IO[str] | None = None) -> int:
             # meme-compact or retention swapped a date folder between listing and reading
             log.info("a file vanished while reading %s (compaction?); listing again", config.output)
             register_views(spark, config.output)
-    render(table, config.fmt, config.out, stream)
-    if config.limit and table.num_rows == config.limit:
-        log.warning("showing the first %d rows; raise --limit (0 = all) for more", config.limit)
-    log.info("%d row(s) from %s%s", table.num_rows, config.output, f" -> {config.out}" if config.out else "")
-    return table.num_rows
+    return table
 
 
 def _run(args: argparse.Namespace) -> int:
+    from streaming.duck import check_output_dir
+
     config = config_from_args(args)
     check_output_dir(config.output)
     if config.out is not None and not config.out.parent.exists():
         raise DataError(f"cannot write {config.out}: folder {config.out.parent} does not exist")
+    if config.engine == "duckdb":
+        execute(None, config)
+        return 0
     spark = build_spark("meme-query", master=config.master, conf={"spark.sql.shuffle.partitions": "2"})
     execute(spark, config)
     return 0

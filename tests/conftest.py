@@ -13,6 +13,8 @@ import pytest
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# meme-stream processes started by tests run without the Spark UI (tests that want it unset this)
+os.environ.setdefault("MEMESTREAM_NO_UI", "1")
 
 pytest_plugins = ["tests.kafka_fixtures"]
 
