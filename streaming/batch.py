@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 from memestream.decode import READ_ERROR
 from memestream.inputs import EMPTY_FILE_MARKER, local_path
 from streaming.config import StreamConfig
+from memestream.novelty import OOD_CODE, UNKNOWN_LABEL
 from streaming.counts import WindowSpec, late_mask, window_deltas
 from streaming.models import ModelHolder
 from streaming.schema import CLASS_COUNTS, PREDICTIONS, QUARANTINE, column_names
@@ -70,7 +71,9 @@ def build_tables(
     quarantine = quarantine.append_column("batch_id", batch_col).filter(errors)
     quarantine = quarantine.select([*column_names(QUARANTINE), "date"])
 
-    labels = scored.column("label").to_pylist()
+    # a rejected out-of-distribution image has no class: it counts as "unknown", never as a class
+    codes = scored.column("error_code").to_pylist()
+    labels = [UNKNOWN_LABEL if c == OOD_CODE else lbl for lbl, c in zip(scored.column("label").to_pylist(), codes)]
     deltas = window_deltas(labels, event_us, late, spec)
     deltas = deltas.append_column("batch_id", pa.array(np.full(deltas.num_rows, batch_id, dtype=np.int64)))
     deltas = deltas.append_column("date", pc.strftime(deltas.column("window_start"), format="%Y-%m-%d"))
@@ -199,7 +202,7 @@ class BatchProcessor:
         start = time.monotonic()
         model = self.models.refresh()
         self._stage("start", batch_id)
-        scored_df = score(batch_df, model, self.cfg.max_bytes, self.cfg.scoring)
+        scored_df = score(batch_df, model, self.cfg.max_bytes, self.cfg.scoring, self.cfg.text, self.cfg.ood)
         planned = time.monotonic()
         scored = scored_df.toArrow()
         scored_at = time.monotonic()

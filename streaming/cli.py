@@ -21,6 +21,8 @@ from memestream.errors import ConfigError
 from memestream.jars import spark_kafka_conf
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
 from memestream.modelstore import resolve_version_dir
+from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
+from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, build_spark, ui_url
 from streaming.config import KafkaSourceConfig, StreamConfig
 from streaming.counts import WindowSpec, parse_duration
@@ -75,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
              help="Kafka reader: python (built in, kafka-python) or spark (Spark's spark-sql-kafka-0-10 connector at the installed "
              "PySpark's version, fetched from Maven Central once; not served for every version)")
+    env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=list(TEXT_MODES),
+             help="the model's OCR text branch: off, cascade (OCR only when the image branch is unsure) or always")
+    env_flag(parser, "--ood", envvar="MEMESTREAM_OOD", default=DEFAULT_OOD_MODE, choices=list(OOD_MODES),
+             help="images unlike the training set: off, flag (keep the label, ood = true) or reject (label NULL, "
+                  "error_code out_of_distribution, counted as 'unknown')")
     env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=["auto", "python", "spark"],
              help="where the model runs: python (numpy in the worker that decodes, one pass per image; logistic "
              "regression and MLP models), spark (the PipelineModel in the JVM; any model), auto (python when possible)")
@@ -161,6 +168,8 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
         kafka=kafka if args.source == "kafka" else None,
         kafka_impl=args.kafka_impl,
         scoring=args.scoring,
+        text=args.text,
+        ood=args.ood,
     )
 
 

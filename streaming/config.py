@@ -7,6 +7,9 @@ flag errors stay fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
+from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -156,10 +159,16 @@ class StreamConfig:
     kafka: KafkaSourceConfig | None = None
     kafka_impl: str = "python"
     scoring: str = "auto"
+    #: The model's OCR text branch: off | cascade (OCR only when the image branch is unsure) | always.
+    text: str = DEFAULT_TEXT_MODE
+    #: Novelty ("none of these"): off | flag (keep the label, ood = true) | reject (label NULL, counted as unknown).
+    ood: str = DEFAULT_OOD_MODE
 
     def __post_init__(self) -> None:
         _one_of("--source", self.source, SOURCES)
         _one_of("--scoring", self.scoring, SCORING_ENGINES)
+        _one_of("--text", self.text, TEXT_MODES)
+        _one_of("--ood", self.ood, OOD_MODES)
         _one_of("--processed", self.processed, PROCESSED)
         _one_of("--kafka-impl", self.kafka_impl, KAFKA_IMPLS)
         if self.source == "kafka" and not isinstance(self.kafka, KafkaSourceConfig):

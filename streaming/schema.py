@@ -47,6 +47,10 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     PREDICTIONS: (
         *_IDENTITY, ("label", "string"), ("confidence", "double"), ("probabilities", "map<string,double>"),
         ("error", "string"), ("error_code", "string"), ("model_version", "string"), ("size_bytes", "bigint"),
+        # why the label is what it is: the OCR text branch (NULL when it did not run) and the
+        # novelty score ("none of these": ood = above the model's threshold; nearest class)
+        ("ocr_ran", "boolean"), ("ocr_text", "string"), ("ocr_error", "string"),
+        ("novelty", "double"), ("ood", "boolean"), ("nearest_class", "string"),
         ("late", "boolean"), ("batch_id", "bigint"),
     ),
     QUARANTINE: (

@@ -34,10 +34,12 @@ def _scored(rows: int = 2) -> pa.Table:
         "processing_time": [datetime(2026, 11, 27, 12, 1, tzinfo=timezone.utc)] * 2,
         "label": ["doom", None], "confidence": [0.9, None], "probabilities": [[("doom", 0.9)], None],
         "error": [None, "truncated: half a file"], "error_code": [None, "truncated"], "model_version": ["v1"] * 2,
-        "size_bytes": [10, 5], "payload": [None, b"\xff\xd8"], "date": ["2026-11-27"] * 2,
+        "size_bytes": [10, 5], "ocr_ran": [True, None], "ocr_text": ["RIP AND TEAR", None], "ocr_error": [None, None],
+        "novelty": [0.2, None], "ood": [False, None], "nearest_class": ["doom", None],
+        "payload": [None, b"\xff\xd8"], "date": ["2026-11-27"] * 2,
     }
     types = {"headers": pa.map_(pa.string(), pa.string()), "probabilities": pa.map_(pa.string(), pa.float64()),
-             "payload": pa.binary(), "kafka_key": pa.string()}
+             "payload": pa.binary(), "kafka_key": pa.string(), "ocr_error": pa.string()}
     assert list(values) == [*SCORED_COLUMNS, "date"]
     return pa.table({k: pa.array(v[:rows], type=types.get(k)) for k, v in values.items()})
 

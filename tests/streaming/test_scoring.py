@@ -33,6 +33,10 @@ def _assert_same_rows(py, jvm):
         da, db = dict(a), dict(b)
         assert da.keys() == db.keys() and all(abs(da[k] - db[k]) < 1e-9 for k in da)
     assert (py["confidence"].fillna(-1) - jvm["confidence"].fillna(-1)).abs().max() < 1e-9
+    for col in ("ood", "nearest_class", "ocr_ran", "ocr_text"):  # novelty applied alike; no OCR in either
+        assert [None if pd.isna(v) else v for v in py[col]] == [None if pd.isna(v) else v for v in jvm[col]], col
+    assert (py["novelty"].fillna(-1) - jvm["novelty"].fillna(-1)).abs().max() < 1e-6
+    assert py["novelty"].notna().sum() == py["error"].isna().sum()  # every decodable row is scored
 
 
 def test_python_and_spark_scoring_give_the_same_rows(spark, trained_model_dir, image_bytes, bad_payloads, tmp_path):
