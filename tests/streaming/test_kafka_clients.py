@@ -10,7 +10,7 @@ import pytest
 
 from producers.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, ensure_topic
 from streaming.query import run_stream
-from streaming.sinks import read_table
+from streaming.schema import read_table
 from tests.streaming.conftest import make_config
 
 pytestmark = pytest.mark.kafka
@@ -81,7 +81,7 @@ def test_confluent_and_kafka_python_publishers_reach_the_tables(spark, kafka_bro
     publish_with_confluent(kafka_broker.bootstrap, topic, confluent)
     publish_with_kafka_python(kafka_broker.bootstrap, topic, kpython)
 
-    from streaming.kafka_source import KafkaSourceConfig
+    from streaming.config import KafkaSourceConfig
 
     cfg = make_config(tmp_path, trained_model_dir, source="kafka", checkpoint=tmp_path / "ck",
                       kafka=KafkaSourceConfig(kafka_broker.bootstrap, topic, max_offsets_per_trigger=5))

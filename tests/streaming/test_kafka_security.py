@@ -60,9 +60,11 @@ def _images(tmp_path, image_bytes, prefix: str, n: int = 3) -> list[str]:
 def test_publish_and_stream_over_sasl_scram_and_ssl(secure_broker, spark, tmp_path, trained_model_dir, image_bytes,
                                                     monkeypatch, capsys):
     from producers.kafka import main as publish_main
-    from streaming.kafka_source import KafkaSourceConfig, KafkaStreamReader, read_kafka_stream
+    from streaming.config import KafkaSourceConfig
+    from streaming.kafka_source import KafkaStreamReader, topic_source
+    from streaming.query import open_stream
     from streaming.query import run_stream
-    from streaming.sinks import read_table
+    from streaming.schema import read_table
     from tests.streaming.conftest import make_config
 
     topic = f"secure-{uuid.uuid4().hex[:8]}"
@@ -98,7 +100,7 @@ def test_publish_and_stream_over_sasl_scram_and_ssl(secure_broker, spark, tmp_pa
     assert sorted(r[1] for r in rows) == sorted(preds["kafka_key"])
 
     # The password is an option of the source: it must not show in the plan Spark prints.
-    df = read_kafka_stream(spark, cfg.kafka)
+    df = open_stream(spark, topic_source(spark, cfg.kafka))
     plan = df._jdf.queryExecution().toString()
     print(plan)
     assert "StreamingRelation" in plan and PASSWORD not in plan
@@ -125,7 +127,8 @@ def test_wrong_password_is_one_clear_line_for_publish_and_stream(secure_broker, 
     assert "wrong user name or password" in err and topic in err and WRONG not in err
 
     with pytest.raises(BrokerError, match=r"does not accept SASL mechanism SCRAM-SHA-256 \(it accepts: SCRAM-SHA-512\)"):
-        from streaming.kafka_source import KafkaSourceConfig, check_topic
+        from streaming.config import KafkaSourceConfig
+        from streaming.kafka_source import check_topic
 
         check_topic(KafkaSourceConfig(secure_broker.sasl, topic, connect_timeout_s=3,
                                       security=KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-256", USER, PASSWORD)))
@@ -133,7 +136,8 @@ def test_wrong_password_is_one_clear_line_for_publish_and_stream(secure_broker, 
 
 def test_untrusted_certificate_is_one_clear_line(secure_broker, tmp_path, image_bytes, capsys):
     from producers.kafka import main as publish_main
-    from streaming.kafka_source import KafkaSourceConfig, check_topic
+    from streaming.config import KafkaSourceConfig
+    from streaming.kafka_source import check_topic
 
     topic = f"secure-{uuid.uuid4().hex[:8]}"
     ensure_topic(secure_broker.bootstrap, topic)

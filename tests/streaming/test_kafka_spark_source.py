@@ -60,7 +60,7 @@ def _stream(args: list[str], kill_at: str | None = None) -> subprocess.Completed
 def test_spark_reader_matches_the_python_reader_exactly_once_across_kill9(kafka_broker, tmp_path, trained_model_dir,
                                                                           image_bytes, bad_payloads):
     _connector_or_skip()
-    from streaming.sinks import read_table
+    from streaming.schema import read_table
 
     topic = "memes-spark-reader"
     ensure_topic(kafka_broker.bootstrap, topic, partitions=2)

@@ -70,3 +70,17 @@ def test_part_names_round_trip():
     assert batch_of(part_name(12, "folder_1a2b3c")) == ("folder_1a2b3c", 12)
     assert batch_of("part-x-12.parquet") is None and batch_of(".part-main-0000000001.parquet.tmp") is None
     assert PREDICTIONS in TABLES
+
+
+def test_rejected_out_of_distribution_rows_count_as_unknown_not_as_a_class():
+    scored = _scored()
+    labels = scored.column("label").to_pylist()
+    codes = scored.column("error_code").to_pylist()
+    # the good row becomes a rejected foreign image: no label, error_code out_of_distribution, no error
+    scored = scored.set_column(scored.column_names.index("label"), "label", pa.array([None, labels[1]], type=pa.string()))
+    scored = scored.set_column(scored.column_names.index("error_code"), "error_code", pa.array(["out_of_distribution", codes[1]]))
+    tables, marker = build_tables(scored, 8, WindowSpec(600, 60, 3600), None, [None, "/q/b000008-y.png"])
+    counts = tables["class_counts"].to_pylist()
+    assert [(r["label"], r["count"]) for r in counts if r["count"]] and {r["label"] for r in counts} == {"unknown"}
+    assert tables[QUARANTINE].num_rows == 1  # only the truncated file: a foreign image is not a bad input
+    assert "doom" not in marker.label_totals
