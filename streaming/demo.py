@@ -53,7 +53,7 @@ def ensure_model(spark, sample: Path, models: Path, quiet: bool) -> None:
         log.info("using the existing model in %s", models)
         return
     if not sample.exists():
-        write_dataset(sample, per_class=60, seed=7)
+        write_dataset(sample, per_class=40, seed=7)
         print(f"demo: wrote sample training images to {sample}", file=sys.stderr)
     print(f"demo: training a first model into {models} (a minute or two)", file=sys.stderr)
     train(spark, TrainConfig(data=str(sample), model_dir=str(models), pca_k=20, models=("logreg", "random_forest"),
