@@ -326,6 +326,10 @@ def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n
     return TextBranch(model, stacker, float(chosen.cascade.cascade), textmod.OCR_VERSION)
 
 
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m[k] for k in ("ece", "brier", "log_loss", "coverage")}
+
+
 def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mode: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Probabilities of the test rows through the saved model as the stream applies it
     (numpy stages, then the text branch with its cascade); JVM for a random forest."""
@@ -361,7 +365,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     from batch_training import selection as sel
     from batch_training.dataset import LABEL_INDEX
     from batch_training.ingest import FeatureCache, ingest
-    from batch_training.metrics import classification_metrics, roc_curves
+    from batch_training.metrics import calibration_metrics, classification_metrics, roc_curves
     from batch_training.progress import SparkProgress, phase
     from batch_training.report import summary_table, write_report
     from memestream.calibration import fit_calibration, save_calibrators
@@ -437,8 +441,10 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     for name in cfg.models:  # the same reference set for every model of the version
         novelty.save(vdir / "models" / name)
     calibration: dict[str, Any] = {}
+    cv_calibration: dict[str, Any] = {}
     if "logreg" in cfg.models:
         image_cal, calibration["image"] = fit_calibration(chosen.image.oof_probs, y[tr], chosen.folds)
+        cv_calibration["logreg"] = _summary(calibration_metrics(y[tr], image_cal.apply(chosen.image.oof_probs)))
         save_calibrators(vdir / "models" / "logreg", {"image": image_cal}, {"image": calibration["image"]})
         models_meta["logreg"]["calibration"] = image_cal.method
     if chosen.cascade is not None:
@@ -446,6 +452,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         pipelines["logreg"].write().overwrite().save(str(vdir / "models" / STACKED))
         branch.save(vdir / "models" / STACKED / "text_branch")
         stacked_cal, calibration["stacked"] = fit_calibration(chosen.cascade.oof_probs, y[tr], chosen.folds)
+        cv_calibration[STACKED] = _summary(calibration_metrics(y[tr], stacked_cal.apply(chosen.cascade.oof_probs)))
         save_calibrators(vdir / "models" / STACKED, {"image": image_cal, "stacked": stacked_cal}, calibration)
         novelty.save(vdir / "models" / STACKED)
         pipelines[STACKED] = pipelines["logreg"]
@@ -479,6 +486,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
                 "chosen_cascade": chosen.cascade.cascade} if chosen.cascade is not None else {}),
         },
         "calibration_cv_log_loss": calibration,
+        "cv_calibration": cv_calibration,
         "novelty": {"k": novelty.k, "threshold": round(novelty.threshold, 6), "quantile": 0.99, "reference_rows": int(len(novelty.labels))},
         "cache": {"features_reused": data.cached_features, "texts_reused": data.cached_texts},
         "data": {"root": inputs.root, "fingerprint": inputs.fingerprint, "files": inputs.fingerprint["count"], "skipped": data.skipped},
