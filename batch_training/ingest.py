@@ -11,6 +11,7 @@ are those the saved featurizer computes in the stream.
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 import os
 import uuid
@@ -55,7 +56,7 @@ class FeatureCache:
     def __init__(self, model_dir: str | os.PathLike[str], fs: FeatureSet, ocr_version: str | None) -> None:
         root = Path(model_dir) / CACHE_DIR
         self.feat_dir = root / fs.cache_key
-        self.ocr_dir = root / f"ocr-{ocr_version}" if ocr_version else None
+        self.ocr_dir = root / ("ocr-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", ocr_version)) if ocr_version else None
         self.fs = fs
 
     @staticmethod

@@ -80,7 +80,10 @@ def run(model: str, data: str) -> dict:
     from memestream.features import get_feature_set
     from memestream.modelstore import load_model, resolve_version_dir
 
+    from memestream.spark import build_spark
+
     vdir = resolve_version_dir(model)
+    build_spark("bench-ood", master="local[1]")  # PipelineModel.load needs a session
     loaded = load_model(model)
     if loaded.novelty is None:
         raise SystemExit(f"{vdir} has no novelty model (train it with this version of meme-train)")

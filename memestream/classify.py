@@ -75,18 +75,70 @@ def label_exprs(
     }
 
 
-def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = False) -> DataFrame:
-    """Featurize, predict and label ``df`` (which must hold the featurizer's input column).
+def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = False, ood_mode: str | None = None) -> DataFrame:
+    """Featurize, predict and label ``df`` (which must hold the featurizer's input column)
+    with the PipelineModel in the JVM (the image branch; no OCR text branch).
 
+    With ``ood_mode`` the model's calibration and novelty score are applied too, by one
+    Arrow UDF over the pipeline's probability and feature vectors with the same numpy code
+    as the in-worker scorer, so both engines report the same probabilities and labels.
     Built as one projection over the pipeline's output: a micro-batch pays a plan analysis
     per DataFrame step, so fewer steps is lower latency.
     """
     scored = model.pipeline.transform(df)
-    new = label_exprs(model.classes, featurizer_of(model).getErrorCol())
+    err = featurizer_of(model).getErrorCol()
+    if ood_mode is None:
+        new = label_exprs(model.classes, err)
+    else:
+        post = F.arrow_udf(_jvm_post(calibrator_for(model, "off"), model.novelty, check_ood_mode(ood_mode), tuple(model.classes)),
+                           _POST_SCHEMA).asNondeterministic()
+        scored = scored.withColumn(_POSTED, post(vector_to_array(F.col(FEATURES), "float32"), vector_to_array(F.col(PROBABILITY), "float64")))
+        new = label_exprs(model.classes, err, F.col(f"{_POSTED}.prediction"), F.col(f"{_POSTED}.probabilities"),
+                          code=F.coalesce(error_code(F.col(err)), F.col(f"{_POSTED}.code")))
+        for name in NOVELTY_COLUMNS:
+            new[name] = F.when(F.col(err).isNull(), F.col(f"{_POSTED}.{name}"))
+        for name in TEXT_COLUMNS:
+            new[name] = F.lit(None).cast(EXTRA_COLUMNS[name])
     new["model_version"] = F.lit(model.version)
-    drop = {c for c in _INTERNAL if not (keep_prediction_index and c in (PREDICTION, PROBABILITY))}
+    drop = {c for c in _INTERNAL if not (keep_prediction_index and c in (PREDICTION, PROBABILITY))} | {_POSTED}
     keep = [F.col(c) for c in scored.columns if c not in drop and c not in new]
     return scored.select(*keep, *[expr.alias(name) for name, expr in new.items()])
+
+
+_POSTED = "__memestream_posted"
+_POST_SCHEMA = "prediction int, probabilities array<double>, code string, novelty double, ood boolean, nearest_class string"
+
+
+def _jvm_post(calibrator: Any, novelty: Any, ood_mode: str, classes: tuple[str, ...]):
+    """UDF body: calibration and novelty for rows scored by the JVM pipeline (same numpy as
+    :func:`score_values`)."""
+
+    def run(features: pa.Array, probabilities: pa.Array) -> pa.Array:
+        n = len(probabilities)
+        k = len(classes)
+        probs = np.asarray(probabilities.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(n, k)
+        if calibrator is not None:
+            probs = calibrator.apply(probs)
+        index = probs.argmax(axis=1).astype(np.int32)
+        codes: list[str | None] = [None] * n
+        nov: list[float | None] = [None] * n
+        ood: list[bool | None] = [None] * n
+        near: list[str | None] = [None] * n
+        if novelty is not None and ood_mode != "off" and n:
+            x = np.asarray(features.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, -1)
+            scores, nearest = novelty.score(x)
+            for i in range(n):
+                nov[i], ood[i], near[i] = float(scores[i]), bool(scores[i] > novelty.threshold), classes[int(nearest[i])]
+                if ood[i] and ood_mode == "reject":
+                    index[i], codes[i] = -1, OOD_CODE
+        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+        return pa.StructArray.from_arrays(
+            [pa.array(index, type=pa.int32()), pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
+             pa.array(codes, type=pa.string()), pa.array(nov, type=pa.float64()), pa.array(ood, type=pa.bool_()), pa.array(near, type=pa.string())],
+            names=["prediction", "probabilities", "code", "novelty", "ood", "nearest_class"],
+        )
+
+    return run
 
 
 # ---------------------------------------------------------------------------------------

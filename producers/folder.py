@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 from memestream.cli import add_common_flags, env_flag, positive_float, run_main
 from memestream.errors import ConfigError, DataError
-from memestream.load import EMPTY_FILE_MARKER
+from memestream.inputs import EMPTY_FILE_MARKER
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import hashlib
 import logging
 import os
@@ -21,36 +20,19 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import BrokerError, ConfigError, DataError
+from memestream.kafka import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    RECORD_OVERHEAD_BYTES,
+    KafkaSecurity,
+    add_security_flags,
+    bootstrap_list,
+    security_from_args,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: Room for key, headers and record/batch framing on top of the image bytes.
-RECORD_OVERHEAD_BYTES = 64 * 1024
-SECRET_FIELDS = ("sasl_plain_password",)
 #: Extensions picked up when walking a folder (files named explicitly are always sent).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"})
-
-
-@dataclass(frozen=True)
-class KafkaSecurity:
-    """Client security settings shared by the publisher and the streaming source; repr masks the password."""
-
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = None
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for kafka-python clients (unset values left out)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
-
-    def __repr__(self) -> str:
-        shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(self).items()}
-        return "KafkaSecurity(" + ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not None) + ")"
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class PublisherConfig:
         timeout_ms = int(self.timeout_s * 1000)
         request_bytes = self.max_message_bytes + RECORD_OVERHEAD_BYTES
         return {
-            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "bootstrap_servers": bootstrap_list(self.bootstrap_servers),
             "client_id": self.client_id,
             "acks": int(self.acks) if self.acks.lstrip("-").isdigit() else self.acks,
             "max_request_size": request_bytes,
@@ -92,20 +74,30 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _connect_error(bootstrap: str, exc: BaseException) -> BrokerError:
+def _connect_error(bootstrap: str, exc: BaseException, security: KafkaSecurity | None = None) -> BrokerError:
+    from memestream.kafka_diagnose import explain_connect_failure
+
+    why = explain_connect_failure(bootstrap, security)  # TLS/SASL: say which step failed
+    if why:
+        return BrokerError(f"Kafka broker at {bootstrap}: {why}")
     detail = str(exc) if type(exc).__name__ in str(exc) else f"{type(exc).__name__}: {exc}"
     return BrokerError(f"expected a Kafka broker at {bootstrap}, could not connect ({detail})")
 
 
-def topic_exists(bootstrap: str, topic: str, security: KafkaSecurity | None = None, timeout_s: float = 15.0) -> bool:
-    """Whether ``topic`` exists, without the by-name metadata request that makes tansu create it."""
+def _admin(bootstrap: str, security: KafkaSecurity | None, timeout_s: float):
+    """A kafka-python admin client, or BrokerError naming the broker when it cannot connect."""
     from kafka import KafkaAdminClient
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000), **(security or KafkaSecurity()).kwargs())
-    except Exception as exc:  # noqa: BLE001
-        raise _connect_error(bootstrap, exc) from None
+        return KafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap), request_timeout_ms=int(timeout_s * 1000),
+                                bootstrap_timeout_ms=int(timeout_s * 1000), **(security or KafkaSecurity()).kwargs())
+    except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, DNS, SSL setup
+        raise _connect_error(bootstrap, exc, security) from None
+
+
+def topic_exists(bootstrap: str, topic: str, security: KafkaSecurity | None = None, timeout_s: float = 15.0) -> bool:
+    """Whether ``topic`` exists, without the by-name metadata request that makes tansu create it."""
+    admin = _admin(bootstrap, security, timeout_s)
     try:
         return topic in admin.list_topics()
     finally:
@@ -120,15 +112,10 @@ def ensure_topic(
     timeout_s: float = 15.0,
 ) -> bool:
     """Create ``topic`` if missing (tansu does not auto-create); returns True when it was created."""
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=int(timeout_s * 1000),
-                                 bootstrap_timeout_ms=int(timeout_s * 1000), **(security or KafkaSecurity()).kwargs())
-    except Exception as exc:  # noqa: BLE001
-        raise _connect_error(bootstrap, exc) from None
+    admin = _admin(bootstrap, security, timeout_s)
     try:
         if topic in admin.list_topics():
             return False
@@ -162,7 +149,7 @@ class ImagePublisher:
         try:
             self._producer = KafkaProducer(**config.producer_kwargs())
         except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, DNS, SSL setup
-            raise _connect_error(config.bootstrap_servers, exc) from None
+            raise _connect_error(config.bootstrap_servers, exc, config.security) from None
         self._checked_topic = False
 
     def _check_topic(self) -> None:
@@ -334,35 +321,6 @@ def publish_paths(
 
 
 # ---------------------------------------------------------------- CLI
-
-
-def add_security_flags(parser: argparse.ArgumentParser) -> None:
-    """Kafka client security flags with MEMESTREAM_KAFKA_* env fallbacks (password: env preferred)."""
-    group = parser.add_argument_group("Kafka security")
-    env_flag(group, "--security-protocol", envvar="MEMESTREAM_KAFKA_SECURITY_PROTOCOL", default="PLAINTEXT",
-             choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], help="Kafka security protocol")
-    env_flag(group, "--sasl-mechanism", envvar="MEMESTREAM_KAFKA_SASL_MECHANISM", help="e.g. PLAIN, SCRAM-SHA-256")
-    env_flag(group, "--sasl-username", envvar="MEMESTREAM_KAFKA_SASL_USERNAME", help="SASL user name")
-    env_flag(group, "--sasl-password", envvar="MEMESTREAM_KAFKA_SASL_PASSWORD",
-             help="SASL password (prefer the env var: flags show up in ps)")
-    env_flag(group, "--ssl-cafile", envvar="MEMESTREAM_KAFKA_SSL_CAFILE", help="CA bundle (PEM)")
-    env_flag(group, "--ssl-certfile", envvar="MEMESTREAM_KAFKA_SSL_CERTFILE", help="client certificate (PEM)")
-    env_flag(group, "--ssl-keyfile", envvar="MEMESTREAM_KAFKA_SSL_KEYFILE", help="client key (PEM)")
-
-
-def security_from_args(args: argparse.Namespace) -> KafkaSecurity:
-    sec = KafkaSecurity(
-        security_protocol=args.security_protocol or "PLAINTEXT",
-        sasl_mechanism=args.sasl_mechanism,
-        sasl_plain_username=args.sasl_username,
-        sasl_plain_password=args.sasl_password,
-        ssl_cafile=args.ssl_cafile,
-        ssl_certfile=args.ssl_certfile,
-        ssl_keyfile=args.ssl_keyfile,
-    )
-    if sec.security_protocol.startswith("SASL") and not sec.sasl_mechanism:
-        raise ConfigError(f"expected --sasl-mechanism with --security-protocol {sec.security_protocol}, found none")
-    return sec
 
 
 def _parse_headers(items: Sequence[str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -17,7 +18,13 @@ from memestream.cli import (
 )
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
-from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS
+from memestream.jars import spark_kafka_conf
+from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
+from memestream.modelstore import resolve_version_dir
+from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
+from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
+from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, build_spark, ui_url
+from streaming.config import KafkaSourceConfig, StreamConfig
 from streaming.counts import WindowSpec, parse_duration
 
 log = logging.getLogger(__name__)
@@ -68,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
              help="what happens to a processed input file (after its batch is committed)")
     env_flag(parser, "--max-bytes", envvar="MEMESTREAM_MAX_BYTES", type=positive_int, default=DEFAULT_MAX_BYTES, help="inputs above this size are quarantined")
     env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
-             help="Kafka reader: python (built in, kafka-python) or spark (Spark's connector; its jar must be on the classpath)")
+             help="Kafka reader: python (built in, kafka-python) or spark (Spark's spark-sql-kafka-0-10 connector at the installed "
+             "PySpark's version, fetched from Maven Central once; not served for every version)")
+    env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=list(TEXT_MODES),
+             help="the model's OCR text branch: off, cascade (OCR only when the image branch is unsure) or always")
+    env_flag(parser, "--ood", envvar="MEMESTREAM_OOD", default=DEFAULT_OOD_MODE, choices=list(OOD_MODES),
+             help="images unlike the training set: off, flag (keep the label, ood = true) or reject (label NULL, "
+                  "error_code out_of_distribution, counted as 'unknown')")
     env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=["auto", "python", "spark"],
              help="where the model runs: python (numpy in the worker that decodes, one pass per image; logistic "
              "regression and MLP models), spark (the PipelineModel in the JVM; any model), auto (python when possible)")
@@ -83,28 +96,56 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--driver-java-options", envvar="MEMESTREAM_DRIVER_JAVA_OPTIONS", default=STREAM_DRIVER_JAVA_OPTIONS,
              help="extra JVM options for the driver (default: C1 JIT only: the JVM only orchestrates, and C2 "
              "compilation competes with the Python workers for the cores; '' for the JVM's default)")
-    try:
-        from streaming.kafka_source import add_kafka_flags
-    except ImportError:  # pragma: no cover - the Kafka module is part of the package
-        add_kafka_flags = None
-    if add_kafka_flags is not None:
-        add_kafka_flags(parser)
+    add_kafka_flags(parser)
     add_common_flags(parser)
     return parser
 
 
-def config_from_args(args: argparse.Namespace):
-    from streaming.query import StreamConfig
+def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for a Kafka input; env fallbacks MEMESTREAM_KAFKA_*."""
+    group = parser.add_argument_group("Kafka input")
+    env_flag(group, "--bootstrap-servers", envvar="MEMESTREAM_KAFKA_BOOTSTRAP", help="HOST:PORT[,HOST:PORT]")
+    env_flag(group, "--topic", envvar="MEMESTREAM_KAFKA_TOPIC", help="topic to read")
+    env_flag(group, "--starting-offsets", envvar="MEMESTREAM_KAFKA_STARTING_OFFSETS", default="earliest",
+             choices=["earliest", "latest"], help="where a new query (no checkpoint) starts")
+    env_flag(group, "--max-offsets-per-trigger", envvar="MEMESTREAM_KAFKA_MAX_OFFSETS_PER_TRIGGER",
+             type=positive_int, help="at most this many records per micro-batch, spread across partitions")
+    env_flag(group, "--max-message-bytes", envvar="MEMESTREAM_KAFKA_MAX_MESSAGE_BYTES", type=positive_int,
+             default=DEFAULT_MAX_MESSAGE_BYTES, help="largest record to fetch (consumer fetch sizes)")
+    env_flag(group, "--kafka-poll-timeout-ms", envvar="MEMESTREAM_KAFKA_POLL_TIMEOUT_MS", type=positive_int,
+             default=1000, help="one consumer poll in a read task")
+    add_security_flags(parser)
 
+
+def kafka_config_from_args(
+    args: argparse.Namespace, bootstrap_servers: str | None = None, topic: str | None = None
+) -> KafkaSourceConfig:
+    """The Kafka flags as a config; ``bootstrap_servers``/``topic`` replace the flags' values (the demo's broker)."""
+    bootstrap_servers = bootstrap_servers or args.bootstrap_servers
+    topic = topic or args.topic
+    if not bootstrap_servers or not topic:
+        raise ConfigError("expected --bootstrap-servers and --topic (or MEMESTREAM_KAFKA_BOOTSTRAP and "
+                          f"MEMESTREAM_KAFKA_TOPIC) for a Kafka input, found {bootstrap_servers!r} and {topic!r}")
+    mopt = args.max_offsets_per_trigger
+    return KafkaSourceConfig(
+        bootstrap_servers=bootstrap_servers,
+        topic=topic,
+        starting_offsets=args.starting_offsets or "earliest",
+        max_offsets_per_trigger=int(mopt) if mopt else None,
+        max_message_bytes=int(args.max_message_bytes),
+        poll_timeout_ms=int(args.kafka_poll_timeout_ms),
+        security=security_from_args(args),
+    )
+
+
+def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None = None) -> StreamConfig:
+    """The flags as a StreamConfig (default paths under ``--data-dir``); ``kafka`` replaces the Kafka flags."""
     data = Path(args.data_dir)
     try:
         window = WindowSpec(int(args.window), int(args.slide), int(args.watermark))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    kafka = None
-    if args.source == "kafka":
-        from streaming.kafka_source import kafka_config_from_args
-
+    if args.source == "kafka" and kafka is None:
         kafka = kafka_config_from_args(args)
     return StreamConfig(
         source=args.source,
@@ -124,30 +165,47 @@ def config_from_args(args: argparse.Namespace):
         max_bytes=int(args.max_bytes),
         watch=not args.no_watch,
         quiet=bool(args.quiet),
-        kafka=kafka,
+        kafka=kafka if args.source == "kafka" else None,
         kafka_impl=args.kafka_impl,
         scoring=args.scoring,
+        text=args.text,
+        ood=args.ood,
     )
+
+
+def _spark(args: argparse.Namespace, app: str, conf: dict[str, str] | None = None):
+    return build_spark(app, master=args.master, driver_memory=args.driver_memory,
+                       driver_java_options=args.driver_java_options, conf=conf)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``--demo``: the flags as usual, plus a broker started for a Kafka demo without one."""
+    # Lazy: the demo pulls in Spark, training and the stream; --help and flag errors stay fast.
+    from streaming.demo import DEMO_TOPIC, demo_broker, run_demo
+
+    kafka_broker = args.source == "kafka" and not args.bootstrap_servers
+    with demo_broker() if kafka_broker else contextlib.nullcontext(args.bootstrap_servers) as bootstrap:
+        kafka = kafka_config_from_args(args, bootstrap, args.topic or DEMO_TOPIC) if args.source == "kafka" else None
+        cfg = config_from_args(args, kafka)
+        return run_demo(_spark(args, "meme-stream-demo"), cfg, sample_dir=Path(args.data_dir) / "sample")
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.demo:
-        from streaming.demo import run_demo
-
-        return run_demo(args)
+        return _demo(args)
     cfg = config_from_args(args)
-    from memestream.modelstore import resolve_version_dir
-
     resolve_version_dir(cfg.model_dir, cfg.model_version)  # clear error before Spark starts
-    from memestream.spark import UI_CONF, build_spark, ui_url
-    from streaming.query import run_stream
+    # Lazy: the query imports pyspark (seconds); --help and flag errors do not need it.
+    from streaming import query
 
-    spark = build_spark(f"meme-stream-{cfg.source}", master=args.master, driver_memory=args.driver_memory,
-                        driver_java_options=args.driver_java_options, conf=None if args.no_ui else UI_CONF)
+    conf = {} if args.no_ui else dict(UI_CONF)
+    if cfg.source == "kafka" and cfg.kafka_impl == "spark":
+        conf.update(spark_kafka_conf())  # Spark's Kafka source jars (Maven, cached), or one clear line
+    spark = _spark(args, f"meme-stream-{cfg.source}", conf)
     url = None if args.no_ui else ui_url(spark)
     if url:
         print(f"Spark UI: {url} (Structured Streaming tab: {url.rstrip('/')}/StreamingQuery/)", file=sys.stderr)
-    summary = run_stream(spark, cfg)
+    summary = query.run_stream(spark, cfg)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "
         f"tables in {cfg.output}",

@@ -43,8 +43,8 @@ import pyarrow.parquet as pq
 
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError
-from streaming.sinks import TABLES, OutputTables, batch_of
-from streaming.tables import check_output_dir, date_dirs
+from streaming.schema import TABLES, batch_of, check_output_dir, date_dirs
+from streaming.sinks import OutputTables
 
 log = logging.getLogger(__name__)
 

@@ -2,22 +2,34 @@
 
 Makes sample data, trains a model if the data folder has none, feeds a few new images
 (and a few broken files) through the folder inbox or a Kafka broker started for you,
-streams them, and prints what landed where and how to query it.
+streams them, and prints what landed where and how to query it. ``streaming.cli`` builds
+the :class:`StreamConfig` from the flags and starts the broker (:func:`demo_broker`);
+this module never looks at the flags.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
+from batch_training.train import TrainConfig, train
 from memestream.modelstore import ModelStore
 from memestream.sample import STYLES, sample_image_bytes, write_dataset
+from producers.broker import start_broker
+from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
+from streaming.config import StreamConfig
+from streaming.query import run_stream
+from streaming.schema import PREDICTIONS, QUARANTINE, read_table
+from streaming.sinks import OutputTables
 
 log = logging.getLogger(__name__)
 
 DEMO_IMAGES = 24
+#: Topic of a Kafka demo when --topic is not given.
+DEMO_TOPIC = "memes"
 
 
 def demo_inputs() -> dict[str, bytes]:
@@ -35,67 +47,58 @@ def demo_inputs() -> dict[str, bytes]:
     return files
 
 
-def ensure_model(spark, data: Path, models: Path, quiet: bool) -> None:
+def ensure_model(spark, sample: Path, models: Path, quiet: bool) -> None:
+    """Train a first model into ``models`` (on generated images in ``sample``) unless it has one."""
     if ModelStore(models).current():
         log.info("using the existing model in %s", models)
         return
-    from batch_training.train import TrainConfig, train
-
-    sample = data / "sample"
     if not sample.exists():
-        write_dataset(sample, per_class=60, seed=7)
+        write_dataset(sample, per_class=40, seed=7)
         print(f"demo: wrote sample training images to {sample}", file=sys.stderr)
     print(f"demo: training a first model into {models} (a minute or two)", file=sys.stderr)
     train(spark, TrainConfig(data=str(sample), model_dir=str(models), pca_k=20, models=("logreg", "random_forest"),
                              num_trees=40, max_depth=8, progress=not quiet))
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from memestream.spark import build_spark
-    from streaming.cli import config_from_args
-    from streaming.query import run_stream
-    from streaming.sinks import OutputTables, read_table
+@contextlib.contextmanager
+def demo_broker() -> Iterator[str]:
+    """A local Apache Kafka broker for the demo, stopped afterwards; yields its bootstrap address."""
+    with start_broker() as broker:
+        print(f"demo: started a local Apache Kafka broker on {broker.bootstrap}", file=sys.stderr)
+        yield broker.bootstrap
 
-    data = Path(args.data_dir)
-    args.model = args.model or str(data / "models")
-    spark = build_spark("meme-stream-demo", master=args.master, driver_memory=args.driver_memory,
-                        driver_java_options=args.driver_java_options)
-    ensure_model(spark, data, Path(args.model), args.quiet)
+
+def feed(cfg: StreamConfig, inputs: dict[str, bytes]) -> None:
+    """Put the demo inputs where the stream reads: the inbox, or the topic (created if missing)."""
+    if cfg.source == "folder":
+        assert cfg.inbox is not None
+        cfg.inbox.mkdir(parents=True, exist_ok=True)
+        for name, payload in inputs.items():
+            (cfg.inbox / name).write_bytes(payload)
+        print(f"demo: dropped {len(inputs)} files into {cfg.inbox}", file=sys.stderr)
+        return
+    assert cfg.kafka is not None
+    ensure_topic(cfg.kafka.bootstrap_servers, cfg.kafka.topic, partitions=2)
+    with ImagePublisher(PublisherConfig(cfg.kafka.bootstrap_servers, cfg.kafka.topic)) as pub:
+        for name, payload in inputs.items():
+            pub.publish(payload, {"file": name, "source": "demo"})
+        pub.flush()
+    print(f"demo: published {len(inputs)} messages to topic {cfg.kafka.topic}", file=sys.stderr)
+
+
+def run_demo(spark, cfg: StreamConfig, sample_dir: Path) -> int:
+    """Train a model into ``cfg.model_dir`` if it has none (on sample images written to
+    ``sample_dir``), feed the demo inputs, stream them, and print what landed where."""
+    ensure_model(spark, sample_dir, cfg.model_dir, cfg.quiet)
     inputs = demo_inputs()
-    broker = None
-    try:
-        if args.source == "folder":
-            cfg = replace(config_from_args(args), available_now=True)
-            assert cfg.inbox is not None
-            cfg.inbox.mkdir(parents=True, exist_ok=True)
-            for name, payload in inputs.items():
-                (cfg.inbox / name).write_bytes(payload)
-            print(f"demo: dropped {len(inputs)} files into {cfg.inbox}", file=sys.stderr)
-            before = OutputTables(cfg.output).label_totals()
-            summary = run_stream(spark, cfg)
-        else:
-            from producers.broker import start_broker
-            from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
-
-            if not getattr(args, "bootstrap_servers", None):
-                broker = start_broker()
-                args.bootstrap_servers = broker.bootstrap
-                print(f"demo: started a Kafka-compatible broker (tansu) on {broker.bootstrap}", file=sys.stderr)
-            args.topic = getattr(args, "topic", None) or "memes"
-            cfg = config_from_args(args)
-            ensure_topic(args.bootstrap_servers, args.topic, partitions=2)
-            with ImagePublisher(PublisherConfig(args.bootstrap_servers, args.topic)) as pub:
-                for name, payload in inputs.items():
-                    pub.publish(payload, {"file": name, "source": "demo"})
-                pub.flush()
-            print(f"demo: published {len(inputs)} messages to topic {args.topic}", file=sys.stderr)
-            before = OutputTables(cfg.output).label_totals()
-            summary = run_stream(spark, cfg, until=lambda s: s.rows >= len(inputs))
-    finally:
-        if broker is not None:
-            broker.close()
-    preds = read_table(cfg.output, "predictions").to_pandas()
-    quarantine = read_table(cfg.output, "quarantine").to_pandas()
+    feed(cfg, inputs)
+    before = OutputTables(cfg.output).label_totals()
+    if cfg.source == "folder":
+        summary = run_stream(spark, replace(cfg, available_now=True))
+    else:
+        summary = run_stream(spark, cfg, until=lambda s: s.rows >= len(inputs))
+    preds = read_table(cfg.output, PREDICTIONS).to_pandas()
+    quarantine = read_table(cfg.output, QUARANTINE).to_pandas()
     after = OutputTables(cfg.output).label_totals()
     print("")
     print(f"demo: classified {summary.rows} inputs in {summary.batches} batch(es); {summary.errors} quarantined")
@@ -103,6 +106,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if len(quarantine):
         reasons = quarantine.groupby("error_code").size().to_dict()
         print("demo: quarantined by reason:", ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
-    print(f"demo: predictions table: {cfg.output / 'predictions'} ({len(preds)} rows in all)")
+    print(f"demo: predictions table: {cfg.output / PREDICTIONS} ({len(preds)} rows in all)")
     print(f"demo: try: meme-query --output {cfg.output} \"SELECT label, count(*) FROM predictions GROUP BY label\"")
     return 0

@@ -17,20 +17,18 @@ Missing topic or unreachable broker when the query starts -> BrokerError (clear,
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
-from memestream.cli import env_flag, positive_int
-from memestream.errors import BrokerError, ConfigError
-from producers.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, add_security_flags, security_from_args
+from memestream.errors import BrokerError
+from streaming.config import KafkaSourceConfig
+from streaming.sources import StreamSource
 
 log = logging.getLogger(__name__)
 
@@ -48,107 +46,6 @@ SCHEMA = (
     "content binary, kafka_key string, headers map<string,string>, topic string, "
     "partition int, offset long, event_time timestamp"
 )
-_SECURITY_OPTIONS = {
-    "security.protocol": "security_protocol",
-    "sasl.mechanism": "sasl_mechanism",
-    "sasl.username": "sasl_plain_username",
-    "sasl.password": "sasl_plain_password",
-    "ssl.cafile": "ssl_cafile",
-    "ssl.certfile": "ssl_certfile",
-    "ssl.keyfile": "ssl_keyfile",
-}
-
-
-@dataclass(frozen=True)
-class KafkaSourceConfig:
-    """Everything the source needs; travels to executors as data-source options (strings)."""
-
-    bootstrap_servers: str
-    topic: str
-    starting_offsets: str = "earliest"
-    max_offsets_per_trigger: int | None = None
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    poll_timeout_ms: int = 1000
-    #: A read task fails (naming topic/partition/offset) after this long without progress.
-    stall_timeout_s: float = 60.0
-    #: Split a partition's range into Spark tasks of at most this many records (0 = no split).
-    max_records_per_task: int = 0
-    #: How long to try reaching the broker before BrokerError.
-    connect_timeout_s: float = 15.0
-    security: KafkaSecurity = field(default_factory=KafkaSecurity)
-
-    def __post_init__(self) -> None:
-        if self.starting_offsets not in ("earliest", "latest"):
-            raise ConfigError(f"expected startingOffsets 'earliest' or 'latest', found {self.starting_offsets!r}")
-        if not self.bootstrap_servers or not self.topic:
-            raise ConfigError(f"expected Kafka bootstrap servers and a topic, found {self.bootstrap_servers!r} "
-                              f"and {self.topic!r}")
-
-    def options(self) -> dict[str, str]:
-        """Data-source options (Spark redacts values of keys containing 'password' in plans/logs)."""
-        opts = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "topic": self.topic,
-            "startingOffsets": self.starting_offsets,
-            "maxMessageBytes": str(self.max_message_bytes),
-            "pollTimeoutMs": str(self.poll_timeout_ms),
-            "stallTimeoutS": str(self.stall_timeout_s),
-            "maxRecordsPerTask": str(self.max_records_per_task),
-            "connectTimeoutS": str(self.connect_timeout_s),
-        }
-        if self.max_offsets_per_trigger:
-            opts["maxOffsetsPerTrigger"] = str(self.max_offsets_per_trigger)
-        sec = self.security.kwargs()
-        for opt, attr in _SECURITY_OPTIONS.items():
-            if attr in sec:
-                opts[opt] = str(sec[attr])
-        return opts
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> "KafkaSourceConfig":
-        opts = {str(k).lower(): v for k, v in options.items()}
-
-        def get(name: str, default: Any = None) -> Any:
-            value = opts.get(name.lower())
-            return default if value in (None, "") else value
-
-        try:
-            security = KafkaSecurity(**{attr: get(opt) for opt, attr in _SECURITY_OPTIONS.items() if get(opt)})
-            mopt = get("maxOffsetsPerTrigger")
-            return cls(
-                bootstrap_servers=get("bootstrap.servers", ""),
-                topic=get("topic", ""),
-                starting_offsets=str(get("startingOffsets", "earliest")).lower(),
-                max_offsets_per_trigger=int(mopt) if mopt else None,
-                max_message_bytes=int(get("maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES)),
-                poll_timeout_ms=int(get("pollTimeoutMs", 1000)),
-                stall_timeout_s=float(get("stallTimeoutS", 60.0)),
-                max_records_per_task=int(get("maxRecordsPerTask", 0)),
-                connect_timeout_s=float(get("connectTimeoutS", 15.0)),
-                security=security,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"bad memestream-kafka option: {exc}") from None
-
-    def consumer_kwargs(self, fetch_wait_ms: int = 500) -> dict[str, Any]:
-        one = self.max_message_bytes + RECORD_OVERHEAD_BYTES
-        return {
-            "bootstrap_servers": self.bootstrap_servers.split(","),
-            "client_id": "memestream-source",
-            "group_id": None,
-            "enable_auto_commit": False,
-            "allow_auto_create_topics": False,
-            "auto_offset_reset": "earliest",
-            "max_partition_fetch_bytes": one,
-            "fetch_max_bytes": max(one, 64 * 1024 * 1024),
-            "receive_message_max_bytes": max(one, 64 * 1024 * 1024) + RECORD_OVERHEAD_BYTES,
-            "fetch_max_wait_ms": fetch_wait_ms,
-            "request_timeout_ms": 30_000,
-            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
-            **self.security.kwargs(),
-        }
-
-
 class TopicMissingError(BrokerError):
     """The broker answers but has no such topic (not retried: waiting will not create it)."""
 
@@ -170,6 +67,11 @@ def _new_consumer(cfg: KafkaSourceConfig, fetch_wait_ms: int = 500):
     try:
         return KafkaConsumer(**cfg.consumer_kwargs(fetch_wait_ms))
     except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, SSL setup
+        from memestream.kafka_diagnose import explain_connect_failure
+
+        why = explain_connect_failure(cfg.bootstrap_servers, cfg.security)  # TLS/SASL: which step failed
+        if why:
+            raise BrokerError(f"Kafka broker at {cfg.bootstrap_servers} for topic {cfg.topic!r}: {why}") from None
         raise BrokerError(f"expected a Kafka broker at {cfg.bootstrap_servers} for topic {cfg.topic!r}, "
                           f"could not connect ({exc})") from None
 
@@ -503,13 +405,14 @@ def register(spark) -> None:
         pass
 
 
-def read_kafka_stream(spark, cfg: KafkaSourceConfig, check: bool = True):
-    """A streaming DataFrame of the topic (schema ``SCHEMA``); checks broker and topic first."""
+def topic_source(spark, cfg: KafkaSourceConfig, check: bool = True) -> StreamSource:
+    """The topic as a stream input (rows of schema ``SCHEMA``); checks broker and topic first and
+    registers the data source with ``spark``. ``streaming.query.open_stream`` opens it."""
     if check:
         parts = check_topic(cfg)
         log.info("topic %s on %s: %d partition(s)", cfg.topic, cfg.bootstrap_servers, len(parts))
     register(spark)
-    return spark.readStream.format(SOURCE_NAME).options(**cfg.options()).load()
+    return StreamSource(SOURCE_NAME, cfg.options())
 
 
 def spark_kafka_available(spark) -> bool:
@@ -521,38 +424,3 @@ def spark_kafka_available(spark) -> bool:
         return True
     except Exception:  # noqa: BLE001 - ClassNotFoundException, or no JVM (Spark Connect)
         return False
-
-
-# ---------------------------------------------------------------- CLI helpers
-
-
-def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags for a Kafka input (used by meme-stream); env fallbacks MEMESTREAM_KAFKA_*."""
-    group = parser.add_argument_group("Kafka input")
-    env_flag(group, "--bootstrap-servers", envvar="MEMESTREAM_KAFKA_BOOTSTRAP", help="HOST:PORT[,HOST:PORT]")
-    env_flag(group, "--topic", envvar="MEMESTREAM_KAFKA_TOPIC", help="topic to read")
-    env_flag(group, "--starting-offsets", envvar="MEMESTREAM_KAFKA_STARTING_OFFSETS", default="earliest",
-             choices=["earliest", "latest"], help="where a new query (no checkpoint) starts")
-    env_flag(group, "--max-offsets-per-trigger", envvar="MEMESTREAM_KAFKA_MAX_OFFSETS_PER_TRIGGER",
-             type=positive_int, help="at most this many records per micro-batch, spread across partitions")
-    env_flag(group, "--max-message-bytes", envvar="MEMESTREAM_KAFKA_MAX_MESSAGE_BYTES", type=positive_int,
-             default=DEFAULT_MAX_MESSAGE_BYTES, help="largest record to fetch (consumer fetch sizes)")
-    env_flag(group, "--kafka-poll-timeout-ms", envvar="MEMESTREAM_KAFKA_POLL_TIMEOUT_MS", type=positive_int,
-             default=1000, help="one consumer poll in a read task")
-    add_security_flags(parser)
-
-
-def kafka_config_from_args(args: argparse.Namespace) -> KafkaSourceConfig:
-    if not args.bootstrap_servers or not args.topic:
-        raise ConfigError("expected --bootstrap-servers and --topic (or MEMESTREAM_KAFKA_BOOTSTRAP and "
-                          f"MEMESTREAM_KAFKA_TOPIC) for a Kafka input, found {args.bootstrap_servers!r} and {args.topic!r}")
-    mopt = args.max_offsets_per_trigger
-    return KafkaSourceConfig(
-        bootstrap_servers=args.bootstrap_servers,
-        topic=args.topic,
-        starting_offsets=args.starting_offsets or "earliest",
-        max_offsets_per_trigger=int(mopt) if mopt else None,
-        max_message_bytes=int(args.max_message_bytes),
-        poll_timeout_ms=int(args.kafka_poll_timeout_ms),
-        security=security_from_args(args),
-    )

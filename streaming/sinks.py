@@ -33,28 +33,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from memestream.errors import ConfigError
+from streaming.schema import COMMITS, DEFAULT_WRITER, LOCK, TABLES, date_dirs, part_name, table_dir
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions"
-QUARANTINE = "quarantine"
-CLASS_COUNTS = "class_counts"
-TABLES = (PREDICTIONS, QUARANTINE, CLASS_COUNTS)
-COMMITS = "_commits"
-LOCK = ".lock"
-DEFAULT_WRITER = "main"
 _WRITER_RE = re.compile(r"^[A-Za-z0-9_]+$")
-_PART_RE = re.compile(r"^part-([A-Za-z0-9_]+)-(\d{10})\.parquet$")
-
-
-def part_name(batch_id: int, writer: str = DEFAULT_WRITER) -> str:
-    return f"part-{writer}-{batch_id:010d}.parquet"
-
-
-def batch_of(name: str) -> tuple[str, int] | None:
-    """``part-<writer>-<batch>.parquet`` -> (writer, batch)."""
-    m = _PART_RE.match(name)
-    return (m.group(1), int(m.group(2))) if m else None
 
 
 @dataclass
@@ -97,7 +80,7 @@ class OutputTables:
 
     # -- layout -----------------------------------------------------------------------
     def table_dir(self, table: str) -> Path:
-        return self.root / table
+        return table_dir(self.root, table)
 
     @property
     def commits_dir(self) -> Path:
@@ -182,11 +165,8 @@ class OutputTables:
 
     def _remove_stale(self, table: str, batch_id: int, keep_dates: set[str]) -> None:
         """Drop files a crashed attempt of this batch left under dates this attempt lacks."""
-        tdir = self.table_dir(table)
-        if not tdir.is_dir():
-            return
         name = part_name(batch_id, self.writer)
-        for folder in tdir.glob("date=*"):
+        for folder in date_dirs(self.table_dir(table)):
             if folder.name[5:] not in keep_dates and (folder / name).exists():
                 (folder / name).unlink()
 
@@ -226,12 +206,3 @@ class OutputTables:
             os.replace(tmp, self.marker_path(batch_id))
             return True
 
-
-def read_table(root: str | os.PathLike[str], table: str) -> pa.Table:
-    """Read one output table with pyarrow (what a non-Spark reader does)."""
-    import pyarrow.dataset as ds
-
-    path = Path(root) / table
-    if not path.is_dir() or not any(path.glob("date=*/*.parquet")):
-        return pa.table({})
-    return ds.dataset(str(path), format="parquet", partitioning="hive").to_table()

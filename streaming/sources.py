@@ -1,31 +1,57 @@
-"""Turn each input into one frame shape, so the query after it does not care where rows came from.
+"""Describe each input, and turn its rows into one frame shape, so the query after it does not
+care where rows came from.
 
 Frame columns: ``source``, ``origin``, ``path``, ``kafka_key``, ``headers``,
 ``event_time`` and, after :func:`with_content`, ``content`` / ``load_error`` /
-``size_bytes``. Only functions that build the *source* DataFrames live here; the query
-module alone starts and stops streams.
+``size_bytes``. This module says *what* to read (:class:`StreamSource`: format, schema,
+options) and how to reshape it; ``streaming.query`` alone opens and runs streams.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import MapType, StringType
 
 from memestream.load import read_files
+from streaming.config import KafkaSourceConfig
 
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
-FRAME_COLUMNS = ("source", "origin", "path", "kafka_key", "headers", "event_time")
 #: The inbox mover names spooled files ``<nanoseconds>-<original name>``.
 SPOOL_PREFIX_RE = r"^[0-9]{19,}-"
 
 
 @dataclass(frozen=True)
-class FolderSourceConfig:
-    spool: Path
-    max_files_per_trigger: int = 1000
+class StreamSource:
+    """What ``spark.readStream`` is given for one input (``streaming.query.open_stream`` opens it)."""
+
+    format: str
+    options: Mapping[str, str] = field(default_factory=dict)
+    schema: str | None = None
+    path: str | None = None
+
+
+def folder_source(spool: Path, max_files_per_trigger: int = 1000) -> StreamSource:
+    """Files atomically placed in ``spool`` (never half-written ones), listed by Spark's binaryFile source.
+
+    Only path, length and mtime are read (:func:`folder_frame`); the bytes are read in the
+    scoring step. Processed files are archived/deleted by the query itself right after their
+    batch's commit marker is written (Spark's cleanSource acts a batch later, or never with
+    availableNow).
+    """
+    return StreamSource(
+        "binaryFile",
+        {
+            "maxFilesPerTrigger": str(max_files_per_trigger),
+            # files are touched when spooled, but a copy may keep an old mtime: never drop by age
+            "maxFileAge": "3650d",
+        },
+        schema=BINARY_FILE_SCHEMA,
+        path=str(spool),
+    )
 
 
 def folder_frame(df: DataFrame) -> DataFrame:
@@ -64,34 +90,23 @@ def with_content(df: DataFrame, max_bytes: int) -> DataFrame:
     return out.withColumn("size_bytes", F.length("content").cast("long"))
 
 
-def folder_stream(spark, cfg: FolderSourceConfig) -> DataFrame:
-    """Stream of files atomically placed in ``cfg.spool`` (never half-written ones)."""
-    reader = (
-        spark.readStream.format("binaryFile")
-        .schema(BINARY_FILE_SCHEMA)
-        .option("maxFilesPerTrigger", str(cfg.max_files_per_trigger))
-        # files are touched when spooled, but a copy may keep an old mtime: never drop by age
-        .option("maxFileAge", "3650d")
-    )
-    # Processed files are archived/deleted by the query itself right after their batch's
-    # commit marker is written (Spark's cleanSource acts a batch later, or never with availableNow).
-    return reader.load(str(cfg.spool)).select("path", "length", "modificationTime").transform(folder_frame)
-
-
-def spark_kafka_stream(spark, kafka_cfg) -> DataFrame:
-    """The same frame from Spark's built-in Kafka connector (needs its jar on the classpath)."""
-    reader = (
-        spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", kafka_cfg.bootstrap_servers)
-        .option("subscribe", kafka_cfg.topic)
-        .option("startingOffsets", kafka_cfg.starting_offsets)
-        .option("includeHeaders", "true")
-        .option("failOnDataLoss", "true")
-        .option("kafka.max.partition.fetch.bytes", str(kafka_cfg.max_message_bytes))
-    )
+def spark_kafka_source(kafka_cfg: KafkaSourceConfig) -> StreamSource:
+    """The topic through Spark's built-in Kafka connector (needs its jar on the classpath)."""
+    options = {
+        "kafka.bootstrap.servers": kafka_cfg.bootstrap_servers,
+        "subscribe": kafka_cfg.topic,
+        "startingOffsets": kafka_cfg.starting_offsets,
+        "includeHeaders": "true",
+        "failOnDataLoss": "true",
+        "kafka.max.partition.fetch.bytes": str(kafka_cfg.max_message_bytes),
+    }
     if kafka_cfg.max_offsets_per_trigger:
-        reader = reader.option("maxOffsetsPerTrigger", str(kafka_cfg.max_offsets_per_trigger))
-    raw = reader.load()
+        options["maxOffsetsPerTrigger"] = str(kafka_cfg.max_offsets_per_trigger)
+    return StreamSource("kafka", options)
+
+
+def spark_kafka_frame(raw: DataFrame) -> DataFrame:
+    """Rows of Spark's Kafka connector -> frame columns (the same as from our own source)."""
     headers = F.map_from_entries(
         F.transform(F.coalesce(F.col("headers"), F.array()), lambda h: F.struct(h["key"], h["value"].cast("string")))
     )

@@ -1,10 +1,9 @@
-"""Locate the output tables under ``--output`` and register them as Spark SQL views.
+"""Register the output tables under ``--output`` as Spark SQL views.
 
-``meme-query``, ``meme-compact`` and notebooks all read the same folders; keeping the
-paths, schemas and view definitions in one place means a query written against
-``predictions`` works the same everywhere, including on a fresh output folder where the
-stream has not written anything yet (the view is then empty but has the right columns,
-so a dashboard query returns zero rows instead of crashing).
+``meme-query`` and notebooks read the same folders through these views, so a query written
+against ``predictions`` works the same everywhere, including on a fresh output folder where
+the stream has not written anything yet (the view is then empty but has the right columns,
+from :mod:`streaming.schema`, so a dashboard query returns zero rows instead of crashing).
 """
 from __future__ import annotations
 
@@ -15,33 +14,9 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
-from memestream.errors import DataError
+from streaming.schema import CLASS_COUNTS, PREDICTIONS, TABLES, check_output_dir, data_files, ddl, table_dir
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS = "predictions"
-QUARANTINE = "quarantine"
-CLASS_COUNTS = "class_counts"
-#: Tables with a folder under OUTPUT (one ``date=YYYY-MM-DD`` sub-folder per event date).
-TABLES: tuple[str, ...] = (PREDICTIONS, QUARANTINE, CLASS_COUNTS)
-COMMITS_DIR = "_commits"
-LOCK_FILE = ".lock"
-
-# Schemas used when a table has no files yet (see docs/ARCHITECTURE.md). When files exist
-# their own schema wins, so a column added by the writer shows up without touching this.
-PREDICTIONS_DDL = (
-    "image_id string, source string, origin string, path string, kafka_key string, "
-    "headers map<string,string>, event_time timestamp, processing_time timestamp, label string, "
-    "confidence double, probabilities map<string,double>, error string, error_code string, "
-    "model_version string, size_bytes bigint, late boolean, batch_id bigint, date date"
-)
-QUARANTINE_DDL = (
-    "image_id string, source string, origin string, path string, kafka_key string, "
-    "headers map<string,string>, event_time timestamp, processing_time timestamp, error string, "
-    "error_code string, size_bytes bigint, quarantine_path string, payload binary, batch_id bigint, date date"
-)
-CLASS_COUNTS_DDL = "window_start timestamp, window_end timestamp, label string, count bigint, batch_id bigint, date date"
-SCHEMAS: dict[str, str] = {PREDICTIONS: PREDICTIONS_DDL, QUARANTINE: QUARANTINE_DDL, CLASS_COUNTS: CLASS_COUNTS_DDL}
 
 #: Raw per-batch deltas stay queryable under this name; ``class_counts`` is their sum.
 CLASS_COUNT_DELTAS = "class_count_deltas"
@@ -56,54 +31,6 @@ CLASS_TOTALS_SQL = (
 )
 
 
-def check_output_dir(output: str | os.PathLike[str]) -> Path:
-    """The output folder as a Path; a clear error when it is missing or not a folder."""
-    path = Path(output)
-    if not path.exists():
-        raise DataError(
-            f"output folder {path} does not exist; expected the --output folder of meme-stream "
-            f"(with {PREDICTIONS}/, {QUARANTINE}/, {CLASS_COUNTS}/ inside)"
-        )
-    if not path.is_dir():
-        raise DataError(f"output path {path} is a file; expected the --output folder of meme-stream")
-    return path
-
-
-def table_dir(output: str | os.PathLike[str], table: str) -> Path:
-    """``OUTPUT/<table>``; raises for a name that is not one of :data:`TABLES`."""
-    if table not in TABLES:
-        raise DataError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    return Path(output) / table
-
-
-def commits_dir(output: str | os.PathLike[str]) -> Path:
-    return Path(output) / COMMITS_DIR
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith((".", "_"))
-
-
-def data_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Parquet files a reader would see under ``folder`` (hidden/staging names skipped)."""
-    root = Path(folder)
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _visible(f) and f.endswith(".parquet"))
-    return found
-
-
-def date_dirs(folder: str | os.PathLike[str]) -> list[Path]:
-    """``date=YYYY-MM-DD`` sub-folders of one table, oldest first."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("date="))
-
-
 @dataclass(frozen=True)
 class ViewInfo:
     """What ``register_views`` found for one view: shown by ``meme-query`` without SQL."""
@@ -114,12 +41,13 @@ class ViewInfo:
     note: str
 
 
-def read_table(spark: SparkSession, output: str | os.PathLike[str], table: str) -> tuple[DataFrame, int]:
-    """One output table as a DataFrame plus its file count; empty with the schema when no files."""
+def table_frame(spark: SparkSession, output: str | os.PathLike[str], table: str) -> tuple[DataFrame, int]:
+    """One output table as a Spark DataFrame plus its file count; empty with the schema when no files.
+    (Without Spark: :func:`streaming.schema.read_table`.)"""
     folder = table_dir(output, table)
     files = data_files(folder)
     if not files:
-        return spark.createDataFrame([], SCHEMAS[table]), 0
+        return spark.createDataFrame([], ddl(table)), 0
     df = spark.read.option("basePath", str(folder)).parquet(str(folder))
     return df, len(files)
 
@@ -131,7 +59,7 @@ def register_views(spark: SparkSession, output: str | os.PathLike[str]) -> list[
     infos: list[ViewInfo] = []
     for table in TABLES:
         folder = table_dir(root, table)
-        df, files = read_table(spark, root, table)
+        df, files = table_frame(spark, root, table)
         view = CLASS_COUNT_DELTAS if table == CLASS_COUNTS else table
         df.createOrReplaceTempView(view)
         if not folder.exists():

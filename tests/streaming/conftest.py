@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from streaming.counts import WindowSpec
-from streaming.query import StreamConfig
+from streaming.config import StreamConfig
 
 
 def make_config(root: Path, model_dir: Path, **overrides) -> StreamConfig:

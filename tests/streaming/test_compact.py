@@ -10,7 +10,8 @@ import pytest
 
 from streaming import compact as compact_mod
 from streaming.compact import CompactConfig, batches_of, compact, exchange_dirs
-from streaming.sinks import BatchMarker, OutputTables, read_table
+from streaming.schema import read_table
+from streaming.sinks import BatchMarker, OutputTables
 
 DATES = ("2026-11-20", "2026-11-27")
 

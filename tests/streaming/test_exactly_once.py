@@ -6,22 +6,30 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from streaming.sinks import OutputTables, read_table
+from streaming.schema import read_table
+from streaming.sinks import OutputTables
 
 pytestmark = pytest.mark.slow
 
 
-def _stream_cmd(root, model_dir, *extra):
-    return [sys.executable, "-m", "streaming.cli", "--data-dir", str(root), "--model", str(model_dir),
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stream_cmd(root, model_dir, *extra, kill_at=None):
+    """meme-stream, or with ``kill_at="stage:batch"`` the same run SIGKILLed there (tests.streaming.crash_stream)."""
+    entry = ["-m", "streaming.cli"] if kill_at is None else ["-m", "tests.streaming.crash_stream", kill_at]
+    return [sys.executable, *entry, "--data-dir", str(root), "--model", str(model_dir),
             "--max-files-per-trigger", "3", "--trigger", "0.2", "--quiet", *extra]
 
 
-def _env(**extra):
+def _env():
+    """This checkout first on the path, so the subprocess runs the code under test."""
     env = dict(os.environ)
-    env.update(extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -46,8 +54,8 @@ def test_sigkill_inside_a_batch_then_restart(tmp_path, trained_model_dir, image_
     (inbox / "broken.jpg").write_bytes(image_bytes("doom", 1)[:500])
     names.append("broken.jpg")
 
-    crashed = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now"),
-                             env=_env(MEMESTREAM_TEST_KILL_AT=f"{point}:1"), capture_output=True, timeout=600)
+    crashed = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now", kill_at=f"{point}:1"),
+                             env=_env(), capture_output=True, timeout=600)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
     done = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now"), env=_env(),
                           capture_output=True, timeout=600)

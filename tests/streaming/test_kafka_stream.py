@@ -5,16 +5,20 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
+from streaming.config import KafkaSourceConfig
 from streaming.query import run_stream
-from streaming.sinks import OutputTables, read_table
+from streaming.schema import read_table
+from streaming.sinks import OutputTables
 from tests.streaming.conftest import make_config
 from tests.streaming.test_kafka_source import big_noisy_png
 
 pytestmark = pytest.mark.kafka
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _publish(bootstrap, topic, payloads, start=0):
@@ -25,8 +29,6 @@ def _publish(bootstrap, topic, payloads, start=0):
 
 
 def _kafka_cfg(root, model_dir, bootstrap, topic, **kw):
-    from streaming.kafka_source import KafkaSourceConfig
-
     return make_config(root, model_dir, source="kafka", kafka=KafkaSourceConfig(bootstrap, topic, **kw),
                        checkpoint=root / "ck-kafka")
 
@@ -72,12 +74,14 @@ def test_kafka_stream_killed_mid_batch_then_restarted(kafka_broker, tmp_path, tr
     ensure_topic(kafka_broker.bootstrap, topic, partitions=2)
     payloads = [image_bytes("cats", 40 + i) for i in range(10)]
     _publish(kafka_broker.bootstrap, topic, payloads)
-    cmd = [sys.executable, "-m", "streaming.cli", "--source", "kafka", "--bootstrap-servers", kafka_broker.bootstrap,
-           "--topic", topic, "--data-dir", str(tmp_path), "--model", str(trained_model_dir),
-           "--max-offsets-per-trigger", "3", "--available-now", "--quiet"]
-    crashed = subprocess.run(cmd, env={**os.environ, "MEMESTREAM_TEST_KILL_AT": "files:1"}, capture_output=True, timeout=600)
+    flags = ["--source", "kafka", "--bootstrap-servers", kafka_broker.bootstrap,
+             "--topic", topic, "--data-dir", str(tmp_path), "--model", str(trained_model_dir),
+             "--max-offsets-per-trigger", "3", "--available-now", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    crashed = subprocess.run([sys.executable, "-m", "tests.streaming.crash_stream", "files:1", *flags], env=env,
+                             capture_output=True, timeout=600)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
-    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "streaming.cli", *flags], env=env, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     preds = read_table(tmp_path / "output", "predictions").to_pandas()
     assert len(preds) == len(payloads) and preds["origin"].is_unique and preds["error"].isna().all()

@@ -8,8 +8,12 @@ import pytest
 
 from memestream.errors import CheckpointError, ConfigError, ModelError
 from memestream.modelstore import ModelStore
+from streaming.cli import main
+from streaming.config import KafkaSourceConfig
+from streaming.models import ModelHolder
 from streaming.query import run_stream
-from streaming.sinks import OutputTables, read_table
+from streaming.schema import read_table
+from streaming.sinks import OutputTables
 from tests.streaming.conftest import make_config
 
 BAD_KINDS = {
@@ -103,8 +107,6 @@ def test_new_model_version_is_picked_up_and_recorded_per_row(spark, stream_root,
 
 
 def test_broken_new_model_keeps_the_old_one(spark, stream_root, trained_model_dir, image_bytes, tmp_path, caplog):
-    from streaming.models import ModelHolder
-
     models = tmp_path / "models"
     shutil.copytree(trained_model_dir, models)
     store = ModelStore(models)
@@ -129,9 +131,6 @@ def test_incompatible_checkpoint_and_missing_model_are_clear_errors(spark, strea
 
 
 def test_kafka_impl_spark_without_its_jar_is_a_clear_error(spark, stream_root, trained_model_dir):
-    from memestream.errors import ConfigError
-    from streaming.kafka_source import KafkaSourceConfig
-
     cfg = make_config(stream_root, trained_model_dir, source="kafka", kafka_impl="spark",
                       kafka=KafkaSourceConfig("127.0.0.1:9", "memes"), checkpoint=stream_root / "ck-kafka")
     with pytest.raises(ConfigError, match="Kafka connector"):
@@ -139,8 +138,6 @@ def test_kafka_impl_spark_without_its_jar_is_a_clear_error(spark, stream_root, t
 
 
 def test_meme_stream_cli_errors_are_one_line(tmp_path, capsys):
-    from streaming.cli import main
-
     assert main(["--data-dir", str(tmp_path), "--available-now"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no model at" in err[0] and "meme-train" in err[0]
@@ -149,71 +146,3 @@ def test_meme_stream_cli_errors_are_one_line(tmp_path, capsys):
     assert exc.value.code == 2
     assert main(["--data-dir", str(tmp_path), "--window", "1m", "--slide", "5m"]) == 2
     assert "slide" in capsys.readouterr().err
-
-
-def _scored_both_ways(spark, frame, model):
-    from streaming.query import score
-
-    out = {}
-    for engine in ("python", "spark"):
-        table = score(frame, model, engine=engine).drop("processing_time").toPandas().sort_values("origin")
-        out[engine] = table.reset_index(drop=True)
-    return out["python"], out["spark"]
-
-
-def _assert_same_rows(py, jvm):
-    assert list(py.columns) == list(jvm.columns)
-    for col in ("origin", "label", "error", "error_code", "image_id", "size_bytes", "model_version", "date"):
-        assert [None if pd.isna(v) else v for v in py[col]] == [None if pd.isna(v) else v for v in jvm[col]], col
-    assert [p if p is None else bytes(p) for p in py["payload"]] == [p if p is None else bytes(p) for p in jvm["payload"]]
-    for a, b in zip(py["probabilities"], jvm["probabilities"]):
-        if a is None or b is None:
-            assert a is None and b is None
-            continue
-        da, db = dict(a), dict(b)
-        assert da.keys() == db.keys() and all(abs(da[k] - db[k]) < 1e-9 for k in da)
-    assert (py["confidence"].fillna(-1) - jvm["confidence"].fillna(-1)).abs().max() < 1e-9
-
-
-def test_python_and_spark_scoring_give_the_same_rows(spark, trained_model_dir, image_bytes, bad_payloads, tmp_path):
-    """The in-worker (numpy) model and Spark ML label every input alike, bad ones included,
-    for file paths (folder) and for bytes (Kafka)."""
-    from pyspark.sql import functions as F
-
-    from memestream.load import EMPTY_FILE_MARKER
-    from memestream.modelstore import load_model
-    from streaming.sources import folder_frame
-
-    model = load_model(trained_model_dir, which="logreg")
-    files = {f"g{i}.png": image_bytes(["doom", "cats", "animal_crossing"][i % 3], 300 + i, "png") for i in range(6)}
-    files.update({f"b_{k}.jpg": v for k, v in bad_payloads.items() if v})
-    files["empty.jpg"] = EMPTY_FILE_MARKER
-    for name, data in files.items():
-        (tmp_path / name).write_bytes(data)
-    listing = spark.read.format("binaryFile").load(str(tmp_path)).select("path", "length", "modificationTime")
-    py, jvm = _scored_both_ways(spark, listing.transform(folder_frame), model)
-    _assert_same_rows(py, jvm)
-    assert py["error"].isna().sum() == 6 and set(py.loc[py["error"].notna(), "origin"]) == set(files) - {f"g{i}.png" for i in range(6)}
-
-    rows = [("kafka", f"t/0/{i}", None, None, None, data) for i, data in enumerate([*files.values(), b"", None])]
-    frame = spark.createDataFrame(rows, "source string, origin string, path string, kafka_key string, "
-                                  "headers map<string,string>, content binary").withColumn("event_time", F.current_timestamp())
-    py, jvm = _scored_both_ways(spark, frame, model)
-    _assert_same_rows(py, jvm)
-    assert py["error"].notna().sum() == len(files) - 6 + 2
-
-
-def test_spark_only_model_is_scored_in_the_jvm_and_python_engine_refuses_it(spark, trained_model_dir):
-    from memestream.classify import local_model
-    from memestream.modelstore import load_model
-    from streaming.query import score
-
-    rf = load_model(trained_model_dir, which="random_forest")
-    assert local_model(rf) is None
-    assert local_model(load_model(trained_model_dir, which="logreg")) is not None
-    frame = spark.createDataFrame([("folder", "x", "file:/nonexistent/x.png", None, None)],
-                                  "source string, origin string, path string, kafka_key string, headers map<string,string>")
-    with pytest.raises(ConfigError, match="run only in Spark"):
-        score(frame, rf, engine="python")
-    row = score(frame.selectExpr("*", "current_timestamp() as event_time"), rf, engine="auto").collect()[0]
-    assert row["error_code"] == "read_error" and row["label"] is None

@@ -187,17 +187,6 @@ def test_help_has_examples(capsys):
         assert needle in text
 
 
-def test_empty_view_schemas_match_the_writer(spark):
-    query = pytest.importorskip("streaming.query")
-    from streaming.tables import SCHEMAS
-
-    def names(ddl):
-        return spark.createDataFrame([], ddl).columns
-
-    assert names(SCHEMAS["predictions"]) == [*query.PREDICTION_COLUMNS, "date"]
-    assert names(SCHEMAS["quarantine"]) == [*query.QUARANTINE_COLUMNS, "date"]
-
-
 def test_a_file_vanishing_mid_query_is_retried_once(spark, output, monkeypatch):
     real = query_cli.run_sql
     calls = []

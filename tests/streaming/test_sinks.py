@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from memestream.errors import ConfigError
-from streaming.sinks import PREDICTIONS, BatchMarker, OutputTables, read_table
+from streaming.schema import PREDICTIONS, read_table
+from streaming.sinks import BatchMarker, OutputTables
 
 
 def _table(batch: int, dates: list[str]) -> pa.Table:

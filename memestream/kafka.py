@@ -1,0 +1,76 @@
+"""Kafka client settings shared by the publisher (``producers.kafka``) and the streaming source.
+
+Both ends must agree on security (TLS/SASL) and on how large one record may be, so those
+live here, in the core, rather than in either of them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from memestream.cli import env_flag
+from memestream.errors import ConfigError
+
+#: Largest image one record may carry (the broker's message.max.bytes must allow it too).
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Room for key, headers and record/batch framing on top of the image bytes.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+SECRET_FIELDS = ("sasl_plain_password",)
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Client security settings shared by the publisher and the streaming source; repr masks the password."""
+
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients (unset values left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(self).items()}
+        return "KafkaSecurity(" + ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not None) + ")"
+
+
+def bootstrap_list(servers: str) -> list[str]:
+    """``"h1:9092,h2:9092"`` -> the list kafka-python clients take."""
+    return servers.split(",")
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """Kafka client security flags with MEMESTREAM_KAFKA_* env fallbacks (password: env preferred)."""
+    group = parser.add_argument_group("Kafka security")
+    env_flag(group, "--security-protocol", envvar="MEMESTREAM_KAFKA_SECURITY_PROTOCOL", default="PLAINTEXT",
+             choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], help="Kafka security protocol")
+    env_flag(group, "--sasl-mechanism", envvar="MEMESTREAM_KAFKA_SASL_MECHANISM", help="e.g. PLAIN, SCRAM-SHA-256")
+    env_flag(group, "--sasl-username", envvar="MEMESTREAM_KAFKA_SASL_USERNAME", help="SASL user name")
+    env_flag(group, "--sasl-password", envvar="MEMESTREAM_KAFKA_SASL_PASSWORD",
+             help="SASL password (prefer the env var: flags show up in ps)")
+    env_flag(group, "--ssl-cafile", envvar="MEMESTREAM_KAFKA_SSL_CAFILE", help="CA bundle (PEM)")
+    env_flag(group, "--ssl-certfile", envvar="MEMESTREAM_KAFKA_SSL_CERTFILE", help="client certificate (PEM)")
+    env_flag(group, "--ssl-keyfile", envvar="MEMESTREAM_KAFKA_SSL_KEYFILE", help="client key (PEM)")
+
+
+def security_from_args(args: argparse.Namespace) -> KafkaSecurity:
+    """The flags of :func:`add_security_flags` as a :class:`KafkaSecurity`; SASL needs a mechanism."""
+    sec = KafkaSecurity(
+        security_protocol=args.security_protocol or "PLAINTEXT",
+        sasl_mechanism=args.sasl_mechanism,
+        sasl_plain_username=args.sasl_username,
+        sasl_plain_password=args.sasl_password,
+        ssl_cafile=args.ssl_cafile,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )
+    if sec.security_protocol.startswith("SASL") and not sec.sasl_mechanism:
+        raise ConfigError(f"expected --sasl-mechanism with --security-protocol {sec.security_protocol}, found none")
+    return sec

@@ -1,0 +1,192 @@
+"""What ``meme-stream`` runs with: :class:`StreamConfig` and its Kafka part, validated once when built.
+
+Built by ``streaming.cli`` from flags, by the demo and by tests directly; everything after
+that (source, scoring, batch handling) trusts it. No Spark import here, so ``--help`` and
+flag errors stay fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
+from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
+from pathlib import Path
+from typing import Any, Mapping
+
+from memestream.decode import DEFAULT_MAX_BYTES
+from memestream.errors import ConfigError
+from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, bootstrap_list
+from streaming.counts import WindowSpec
+
+SOURCES = ("folder", "kafka")
+#: python: read/decode/featurize/classify in the Python worker (numpy model); spark: the
+#: PipelineModel in the JVM; auto: python when the model allows it.
+SCORING_ENGINES = ("auto", "python", "spark")
+#: What happens to a processed folder input after its batch is committed.
+PROCESSED = ("archive", "delete", "keep")
+#: python: our Data Source (kafka-python); spark: Spark's built-in connector (its jar must be on the classpath).
+KAFKA_IMPLS = ("python", "spark")
+
+
+#: Data-source option name -> KafkaSecurity field.
+_SECURITY_OPTIONS = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.cafile": "ssl_cafile",
+    "ssl.certfile": "ssl_certfile",
+    "ssl.keyfile": "ssl_keyfile",
+}
+
+
+@dataclass(frozen=True)
+class KafkaSourceConfig:
+    """The Kafka input (``streaming.kafka_source``); travels to executors as data-source options (strings)."""
+
+    bootstrap_servers: str
+    topic: str
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    poll_timeout_ms: int = 1000
+    #: A read task fails (naming topic/partition/offset) after this long without progress.
+    stall_timeout_s: float = 60.0
+    #: Split a partition's range into Spark tasks of at most this many records (0 = no split).
+    max_records_per_task: int = 0
+    #: How long to try reaching the broker before BrokerError.
+    connect_timeout_s: float = 15.0
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def __post_init__(self) -> None:
+        if self.starting_offsets not in ("earliest", "latest"):
+            raise ConfigError(f"expected startingOffsets 'earliest' or 'latest', found {self.starting_offsets!r}")
+        if not self.bootstrap_servers or not self.topic:
+            raise ConfigError(f"expected Kafka bootstrap servers and a topic, found {self.bootstrap_servers!r} "
+                              f"and {self.topic!r}")
+
+    def options(self) -> dict[str, str]:
+        """Data-source options (Spark redacts values of keys containing 'password' in plans/logs)."""
+        opts = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "topic": self.topic,
+            "startingOffsets": self.starting_offsets,
+            "maxMessageBytes": str(self.max_message_bytes),
+            "pollTimeoutMs": str(self.poll_timeout_ms),
+            "stallTimeoutS": str(self.stall_timeout_s),
+            "maxRecordsPerTask": str(self.max_records_per_task),
+            "connectTimeoutS": str(self.connect_timeout_s),
+        }
+        if self.max_offsets_per_trigger:
+            opts["maxOffsetsPerTrigger"] = str(self.max_offsets_per_trigger)
+        sec = self.security.kwargs()
+        for opt, attr in _SECURITY_OPTIONS.items():
+            if attr in sec:
+                opts[opt] = str(sec[attr])
+        return opts
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str]) -> "KafkaSourceConfig":
+        opts = {str(k).lower(): v for k, v in options.items()}
+
+        def get(name: str, default: Any = None) -> Any:
+            value = opts.get(name.lower())
+            return default if value in (None, "") else value
+
+        try:
+            security = KafkaSecurity(**{attr: get(opt) for opt, attr in _SECURITY_OPTIONS.items() if get(opt)})
+            mopt = get("maxOffsetsPerTrigger")
+            return cls(
+                bootstrap_servers=get("bootstrap.servers", ""),
+                topic=get("topic", ""),
+                starting_offsets=str(get("startingOffsets", "earliest")).lower(),
+                max_offsets_per_trigger=int(mopt) if mopt else None,
+                max_message_bytes=int(get("maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES)),
+                poll_timeout_ms=int(get("pollTimeoutMs", 1000)),
+                stall_timeout_s=float(get("stallTimeoutS", 60.0)),
+                max_records_per_task=int(get("maxRecordsPerTask", 0)),
+                connect_timeout_s=float(get("connectTimeoutS", 15.0)),
+                security=security,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad memestream-kafka option: {exc}") from None
+
+    def consumer_kwargs(self, fetch_wait_ms: int = 500) -> dict[str, Any]:
+        one = self.max_message_bytes + RECORD_OVERHEAD_BYTES
+        return {
+            "bootstrap_servers": bootstrap_list(self.bootstrap_servers),
+            "client_id": "memestream-source",
+            "group_id": None,
+            "enable_auto_commit": False,
+            "allow_auto_create_topics": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": one,
+            "fetch_max_bytes": max(one, 64 * 1024 * 1024),
+            "receive_message_max_bytes": max(one, 64 * 1024 * 1024) + RECORD_OVERHEAD_BYTES,
+            "fetch_max_wait_ms": fetch_wait_ms,
+            "request_timeout_ms": 30_000,
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
+            **self.security.kwargs(),
+        }
+
+
+def _one_of(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{flag} must be one of {', '.join(allowed)}, found {value!r}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything one stream needs; invalid combinations fail here, with the flag's name."""
+
+    source: str
+    output: Path
+    checkpoint: Path
+    model_dir: Path
+    inbox: Path | None = None
+    spool: Path | None = None
+    archive: Path | None = None
+    quarantine_dir: Path | None = None
+    model_version: str | None = None
+    trigger_seconds: float = 0.5
+    available_now: bool = False
+    max_files_per_trigger: int = 1000
+    processed: str = "archive"
+    window: WindowSpec = field(default_factory=WindowSpec)
+    max_bytes: int = DEFAULT_MAX_BYTES
+    watch: bool = True
+    quiet: bool = False
+    kafka: KafkaSourceConfig | None = None
+    kafka_impl: str = "python"
+    scoring: str = "auto"
+    #: The model's OCR text branch: off | cascade (OCR only when the image branch is unsure) | always.
+    text: str = DEFAULT_TEXT_MODE
+    #: Novelty ("none of these"): off | flag (keep the label, ood = true) | reject (label NULL, counted as unknown).
+    ood: str = DEFAULT_OOD_MODE
+
+    def __post_init__(self) -> None:
+        _one_of("--source", self.source, SOURCES)
+        _one_of("--scoring", self.scoring, SCORING_ENGINES)
+        _one_of("--text", self.text, TEXT_MODES)
+        _one_of("--ood", self.ood, OOD_MODES)
+        _one_of("--processed", self.processed, PROCESSED)
+        _one_of("--kafka-impl", self.kafka_impl, KAFKA_IMPLS)
+        if self.source == "kafka" and not isinstance(self.kafka, KafkaSourceConfig):
+            raise ConfigError(f"a Kafka stream needs a KafkaSourceConfig (bootstrap servers and topic), found {self.kafka!r}")
+        if self.source == "folder" and self.spool is None:
+            raise ConfigError("a folder stream needs a spool folder (--spool), found none")
+        if self.source == "folder" and self.processed == "archive" and self.archive is None:
+            raise ConfigError("--processed archive needs an archive folder, found none")
+        for flag, value in (("--trigger", self.trigger_seconds), ("--max-files-per-trigger", self.max_files_per_trigger),
+                            ("--max-bytes", self.max_bytes)):
+            if value <= 0:
+                raise ConfigError(f"{flag} expects a positive number, found {value}")
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint is bound to: changing any of these needs a new checkpoint."""
+        ident = {"source": self.source, "output": str(self.output.resolve())}
+        if self.source == "folder":
+            ident["spool"] = str(self.spool.resolve()) if self.spool else ""
+        else:
+            ident["topic"] = self.kafka.topic if self.kafka else ""
+        return ident

@@ -1,0 +1,43 @@
+"""StreamConfig and KafkaSourceConfig refuse bad settings when built, naming the flag."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memestream.errors import ConfigError
+from memestream.kafka import KafkaSecurity
+from streaming.config import KafkaSourceConfig, StreamConfig
+
+
+def _cfg(**kw) -> StreamConfig:
+    base = dict(source="folder", output=Path("o"), checkpoint=Path("c"), model_dir=Path("m"), spool=Path("s"),
+                archive=Path("a"))
+    return StreamConfig(**{**base, **kw})
+
+
+def test_config_round_trips_through_options_and_masks_password():
+    cfg = KafkaSourceConfig("h:1", "t", "latest", 5, 1234, security=KafkaSecurity("SASL_SSL", "PLAIN", "u", "pw-xyz"))
+    assert KafkaSourceConfig.from_options(cfg.options()) == cfg
+    assert "pw-xyz" not in repr(cfg)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(source="ftp"), "--source must be one of folder, kafka, found 'ftp'"),
+    (dict(scoring="gpu"), "--scoring must be one of auto, python, spark"),
+    (dict(processed="shred"), "--processed must be one of archive, delete, keep"),
+    (dict(kafka_impl="java"), "--kafka-impl must be one of python, spark"),
+    (dict(source="kafka"), "needs a KafkaSourceConfig"),
+    (dict(spool=None), "needs a spool folder"),
+    (dict(archive=None), "--processed archive needs an archive folder"),
+    (dict(trigger_seconds=0), "--trigger expects a positive number"),
+])
+def test_bad_stream_settings_fail_when_built(bad, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        _cfg(**bad)
+
+
+def test_valid_settings_and_checkpoint_identity():
+    assert _cfg(archive=None, processed="keep").identity()["spool"] == str(Path("s").resolve())
+    kafka = _cfg(source="kafka", spool=None, kafka=KafkaSourceConfig("h:1", "memes"))
+    assert kafka.identity() == {"source": "kafka", "output": str(Path("o").resolve()), "topic": "memes"}

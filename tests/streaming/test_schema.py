@@ -1,0 +1,86 @@
+"""The output tables' single definition: what the writer builds, Spark's empty views and pyarrow agree."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pytest
+
+from memestream.errors import DataError
+from streaming.batch import build_tables
+from streaming.counts import WindowSpec
+from streaming.schema import (
+    CLASS_COUNTS,
+    PREDICTIONS,
+    QUARANTINE,
+    TABLES,
+    arrow_schema,
+    batch_of,
+    column_names,
+    ddl,
+    part_name,
+    read_table,
+    table_dir,
+)
+from streaming.scoring import SCORED_COLUMNS
+
+
+def _scored(rows: int = 2) -> pa.Table:
+    """A collected batch as the scoring step returns it (one good row, one bad)."""
+    values = {
+        "image_id": ["a" * 64, "b" * 64], "source": ["folder"] * 2, "origin": ["x.png", "y.png"],
+        "path": ["file:/s/x.png", "file:/s/y.png"], "kafka_key": [None, None], "headers": [None, None],
+        "event_time": [datetime(2026, 11, 27, 12, tzinfo=timezone.utc)] * 2,
+        "processing_time": [datetime(2026, 11, 27, 12, 1, tzinfo=timezone.utc)] * 2,
+        "label": ["doom", None], "confidence": [0.9, None], "probabilities": [[("doom", 0.9)], None],
+        "error": [None, "truncated: half a file"], "error_code": [None, "truncated"], "model_version": ["v1"] * 2,
+        "size_bytes": [10, 5], "ocr_ran": [True, None], "ocr_text": ["RIP AND TEAR", None], "ocr_error": [None, None],
+        "novelty": [0.2, None], "ood": [False, None], "nearest_class": ["doom", None],
+        "payload": [None, b"\xff\xd8"], "date": ["2026-11-27"] * 2,
+    }
+    types = {"headers": pa.map_(pa.string(), pa.string()), "probabilities": pa.map_(pa.string(), pa.float64()),
+             "payload": pa.binary(), "kafka_key": pa.string(), "ocr_error": pa.string()}
+    assert list(values) == [*SCORED_COLUMNS, "date"]
+    return pa.table({k: pa.array(v[:rows], type=types.get(k)) for k, v in values.items()})
+
+
+def test_the_writer_builds_exactly_the_defined_columns():
+    tables, marker = build_tables(_scored(), 7, WindowSpec(600, 60, 3600), None, [None, "/q/b000007-y.png"])
+    for name in TABLES:
+        assert tables[name].column_names == [*column_names(name), "date"], name
+    assert marker.rows == 2 and marker.errors == 1 and tables[QUARANTINE].num_rows == 1
+
+
+def test_spark_ddl_and_arrow_schema_name_the_same_columns(spark):
+    for name in TABLES:
+        assert spark.createDataFrame([], ddl(name)).columns == [*column_names(name), "date"], name
+        assert arrow_schema(name).names == [*column_names(name), "date"], name
+
+
+def test_pyarrow_reader_gives_the_columns_of_an_empty_table(tmp_path):
+    empty = read_table(tmp_path, QUARANTINE)
+    assert empty.num_rows == 0 and empty.schema == arrow_schema(QUARANTINE)
+    with pytest.raises(DataError, match="unknown table"):
+        read_table(tmp_path, "nope")
+    assert table_dir(tmp_path, CLASS_COUNTS) == tmp_path / "class_counts"
+
+
+def test_part_names_round_trip():
+    assert part_name(12, "folder_1a2b3c") == "part-folder_1a2b3c-0000000012.parquet"
+    assert batch_of(part_name(12, "folder_1a2b3c")) == ("folder_1a2b3c", 12)
+    assert batch_of("part-x-12.parquet") is None and batch_of(".part-main-0000000001.parquet.tmp") is None
+    assert PREDICTIONS in TABLES
+
+
+def test_rejected_out_of_distribution_rows_count_as_unknown_not_as_a_class():
+    scored = _scored()
+    labels = scored.column("label").to_pylist()
+    codes = scored.column("error_code").to_pylist()
+    # the good row becomes a rejected foreign image: no label, error_code out_of_distribution, no error
+    scored = scored.set_column(scored.column_names.index("label"), "label", pa.array([None, labels[1]], type=pa.string()))
+    scored = scored.set_column(scored.column_names.index("error_code"), "error_code", pa.array(["out_of_distribution", codes[1]]))
+    tables, marker = build_tables(scored, 8, WindowSpec(600, 60, 3600), None, [None, "/q/b000008-y.png"])
+    counts = tables["class_counts"].to_pylist()
+    assert [(r["label"], r["count"]) for r in counts if r["count"]] and {r["label"] for r in counts} == {"unknown"}
+    assert tables[QUARANTINE].num_rows == 1  # only the truncated file: a foreign image is not a bad input
+    assert "doom" not in marker.label_totals
