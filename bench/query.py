@@ -57,6 +57,12 @@ def _scored_batch(rng: np.random.Generator, start: int, n: int, t0: datetime, mo
         "error": ["not_an_image: cannot decode" if e else None for e in errors],
         "error_code": ["not_an_image" if e else None for e in errors],
         "model_version": [model_version] * n,
+        "ocr_ran": pa.nulls(n, pa.bool_()),
+        "ocr_text": pa.nulls(n, pa.string()),
+        "ocr_error": pa.nulls(n, pa.string()),
+        "novelty": pa.array(rng.uniform(0.0, 1.0, n)),
+        "ood": pa.array(np.zeros(n, dtype=bool)),
+        "nearest_class": [LABELS[i % len(LABELS)] for i in idx],
         "size_bytes": pa.array(rng.integers(20_000, 400_000, n), pa.int64()),
         "payload": [b"not an image" if e else None for e in errors],
         "date": [e.strftime("%Y-%m-%d") for e in event],
@@ -67,7 +73,7 @@ def write_output(root: str | Path, rows: int, batch_rows: int = 1000, seed: int 
                  start: datetime | None = None) -> Path:
     """An output folder with ``rows`` predictions written batch by batch through the stream's sinks."""
     from streaming.counts import WindowSpec
-    from streaming.query import build_tables
+    from streaming.batch import build_tables
     from streaming.sinks import OutputTables
 
     root = Path(root)
@@ -85,6 +91,15 @@ def write_output(root: str | Path, rows: int, batch_rows: int = 1000, seed: int 
         tables.commit_batch(batch_id, out, marker)
         previous = marker
     return root
+
+
+def _layout() -> str:
+    """Cache key of the generated folders: a change of the predictions' columns writes new ones."""
+    import zlib
+
+    from streaming.schema import COLUMNS, PREDICTIONS
+
+    return f"{zlib.crc32(repr(COLUMNS[PREDICTIONS]).encode()):08x}"
 
 
 def cold_query(engine: str, output: Path, sql: str = SQL, fmt: str = "table", timeout: float = 300.0) -> tuple[float, float]:
@@ -112,7 +127,7 @@ def measure(work: Path, sizes: Sequence[int] = SIZES, repeats: dict[str, int] | 
     repeats = repeats or {"duckdb": 5, "spark": 2}
     rows: list[dict[str, Any]] = []
     for n in sizes:
-        folder = work / f"query-output-{n}"
+        folder = work / f"query-output-{n}-{_layout()}"
         if not (folder / ".complete").exists():
             log.info("writing %d predictions to %s", n, folder)
             write_output(folder, n, batch_rows=33 if n < 1000 else 1000)
@@ -178,7 +193,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     sizes = (330, 10_000) if ctx.config.quick else SIZES
     repeats = {"duckdb": 3, "spark": 1} if ctx.config.quick else None
     rows = measure(ctx.work, sizes, repeats)
-    largest = ctx.work / f"query-output-{sizes[-1]}"
+    largest = ctx.work / f"query-output-{sizes[-1]}-{_layout()}"
     paint = dashboard_first_paint(largest, ctx.tmp)
     if paint is not None:
         rows.append({"case": f"meme-dashboard first paint, {sizes[-1]} predictions", "images": sizes[-1],
