@@ -23,38 +23,27 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 from memestream.errors import ConfigError, DataError
+from streaming import schema
+from streaming.schema import check_output_dir, data_files  # noqa: F401 - one folder layout for both engines
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions"
-QUARANTINE = "quarantine"
-CLASS_COUNTS = "class_counts"
+PREDICTIONS, QUARANTINE, CLASS_COUNTS = schema.PREDICTIONS, schema.QUARANTINE, schema.CLASS_COUNTS
 CLASS_COUNT_DELTAS = "class_count_deltas"
 CLASS_TOTALS = "class_totals"
-TABLES: tuple[str, ...] = (PREDICTIONS, QUARANTINE, CLASS_COUNTS)
+TABLES: tuple[str, ...] = schema.TABLES
 
-#: Columns of each table when it has no files yet, in DuckDB types. They are the Spark
-#: DDL of :data:`streaming.tables.SCHEMAS` translated type by type (tests check that the
-#: two engines report the same columns and types); when files exist their schema wins.
-_TS = "TIMESTAMP WITH TIME ZONE"
-_COMMON = [
-    ("image_id", "VARCHAR"), ("source", "VARCHAR"), ("origin", "VARCHAR"), ("path", "VARCHAR"),
-    ("kafka_key", "VARCHAR"), ("headers", "MAP(VARCHAR, VARCHAR)"), ("event_time", _TS), ("processing_time", _TS),
-]
+#: Columns of each table when it has no files yet, in DuckDB types: the one definition
+#: (:data:`streaming.schema.COLUMNS`, Spark SQL types) translated type by type (tests
+#: check that the two engines report the same columns and types); when files exist
+#: their schema wins.
+_DUCK_TYPES = {
+    "string": "VARCHAR", "double": "DOUBLE", "bigint": "BIGINT", "boolean": "BOOLEAN", "binary": "BLOB",
+    "timestamp": "TIMESTAMP WITH TIME ZONE", "map<string,string>": "MAP(VARCHAR, VARCHAR)",
+    "map<string,double>": "MAP(VARCHAR, DOUBLE)",
+}
 EMPTY_SCHEMAS: dict[str, list[tuple[str, str]]] = {
-    PREDICTIONS: _COMMON + [
-        ("label", "VARCHAR"), ("confidence", "DOUBLE"), ("probabilities", "MAP(VARCHAR, DOUBLE)"), ("error", "VARCHAR"),
-        ("error_code", "VARCHAR"), ("model_version", "VARCHAR"), ("size_bytes", "BIGINT"), ("late", "BOOLEAN"),
-        ("batch_id", "BIGINT"), ("date", "DATE"),
-    ],
-    QUARANTINE: _COMMON + [
-        ("error", "VARCHAR"), ("error_code", "VARCHAR"), ("size_bytes", "BIGINT"), ("quarantine_path", "VARCHAR"),
-        ("payload", "BLOB"), ("batch_id", "BIGINT"), ("date", "DATE"),
-    ],
-    CLASS_COUNTS: [
-        ("window_start", _TS), ("window_end", _TS), ("label", "VARCHAR"), ("count", "BIGINT"), ("batch_id", "BIGINT"),
-        ("date", "DATE"),
-    ],
+    table: [(name, _DUCK_TYPES[kind]) for name, kind in schema.COLUMNS[table]] + [(schema.DATE, "DATE")] for table in TABLES
 }
 
 # The same derived views as streaming.tables (Spark); both dialects accept these texts.
@@ -73,35 +62,6 @@ class ViewInfo:
     path: Path | None
     files: int
     note: str
-
-
-def check_output_dir(output: str | os.PathLike[str]) -> Path:
-    """The output folder as a Path; a clear error when it is missing or not a folder."""
-    path = Path(output)
-    if not path.exists():
-        raise DataError(
-            f"output folder {path} does not exist; expected the --output folder of meme-stream "
-            f"(with {PREDICTIONS}/, {QUARANTINE}/, {CLASS_COUNTS}/ inside)"
-        )
-    if not path.is_dir():
-        raise DataError(f"output path {path} is a file; expected the --output folder of meme-stream")
-    return path
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith((".", "_"))
-
-
-def data_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Parquet files a Spark reader would see under ``folder``: hidden/staging/retired names skipped."""
-    root = Path(folder)
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _visible(f) and f.endswith(".parquet"))
-    return found
 
 
 def _quote(text: str) -> str:

@@ -81,10 +81,10 @@ def test_file_listing_matches_spark_rules(streamed):
 
 
 def test_empty_schemas_match_the_spark_ddl(spark):
-    from streaming.tables import SCHEMAS
+    from streaming.schema import TABLES, ddl
 
-    for table, ddl in SCHEMAS.items():
-        spark_cols = [(f.name, SPARK_TO_DUCK[f.dataType.simpleString()]) for f in spark.createDataFrame([], ddl).schema.fields]
+    for table in TABLES:
+        spark_cols = [(f.name, SPARK_TO_DUCK[f.dataType.simpleString()]) for f in spark.createDataFrame([], ddl(table)).schema.fields]
         assert duck.EMPTY_SCHEMAS[table] == spark_cols
 
 
