@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Sequence
 
 from memestream.errors import ConfigError, DataError
 from streaming import schema
-from streaming.schema import check_output_dir, data_files  # noqa: F401 - one folder layout for both engines
+from streaming.schema import ViewInfo, check_output_dir, data_files  # noqa: F401 - one folder layout for both engines
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +51,6 @@ CLASS_COUNTS_SQL = (
     f"FROM {CLASS_COUNT_DELTAS} GROUP BY window_start, window_end, label"
 )
 CLASS_TOTALS_SQL = f'SELECT label, COUNT(*) AS "count" FROM {PREDICTIONS} WHERE label IS NOT NULL GROUP BY label'
-
-
-@dataclass(frozen=True)
-class ViewInfo:
-    """What :func:`register_views` found for one view (shown by ``meme-query`` without SQL)."""
-
-    name: str
-    path: Path | None
-    files: int
-    note: str
 
 
 def _quote(text: str) -> str:
