@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from memestream.errors import ModelError
+from memestream.inference import softmax as _softmax
 
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("none", "temperature", "platt", "isotonic")
@@ -31,12 +32,6 @@ METHODS = ("none", "temperature", "platt", "isotonic")
 
 def _log(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, 1e-12, 1.0))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class LogisticHead:
         if self.binomial:
             p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
             return np.stack([1.0 - p1, p1], axis=1)
-        return _softmax(logits)
+        return softmax(logits)
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
         if self.binomial:
@@ -68,13 +68,13 @@ class PerceptronHead:
             x = x @ w.T + b
             if i < len(self.layers) - 1:
                 x = 1.0 / (1.0 + np.exp(-x))  # Spark's hidden layers are sigmoid
-        return _softmax(x)
+        return softmax(x)
 
     def predict(self, probs: np.ndarray) -> np.ndarray:
         return probs.argmax(axis=1).astype(np.int32)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

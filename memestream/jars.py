@@ -7,6 +7,8 @@ cache folder on first use (one progress line); later runs use the cache and need
 Cache: ``$MEMESTREAM_JAR_CACHE`` or ``~/.cache/memestream``; one sub-folder per jar set
 (``kafka-4.1.1/``), written to a temporary folder and renamed when complete, so an interrupted
 download is never mistaken for a cached one. Maven's own repository (``~/.m2``) is used as usual.
+Spark's Kafka source falls back to an older connector of the same line when PySpark's own version
+is not served (resolve_spark_kafka; for PySpark 4.3.0 the 4.2.0 connector).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -40,6 +43,10 @@ class JarsUnavailable(EnvironmentProblem):
     """The jars are not cached and cannot be fetched (no Maven, no network, not served)."""
 
 
+class ArtifactNotServed(JarsUnavailable):
+    """Maven Central answered that an artifact does not exist (as opposed to being unreachable)."""
+
+
 @dataclass(frozen=True)
 class JarSet:
     """A named set of Maven artifacts ("group:artifact:version") resolved with their runtime dependencies."""
@@ -59,12 +66,24 @@ def kafka_broker_jars(version: str = KAFKA_VERSION) -> JarSet:
     )
 
 
-def spark_kafka_jars(spark_version: str | None = None) -> JarSet:
-    """Spark's Kafka source (spark-sql-kafka-0-10) at the installed PySpark's version."""
-    if spark_version is None:
-        import pyspark
+#: Connector releases to fall back on when the installed PySpark's own is not served, newest first.
+#: Kept short and explicit: only releases checked to run under the PySpark this project pins
+#: (4.2.0 under 4.3.0: docs/kafka.md). A fallback is used only for the same major version and
+#: a major.minor no newer than the installed PySpark's.
+SPARK_KAFKA_FALLBACKS = ("4.2.0",)
+NOT_SERVED_RECHECK_S = 24 * 3600  # like Maven's daily update policy: ask again about a missing version once a day
 
-        spark_version = pyspark.__version__
+
+def _installed_spark_version() -> str:
+    import pyspark
+
+    return pyspark.__version__
+
+
+def spark_kafka_jars(spark_version: str | None = None) -> JarSet:
+    """Spark's Kafka source (spark-sql-kafka-0-10) at the installed PySpark's version (or the one given)."""
+    if spark_version is None:
+        spark_version = _installed_spark_version()
     return JarSet(
         name=f"spark-sql-kafka-{spark_version}",
         artifacts=(f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY}:{spark_version}",),
@@ -101,10 +120,14 @@ def _pom(jar_set: JarSet) -> str:
             "<packaging>pom</packaging><dependencies>" + "".join(deps) + "</dependencies></project>\n")
 
 
+def _not_served(output: str) -> re.Match | None:
+    return (re.search(r"Could not find artifact (\S+)", output)
+            or re.search(r"(\S+) was not found in \S+ during a previous attempt", output))
+
+
 def _explain_failure(jar_set: JarSet, output: str, folder: Path) -> str:
     """One line from Maven's output: not served, no network, or the first error."""
-    missing = (re.search(r"Could not find artifact (\S+)", output)
-               or re.search(r"(\S+) was not found in \S+ during a previous attempt", output))
+    missing = _not_served(output)
     if missing:
         return (f"Maven Central does not serve {missing.group(1)} (needed for {jar_set.description}); "
                 "nothing was cached")
@@ -151,13 +174,17 @@ def resolve(jar_set: JarSet, root: Path | None = None, quiet: bool = False) -> l
         try:
             (work / "pom.xml").write_text(_pom(jar_set))
             out = work / "jars"
+            # Runtime scope: the artifacts and their compile/runtime dependencies only; test-scoped
+            # ones (e.g. spark-token-provider-kafka's "tests" jar) are never resolved.
             proc = subprocess.run(
                 [mvn, "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
                  f"-DoutputDirectory={out}", "-DincludeScope=runtime"],
                 cwd=work, capture_output=True, text=True, timeout=900,
             )
             if proc.returncode != 0 or not any(out.glob("*.jar")):
-                raise JarsUnavailable(_explain_failure(jar_set, proc.stdout + proc.stderr, folder))
+                output = proc.stdout + proc.stderr
+                error = ArtifactNotServed if _not_served(output) else JarsUnavailable
+                raise error(_explain_failure(jar_set, output, folder))
             (out / COMPLETE_MARKER).write_text("\n".join(jar_set.artifacts) + "\n")
             if folder.exists():
                 shutil.rmtree(folder)
@@ -187,18 +214,108 @@ def java_binary() -> str:
     return found
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        raise JarsUnavailable(f"cannot read a major.minor version from PySpark version {version!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def spark_kafka_candidates(spark_version: str | None = None) -> list[str]:
+    """Connector versions to try, in order: the installed PySpark's own, then the allowed fallbacks."""
+    spark_version = spark_version or _installed_spark_version()
+    major, minor = _major_minor(spark_version)
+    out = [spark_version]
+    for v in SPARK_KAFKA_FALLBACKS:
+        fmajor, fminor = _major_minor(v)
+        if v not in out and fmajor == major and fminor <= minor:
+            out.append(v)
+    return out
+
+
+def _not_served_marker(root: Path, jar_set: JarSet) -> Path:
+    return root / f".{jar_set.name}.not-served"
+
+
+def resolve_spark_kafka(spark_version: str | None = None, root: Path | None = None,
+                        quiet: bool = False) -> tuple[str, list[Path]]:
+    """Spark's Kafka source jars: (connector version, jars), falling back when PySpark's own is not served.
+
+    Why: a PySpark release can reach PyPI before (or without) its connector reaching Maven Central;
+    an older connector of the same line then runs under it. Order: the exact version (cached or
+    fetched), then each fallback in SPARK_KAFKA_FALLBACKS (cached or fetched), with a WARNING naming
+    both versions. Maven's "not served" answer is remembered for a day (a dotfile in the cache), so
+    each start does not ask again. Offline, a cached fallback is used. Raises JarsUnavailable (one
+    line, every candidate's reason) when none can be had.
+    """
+    root = root or cache_root()
+    exact = spark_version or _installed_spark_version()
+    reasons: list[str] = []
+    for version in spark_kafka_candidates(exact):
+        jar_set = spark_kafka_jars(version)
+        marker = _not_served_marker(root, jar_set)
+        cached = cached_jars(jar_set, root)
+        if not cached and marker.is_file():
+            try:
+                recent = time.time() - marker.stat().st_mtime < NOT_SERVED_RECHECK_S
+                said = marker.read_text().strip()
+            except OSError:
+                recent, said = False, ""
+            if recent:
+                reasons.append(said or f"Maven Central does not serve {jar_set.artifacts[0]}")
+                continue
+        try:
+            jars = cached or resolve(jar_set, root, quiet=quiet)
+        except ArtifactNotServed as exc:
+            reasons.append(str(exc))
+            try:
+                marker.write_text(f"{exc}\n")
+            except OSError:
+                pass
+            continue
+        except JarsUnavailable as exc:  # no Maven / no network: a cached fallback may still do
+            reasons.append(str(exc))
+            continue
+        try:
+            marker.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if version != exact:
+            log.warning("Spark's Kafka source %s (the installed PySpark's version) is not available: %s; "
+                        "using the %s connector instead", exact, reasons[0] if reasons else "?", version)
+        return version, jars
+    raise JarsUnavailable("; ".join(dict.fromkeys(reasons)) or f"no connector version to try for PySpark {exact}")
+
+
+def _shipped_by_pyspark() -> set[str]:
+    """Artifact names (no version) of the jars PySpark ships, which must not be added a second time."""
+    import pyspark
+
+    folder = Path(pyspark.__file__).parent / "jars"
+    return {_artifact_name(j.name) for j in folder.glob("*.jar")}
+
+
+def _artifact_name(filename: str) -> str:
+    m = re.match(r"(.+?)-\d[\w.]*(?:-[A-Za-z]\w*)*\.jar$", filename)
+    return m.group(1) if m else filename
+
+
 def spark_kafka_conf() -> dict[str, str]:
     """Spark conf that puts Spark's Kafka source on the classpath (``spark.jars``), for --kafka-impl spark.
 
     Under spark-submit the user's own ``--packages``/``--jars`` decide, so nothing is added.
-    Otherwise the connector at the installed PySpark's version is resolved with Maven (cached);
-    when that is impossible the JarsUnavailable line says why and what to use instead.
+    Otherwise the connector at the installed PySpark's version, or a fallback (resolve_spark_kafka),
+    is resolved with Maven (cached); its dependencies that PySpark already ships (Scala, Hadoop
+    client, SLF4J, ...) are left out so that only PySpark's own versions are on the classpath.
+    When nothing can be had the JarsUnavailable line says why and what to use instead.
     """
     if "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1":
         return {}
     try:
-        jars = resolve(spark_kafka_jars())
+        _, jars = resolve_spark_kafka()
     except JarsUnavailable as exc:
         raise JarsUnavailable(f"--kafka-impl spark: {exc}; use --kafka-impl python (the default), or run "
                               "under spark-submit with the connector on --jars") from None
+    shipped = _shipped_by_pyspark()
+    jars = [j for j in jars if _artifact_name(j.name) not in shipped]
     return {"spark.jars": ",".join(str(j) for j in jars)}

@@ -12,36 +12,37 @@ here with the rule Spark applies: any file or folder whose name starts with ``.`
 markers (``_commits/``) and the generations compaction leaves behind
 (``.date=D.compact-*``, ``.date=D.retired-*``, ``.date=D.expired-*``).
 
-This module imports neither pyspark nor pandas, so a query process starts fast. The
-tables' names and columns come from :mod:`streaming.schema` (their one owner).
+This module imports neither pyspark nor pandas, so a query process starts fast.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Sequence
 
-from memestream.errors import ConfigError
-from streaming.schema import CLASS_COUNTS, COLUMNS, DATE, PREDICTIONS, TABLES, check_output_dir, data_files  # noqa: F401 - re-exported
+from memestream.errors import ConfigError, DataError
+from streaming import schema
+from streaming.schema import ViewInfo, check_output_dir, data_files  # noqa: F401 - one folder layout for both engines
 
 log = logging.getLogger(__name__)
 
+PREDICTIONS, QUARANTINE, CLASS_COUNTS = schema.PREDICTIONS, schema.QUARANTINE, schema.CLASS_COUNTS
 CLASS_COUNT_DELTAS = "class_count_deltas"
 CLASS_TOTALS = "class_totals"
+TABLES: tuple[str, ...] = schema.TABLES
 
-#: Spark SQL type names (as streaming.schema spells them) -> DuckDB's.
-DUCK_TYPES: dict[str, str] = {
+#: Columns of each table when it has no files yet, in DuckDB types: the one definition
+#: (:data:`streaming.schema.COLUMNS`, Spark SQL types) translated type by type (tests
+#: check that the two engines report the same columns and types); when files exist
+#: their schema wins.
+_DUCK_TYPES = {
     "string": "VARCHAR", "double": "DOUBLE", "bigint": "BIGINT", "boolean": "BOOLEAN", "binary": "BLOB",
-    "timestamp": "TIMESTAMP WITH TIME ZONE", "date": "DATE",
-    "map<string,string>": "MAP(VARCHAR, VARCHAR)", "map<string,double>": "MAP(VARCHAR, DOUBLE)",
+    "timestamp": "TIMESTAMP WITH TIME ZONE", "map<string,string>": "MAP(VARCHAR, VARCHAR)",
+    "map<string,double>": "MAP(VARCHAR, DOUBLE)",
 }
-#: Columns of each table when it has no files yet, in DuckDB types: the one definition in
-#: :mod:`streaming.schema`, translated type by type (``date`` partition last, as Spark
-#: reads it back). When files exist their schema wins.
 EMPTY_SCHEMAS: dict[str, list[tuple[str, str]]] = {
-    table: [(name, DUCK_TYPES[kind]) for name, kind in (*COLUMNS[table], (DATE, "date"))] for table in TABLES
+    table: [(name, _DUCK_TYPES[kind]) for name, kind in schema.COLUMNS[table]] + [(schema.DATE, "DATE")] for table in TABLES
 }
 
 # The same derived views as streaming.tables (Spark); both dialects accept these texts.
@@ -50,16 +51,6 @@ CLASS_COUNTS_SQL = (
     f"FROM {CLASS_COUNT_DELTAS} GROUP BY window_start, window_end, label"
 )
 CLASS_TOTALS_SQL = f'SELECT label, COUNT(*) AS "count" FROM {PREDICTIONS} WHERE label IS NOT NULL GROUP BY label'
-
-
-@dataclass(frozen=True)
-class ViewInfo:
-    """What :func:`register_views` found for one view (shown by ``meme-query`` without SQL)."""
-
-    name: str
-    path: Path | None
-    files: int
-    note: str
 
 
 def _quote(text: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,6 +75,16 @@ _ARROW_TYPES = {
     "map<string,string>": pa.map_(pa.string(), pa.string()),
     "map<string,double>": pa.map_(pa.string(), pa.float64()),
 }
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """What a query engine registered for one view: shown by ``meme-query`` without SQL."""
+
+    name: str
+    path: Path | None
+    files: int
+    note: str
 
 
 def column_names(table: str) -> tuple[str, ...]:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
-from streaming.schema import CLASS_COUNTS, PREDICTIONS, TABLES, check_output_dir, data_files, ddl, table_dir
+from streaming.schema import CLASS_COUNTS, PREDICTIONS, TABLES, ViewInfo, check_output_dir, data_files, ddl, table_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +28,6 @@ CLASS_COUNTS_SQL = (
 CLASS_TOTALS_SQL = (
     f"SELECT label, COUNT(*) AS `count` FROM {PREDICTIONS} WHERE label IS NOT NULL GROUP BY label"
 )
-
-
-@dataclass(frozen=True)
-class ViewInfo:
-    """What ``register_views`` found for one view: shown by ``meme-query`` without SQL."""
-
-    name: str
-    path: Path | None
-    files: int
-    note: str
 
 
 def table_frame(spark: SparkSession, output: str | os.PathLike[str], table: str) -> tuple[DataFrame, int]:

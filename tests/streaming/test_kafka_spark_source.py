@@ -1,10 +1,10 @@
-"""--kafka-impl spark: Spark's own Kafka source (spark-sql-kafka-0-10 at the installed PySpark's version).
+"""--kafka-impl spark: Spark's own Kafka source (spark-sql-kafka-0-10 at the installed PySpark's version,
+or the 4.2.0 fallback when Maven Central does not serve that version, as for 4.3.0).
 
-The connector is resolved from Maven Central like the broker's jars. When Maven Central does not
-serve it for this PySpark (4.3.0 is not served), meme-stream says so in one line, and the end-to-end
-test is skipped with Maven's answer as the reason; when it is served, that test holds Spark's
-reader to the Python reader's promises: exactly once across kill -9, bad records quarantined,
-and the same rows as the Python reader for the same topic.
+The connector is resolved from Maven Central like the broker's jars. When no candidate can be had,
+meme-stream says so in one line, and the end-to-end test is skipped with Maven's answer as the
+reason; otherwise that test holds Spark's reader to the Python reader's promises: exactly once
+across kill -9, bad records quarantined, and the same rows as the Python reader for the same topic.
 """
 from __future__ import annotations
 
@@ -40,20 +40,61 @@ def test_kafka_impl_spark_without_the_connector_is_one_clear_line(tmp_path, monk
     assert "Spark's Kafka source" in err[-1] and "use --kafka-impl python" in err[-1]
 
 
+# A stand-in mvn that serves the 4.2.0 connector (plus a Scala library PySpark already ships) and
+# answers "not found" for 4.3.0, as Maven Central does; it counts its calls in calls.log.
+FAKE_MVN = """#!/bin/sh
+echo call >> "$(dirname "$0")/calls.log"
+for a in "$@"; do
+  case "$a" in -f) pom=next ;; -DoutputDirectory=*) out="${a#-DoutputDirectory=}" ;; *) [ "$pom" = next ] && pom="$a" ;; esac
+done
+if grep -q '<version>4.3.0</version>' "$pom"; then
+  echo '[ERROR] Failed to execute goal: Could not find artifact org.apache.spark:spark-sql-kafka-0-10_2.13:jar:4.3.0 in central'
+  exit 1
+fi
+mkdir -p "$out" && touch "$out/spark-sql-kafka-0-10_2.13-4.2.0.jar" "$out/kafka-clients-3.9.2.jar" "$out/scala-library-2.13.15.jar"
+"""
+
+
+def test_unserved_connector_falls_back_to_4_2_0_once_with_a_warning(tmp_path, monkeypatch, caplog):
+    from memestream import jars
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "mvn").write_text(FAKE_MVN)
+    (bindir / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MEMESTREAM_JAR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(jars, "_installed_spark_version", lambda: "4.3.0")
+    assert jars.spark_kafka_candidates("4.3.0") == ["4.3.0", "4.2.0"]
+    assert jars.spark_kafka_candidates("4.1.1") == ["4.1.1"] and jars.spark_kafka_candidates("5.0.0") == ["5.0.0"]
+
+    with caplog.at_level("WARNING", logger="memestream.jars"):
+        conf = jars.spark_kafka_conf()
+    names = sorted(Path(j).name for j in conf["spark.jars"].split(","))
+    assert names == ["kafka-clients-3.9.2.jar", "spark-sql-kafka-0-10_2.13-4.2.0.jar"]  # PySpark's Scala kept
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and "4.3.0" in warning[0] and "using the 4.2.0 connector" in warning[0]
+    assert (bindir / "calls.log").read_text().count("call") == 2  # 4.3.0 refused, 4.2.0 fetched
+
+    jars.spark_kafka_conf()  # the "not served" answer is remembered: no Maven call at all
+    assert (bindir / "calls.log").read_text().count("call") == 2
+    assert not (tmp_path / "cache" / "spark-sql-kafka-4.3.0").exists()
+
+
 def _connector_or_skip() -> list[Path]:
-    from memestream.jars import JarsUnavailable, resolve, spark_kafka_jars
+    from memestream.jars import JarsUnavailable, resolve_spark_kafka
 
     try:
-        return resolve(spark_kafka_jars(), quiet=True)
-    except JarsUnavailable as exc:  # e.g. "Maven Central does not serve ...:4.3.0": nothing to run
+        return resolve_spark_kafka(quiet=True)[1]
+    except JarsUnavailable as exc:  # e.g. neither 4.3.0 nor the 4.2.0 fallback served: nothing to run
         pytest.skip(f"Spark's Kafka source cannot run here: {exc}")
 
 
 def _stream(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    """meme-stream, or with ``kill_at="stage:batch"`` the same run SIGKILLed there (tests.streaming.crash_stream)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if kill_at:
-        env["MEMESTREAM_TEST_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, "-m", "streaming.cli", *args], env=env, capture_output=True, timeout=900)
+    entry = ["-m", "streaming.cli"] if kill_at is None else ["-m", "tests.streaming.crash_stream", kill_at]
+    return subprocess.run([sys.executable, *entry, *args], env=env, capture_output=True, timeout=900)
 
 
 @pytest.mark.slow
