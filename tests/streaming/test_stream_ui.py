@@ -60,7 +60,7 @@ def test_stream_serves_the_spark_ui_and_prints_its_url(tmp_path, trained_model_d
         assert re.match(r"http://(localhost|127\.0\.0\.1|[\w.-]+):4[01]\d\d$", url.rstrip("/")), url  # 4040 or next free
         # wait until the stream has committed its first batch, then look at the tab
         deadline = time.monotonic() + 300
-        while not list((tmp_path / "output" / "_commits" / "main").glob("*.json")) and time.monotonic() < deadline:
+        while not list((tmp_path / "output" / "_commits").glob("*/*.json")) and time.monotonic() < deadline:
             time.sleep(0.5)
         page = _get(url.rstrip("/") + "/StreamingQuery/")
         assert "Streaming Query" in page and "meme" in page.lower()
