@@ -98,7 +98,7 @@ def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = Fa
         for name in NOVELTY_COLUMNS:
             new[name] = F.when(F.col(err).isNull(), F.col(f"{_POSTED}.{name}"))
         for name in TEXT_COLUMNS:
-            new[name] = F.lit(None).cast(EXTRA_COLUMNS[name])
+            new[name] = F.lit(None).cast(TEXT_COLUMNS[name])
     new["model_version"] = F.lit(model.version)
     drop = {c for c in _INTERNAL if not (keep_prediction_index and c in (PREDICTION, PROBABILITY))} | {_POSTED}
     keep = [F.col(c) for c in scored.columns if c not in drop and c not in new]
@@ -285,18 +285,17 @@ def scoring_spec(
     )
 
 
-_SCORE_FIELDS = (
-    "prediction", "probabilities", "error", "error_code", "image_id", "size_bytes", "payload", "ocr_ran", "ocr_text", "ocr_error",
-    "novelty", "ood", "nearest_class",
-)
-_SCORE_SCHEMA = (
-    "prediction int, probabilities array<double>, error string, error_code string, image_id string, size_bytes long, "
-    "payload binary, ocr_ran boolean, ocr_text string, ocr_error string, novelty double, ood boolean, nearest_class string"
-)
 #: Columns the in-worker scorer adds besides the labelled ones, with their Spark types.
-TEXT_COLUMNS = ("ocr_ran", "ocr_text", "ocr_error")
-NOVELTY_COLUMNS = ("novelty", "ood", "nearest_class")
-EXTRA_COLUMNS = {"ocr_ran": "boolean", "ocr_text": "string", "ocr_error": "string", "novelty": "double", "ood": "boolean", "nearest_class": "string"}
+TEXT_COLUMNS = {"ocr_ran": "boolean", "ocr_text": "string", "ocr_error": "string"}
+NOVELTY_COLUMNS = {"novelty": "double", "ood": "boolean", "nearest_class": "string"}
+EXTRA_COLUMNS = {**TEXT_COLUMNS, **NOVELTY_COLUMNS}
+#: The scorer UDF's result struct, in order; its field list and Spark schema derive from it.
+_SCORE_TYPES = {
+    "prediction": "int", "probabilities": "array<double>", "error": "string", "error_code": "string",
+    "image_id": "string", "size_bytes": "long", "payload": "binary", **EXTRA_COLUMNS,
+}
+_SCORE_FIELDS = tuple(_SCORE_TYPES)
+_SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in _SCORE_TYPES.items())
 
 
 SCORED = "__memestream_scored"
