@@ -172,7 +172,7 @@ def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str 
     return run
 
 
-def _summarize(rel: list[str], errors: list[str | None], codes: list[str | None], root: str, examples: int = 5) -> dict:
+def _summarize(rel: list[str], errors: list[str | None], codes: list[str | None], examples: int = 5) -> dict:
     bad = [(r, e, c) for r, e, c in zip(rel, errors, codes) if e is not None]
     by_code: dict[str, int] = {}
     for _, _, c in bad:
@@ -192,7 +192,6 @@ def ingest(
     cache: FeatureCache | None,
     ocr: bool,
     progress: bool = False,
-    root: str = "",
 ) -> Ingested:
     """Read, hash, featurize (and OCR) every file of ``labelled`` (``path, rel_path, label_name``)
     in the Spark workers, reusing and then extending ``cache``."""
@@ -224,7 +223,7 @@ def ingest(
     hashes_col = table.column("dhash").to_pylist()
     texts_col = table.column("ocr_text").to_pylist()
     ocr_err = table.column("ocr_error").to_pylist()
-    skipped = _summarize(rel, errors, codes, root)
+    skipped = _summarize(rel, errors, codes)
 
     keep = [i for i in range(len(rel)) if errors[i] is None]
     feats = np.zeros((len(keep), fs.dim), dtype=np.float32)

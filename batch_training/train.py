@@ -335,6 +335,7 @@ def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mod
     """Probabilities of the test rows through the saved model as the stream applies it
     (numpy stages, then the text branch with its cascade); JVM for a random forest."""
     from memestream.classify import calibrator_for, local_model
+    from memestream.stacking import apply_text_branch
 
     local = local_model(loaded)
     if local is None:
@@ -342,16 +343,17 @@ def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mod
     probs = local.predict_proba(features)
     info: dict[str, Any] = {}
     branch = loaded.text_branch
-    if branch is not None and texts is not None and text_mode != "off":
+    mode = text_mode if branch is not None and texts is not None else "off"
+    if mode != "off":
         ok = np.ones(len(features), dtype=bool)
-        todo = branch.needs_ocr(probs, ok, text_mode)
-        has = np.array([bool(t.strip()) for t in texts]) & todo
-        probs = branch.combine(probs, [t if d else "" for t, d in zip(texts, todo)], has)
-        info = {"ocr_share": round(float(todo.mean()), 4), "with_text": round(float(has.mean()), 4)}
+        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=lambda i: texts[i])
+        probs = text.probs
+        info = {"ocr_share": round(float(np.mean([bool(r) for r in text.ocr_ran])), 4),
+                "with_text": round(float(np.mean([bool(t and t.strip()) for t in text.ocr_text])), 4)}
     if loaded.novelty is not None:
         scores, _ = loaded.novelty.score(features)
         info["ood_flagged_share"] = round(float((scores > loaded.novelty.threshold).mean()), 4)
-    calibrator = calibrator_for(loaded, text_mode if branch is not None and texts is not None else "off")
+    calibrator = calibrator_for(loaded, mode)
     if calibrator is not None:
         probs = calibrator.apply(probs)
         info["calibration"] = calibrator.method
@@ -399,7 +401,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     cache = FeatureCache(cfg.model_dir, fs, ocr_version) if cfg.cache else None
     data = ingest(
         spark, inputs.labelled, fs, max_bytes=featurizer.getMaxBytes(), max_pixels=featurizer.getMaxPixels(), asset=asset,
-        cache=cache, ocr=cfg.text != "off", progress=cfg.progress, root=inputs.root,
+        cache=cache, ocr=cfg.text != "off", progress=cfg.progress,
     )
     check_decodable(inputs, data)
     y = np.array([classes.index(c) for c in data.label], dtype=np.int64)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -93,14 +93,26 @@ class TextResult:
 
 
 def apply_text_branch(
-    branch: TextBranch | None, mode: str, image_probs: np.ndarray, images: Sequence[np.ndarray | None], ok: np.ndarray
+    branch: TextBranch | None,
+    mode: str,
+    image_probs: np.ndarray,
+    images: Sequence[np.ndarray | None],
+    ok: np.ndarray,
+    read: Callable[[int], str] | None = None,
 ) -> TextResult:
     """Run OCR where the mode/cascade asks, then the stacker; an OCR failure on one image
-    falls back to the image branch for that image and is recorded, never raised."""
+    falls back to the image branch for that image and is recorded, never raised.
+
+    ``read(i)`` gives row ``i``'s text; by default OCR of ``images[i]`` (training passes
+    the text its ingest already read, so its test metrics go through this same code)."""
     n = len(ok)
     if branch is None or mode == "off":
         return TextResult(image_probs, [None] * n, [None] * n, [None] * n)
     from memestream.text import OcrError, ocr_text
+
+    if read is None:
+        def read(i: int) -> str:
+            return ocr_text(images[i])  # type: ignore[arg-type]
 
     todo = branch.needs_ocr(image_probs, ok, mode)
     texts = [""] * n
@@ -110,7 +122,7 @@ def apply_text_branch(
     errors: list[str | None] = [None] * n
     for i in np.flatnonzero(todo):
         try:
-            found = ocr_text(images[i])  # type: ignore[arg-type]
+            found = read(int(i))
         except OcrError as exc:
             errors[i] = f"ocr_failed: {str(exc)[:200]}"
             continue
