@@ -188,6 +188,19 @@ def server_properties(port: int, controller_port: int, log_dirs: Path,
     return props
 
 
+def _launch(broker, cmd: list[str], cwd: Path | None = None) -> None:
+    """Start a broker process (own session, dies with us, output to its log) and wait until
+    it answers; on failure stop it and say why with the tail of its log."""
+    with open(broker.log_path, "ab") as out:
+        broker._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+    try:
+        wait_for_broker(broker.bootstrap, broker.ready_timeout_s, broker._proc)
+    except BrokerError as exc:
+        broker.stop()
+        raise BrokerError(f"{exc}; broker log {broker.log_path}: {_log_tail(broker.log_path)}") from None
+
+
 class KafkaBroker:
     """A running Apache Kafka JVM on 127.0.0.1; a context manager that stops it on exit.
 
@@ -275,14 +288,7 @@ class KafkaBroker:
         t0 = time.monotonic()
         java, jars, conf = self._prepare()
         cmd = self._java_cmd(java, jars, "kafka.Kafka", str(conf))
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.data_dir,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
-        try:
-            wait_for_broker(self.bootstrap, self.ready_timeout_s, self._proc)
-        except BrokerError as exc:
-            self.stop()
-            raise BrokerError(f"{exc}; broker log {self.log_path}: {_log_tail(self.log_path)}") from None
+        _launch(self, cmd, cwd=self.data_dir)
         self.started_in_s = time.monotonic() - t0
         log.info("Kafka %s broker ready at %s in %.1f s (data %s)", KAFKA_VERSION, self.bootstrap,
                  self.started_in_s, self.data_dir)
@@ -388,14 +394,7 @@ class TansuBroker:
         cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                "--storage-engine", MEMORY_STORAGE]
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
-        try:
-            wait_for_broker(self.bootstrap, self.ready_timeout_s, self._proc)
-        except BrokerError as exc:
-            self.stop()
-            raise BrokerError(f"{exc}; broker log {self.log_path}: {_log_tail(self.log_path)}") from None
+        _launch(self, cmd)
         return self
 
 
