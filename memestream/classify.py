@@ -121,16 +121,8 @@ def _jvm_post(calibrator: Any, novelty: Any, ood_mode: str, classes: tuple[str, 
             probs = calibrator.apply(probs)
         index = probs.argmax(axis=1).astype(np.int32)
         codes: list[str | None] = [None] * n
-        nov: list[float | None] = [None] * n
-        ood: list[bool | None] = [None] * n
-        near: list[str | None] = [None] * n
-        if novelty is not None and ood_mode != "off" and n:
-            x = np.asarray(features.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, -1)
-            scores, nearest = novelty.score(x)
-            for i in range(n):
-                nov[i], ood[i], near[i] = float(scores[i]), bool(scores[i] > novelty.threshold), classes[int(nearest[i])]
-                if ood[i] and ood_mode == "reject":
-                    index[i], codes[i] = -1, OOD_CODE
+        x = np.asarray(features.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, -1) if n else np.zeros((0, 0))
+        nov, ood, near = novelty_columns(novelty, ood_mode, classes, x, np.ones(n, dtype=bool), index, codes)
         offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
         return pa.StructArray.from_arrays(
             [pa.array(index, type=pa.int32()), pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
@@ -196,21 +188,31 @@ def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
         probs = spec.calibrator.apply(probs)
     # the label is the most probable class of the probabilities the row reports
     index = probs.argmax(axis=1).astype(np.int32) if (text_on or spec.calibrator is not None) else spec.local.head.predict(probs)
-    n = len(values)
-    novelty: list[float | None] = [None] * n
+    novelty, ood, nearest = novelty_columns(spec.novelty, spec.ood_mode, spec.classes, out.matrix, out.ok, index, out.codes)
+    return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
+
+
+def novelty_columns(
+    novelty: Any, ood_mode: str, classes: Sequence[str], matrix: np.ndarray, ok: np.ndarray, index: np.ndarray, codes: list[str | None]
+) -> tuple[list[float | None], list[bool | None], list[str | None]]:
+    """``(novelty, ood, nearest class)`` per row (None where not scored); with ``reject``,
+    an out-of-distribution row loses its class (``index`` -1) and gets the
+    ``out_of_distribution`` code. Shared by both scoring engines."""
+    n = len(ok)
+    scores_out: list[float | None] = [None] * n
     ood: list[bool | None] = [None] * n
     nearest: list[str | None] = [None] * n
-    ok = out.ok
-    if spec.novelty is not None and spec.ood_mode != "off" and ok.any():
-        scores, near = spec.novelty.score(out.matrix[ok])
-        for j, i in enumerate(np.flatnonzero(ok)):
-            novelty[i] = float(scores[j])
-            ood[i] = bool(scores[j] > spec.novelty.threshold)
-            nearest[i] = spec.classes[int(near[j])]
-            if ood[i] and spec.ood_mode == "reject":
-                index[i] = -1  # no class: label NULL, error_code out_of_distribution
-                out.codes[i] = OOD_CODE
-    return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
+    if novelty is None or ood_mode == "off" or not ok.any():
+        return scores_out, ood, nearest
+    scores, near = novelty.score(matrix[ok])
+    for j, i in enumerate(np.flatnonzero(ok)):
+        scores_out[i] = float(scores[j])
+        ood[i] = bool(scores[j] > novelty.threshold)
+        nearest[i] = classes[int(near[j])]
+        if ood[i] and ood_mode == "reject":
+            index[i] = -1  # no class: label NULL, error_code out_of_distribution
+            codes[i] = OOD_CODE
+    return scores_out, ood, nearest
 
 
 def _score_arrow(spec: "ScoringSpec"):
