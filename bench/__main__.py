@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.common import environment, loadavg
-from bench.context import SCENARIOS, BenchConfig, BenchContext
+from bench.context import OPTIONAL_SCENARIOS, SCENARIOS, BenchConfig, BenchContext
 from memestream.cli import add_common_flags, env_flag, positive_float, positive_int, run_main
 from memestream.errors import ConfigError
 
@@ -33,6 +33,7 @@ _MODULES = {
     "stream-kafka": "bench.stream",
     "scale": "bench.scale",
     "query": "bench.query",
+    "longrun": "bench.longrun",
 }
 
 
@@ -44,11 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n  meme-bench --only limit,notebook --quick\n"
             "  meme-bench --only scale --scale-sizes 1000,10000,50000\n"
             "  meme-bench --only query              # meme-query cold start, DuckDB vs Spark, 330 and 100k rows\n"
+            "  meme-bench --only longrun --quick    # the month-long folder run, 300 images (python -m bench.longrun for all flags)\n"
             "  MEMESTREAM_BENCH_DATA=/data/memes meme-bench --only limit"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated scenarios (default: all: {','.join(SCENARIOS)})")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios (default: all: {','.join(SCENARIOS)}; "
+                             f"only when named: {','.join(OPTIONAL_SCENARIOS)})")
     parser.add_argument("--quick", action="store_true", help="small inputs and short runs: a smoke test of the harness")
     env_flag(parser, "--data", envvar="MEMESTREAM_BENCH_DATA", default=None,
              help="labelled image folder (<class>/...); default: the shared doom-crossing set, else generated images")
@@ -68,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream-rate", type=positive_float, default=5.0, help="images/s at light load for latency (default: 5)")
     parser.add_argument("--stream-seconds", type=positive_float, default=45.0, help="seconds of light load (default: 45; quick: 8)")
     parser.add_argument("--stream-images", type=positive_int, default=3000, help="images dropped at once for saturation (default: 3000; quick: 100)")
+    parser.add_argument("--longrun-images", type=positive_int, default=200_000,
+                        help="images fed by 'longrun' (default: 200000; quick: 300)")
     parser.add_argument("--limit-images", type=int, default=0, help="cap the images the limit loop uses (default: all)")
     parser.add_argument("--train-arg", action="append", default=[], help="extra argument passed to meme-train (repeatable)")
     parser.add_argument("--stream-arg", action="append", default=[], help="extra argument passed to meme-stream (repeatable)")
@@ -77,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())
-    unknown = [s for s in only if s not in SCENARIOS]
+    unknown = [s for s in only if s not in SCENARIOS + OPTIONAL_SCENARIOS]
     if unknown or not only:
-        raise ConfigError(f"--only expects names from {', '.join(SCENARIOS)}; found {', '.join(unknown) or 'nothing'}")
+        raise ConfigError(f"--only expects names from {', '.join(SCENARIOS + OPTIONAL_SCENARIOS)}; found {', '.join(unknown) or 'nothing'}")
     if args.scale_sizes:
         try:
             sizes = tuple(int(s) for s in args.scale_sizes.split(","))
@@ -103,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         stream_rate=args.stream_rate,
         stream_seconds=min(args.stream_seconds, 8.0) if args.quick else args.stream_seconds,
         stream_saturation_images=min(args.stream_images, 100) if args.quick else args.stream_images,
+        longrun_images=args.longrun_images,
         limit_images=args.limit_images,
         train_args=tuple(args.train_arg),
         stream_args=tuple(args.stream_arg),
@@ -124,7 +131,7 @@ def run_benchmark(config: BenchConfig, spark=None) -> dict[str, Any]:
     try:
         base = ctx.base()
         report["data"] = {"root": str(base.root), "images": len(base), "classes": base.classes, "generated": base.generated}
-        for name in SCENARIOS:  # fixed order: limit first, so later ratios can use it
+        for name in SCENARIOS + OPTIONAL_SCENARIOS:  # fixed order: limit first, so later ratios can use it
             if name not in config.only:
                 continue
             log.info("scenario %s: starting", name)

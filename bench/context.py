@@ -12,6 +12,8 @@ from bench.common import LabelledImages, base_dataset, work_dir
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("limit", "notebook", "train", "features", "stream-folder", "stream-kafka", "scale", "query")
+#: Run only when named in ``--only`` (hours long at full size), after the default ones.
+OPTIONAL_SCENARIOS = ("longrun",)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class BenchConfig:
     stream_rate: float = 5.0
     stream_seconds: float = 45.0
     stream_saturation_images: int = 3000
+    longrun_images: int = 200_000
     limit_images: int = 0  # 0 = every base image
     profile: bool = False
     train_args: tuple[str, ...] = ()

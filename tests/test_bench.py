@@ -75,3 +75,115 @@ def test_augmented_dataset_has_exact_size_and_distinct_bytes(tmp_path):
     assert not any(str(p).startswith(str(tmp_path / "base")) for p in big.files)
     small = augmented_dataset(base, 4, tmp_path / "work")
     assert len(small) == 4 and set(small.labels) == {"cats", "doom"}
+
+
+# -- bench.longrun -------------------------------------------------------------------------------
+
+def test_longrun_delivery_check_fails_on_duplicate_missing_and_extra_rows():
+    """The exactly-once count itself: each way of being wrong is caught, the right table passes."""
+    import pyarrow as pa
+
+    from bench.longrun import NAME_FORMAT, check_delivery
+
+    fed = [NAME_FORMAT.format(i) for i in range(5)]
+    good = check_delivery(fed, pa.table({"origin": fed}), pa.table({"origin": [fed[2]]}))
+    assert good["ok"] and good["rows"] == good["distinct_origins"] == 5 and good["quarantine_rows"] == 1
+
+    duplicated = check_delivery(fed, pa.table({"origin": fed + [fed[3]]}))
+    assert not duplicated["ok"] and duplicated["duplicated"] == 1 and duplicated["rows"] == 6
+    assert duplicated["examples"]["duplicated"] == [fed[3]]
+
+    missing = check_delivery(fed, pa.table({"origin": fed[:4]}))
+    assert not missing["ok"] and missing["missing"] == 1 and missing["examples"]["missing"] == [fed[4]]
+
+    # same row count, but one input twice and another never: counting rows alone would pass
+    swapped = check_delivery(fed, pa.table({"origin": fed[:4] + [fed[0]]}))
+    assert not swapped["ok"] and swapped["rows"] == 5 and swapped["missing"] == 1 and swapped["duplicated"] == 1
+
+    extra = check_delivery(fed, pa.table({"origin": fed[:4] + ["stranger.jpg"]}))
+    assert not extra["ok"] and extra["unexpected"] == 1
+
+    stray_quarantine = check_delivery(fed, pa.table({"origin": fed}), pa.table({"origin": ["stranger.jpg"]}))
+    assert not stray_quarantine["ok"] and stray_quarantine["quarantine_not_in_predictions"] == 1
+
+
+def _synthetic_samples(n_images: int, grow: bool, slow_down: bool) -> tuple[list[dict], list[tuple[float, int]]]:
+    samples, progress, t = [], [], 0.0
+    for i in range(0, n_images + 1, n_images // 20):
+        rate = 50.0 if (slow_down and i > 0.8 * n_images) else 100.0
+        t += (n_images // 20) / rate if i else 0.0
+        samples.append({
+            "t_s": t, "images": i, "jvm_live_heap_mib": 80.0 + (i / 1000 if grow else 0), "driver_jvm": 500.0,
+            "python_driver": 200.0, "python_workers": 300.0, "rss_mib": 1000.0,
+            "output_files": 30 + (i // 100 if grow else 0), "checkpoint_files": 40, "checkpoint_bytes": 50_000,
+            "spool_files": 3000 if i < n_images else 0,
+        })
+        progress.append((t, i))
+    return samples, progress
+
+
+def test_longrun_targets_pass_when_flat_and_fail_when_growing_or_slowing():
+    from bench.longrun import compute_targets, format_report, window_rate
+
+    assert window_rate([(0.0, 0), (10.0, 1000), (20.0, 2000)], 500, 2000) == 100.0
+    assert window_rate([(0.0, 0), (10.0, 1000)], 500, 5000) is None  # never reached: no number, not a guess
+
+    n = 20_000
+    flat = {t["key"]: t for t in compute_targets(*_synthetic_samples(n, grow=False, slow_down=False), n)}
+    assert all(t["pass"] is True for t in flat.values()), [t for t in flat.values() if not t["pass"]]
+    assert flat["output_files"]["slope_per_10k_images"] == 0
+
+    bad = {t["key"]: t for t in compute_targets(*_synthetic_samples(n, grow=True, slow_down=True), n)}
+    assert bad["jvm_live_heap_mib"]["pass"] is False and bad["jvm_live_heap_mib"]["ratio"] > 1.1
+    assert bad["output_files"]["pass"] is False and bad["output_files"]["slope_per_10k_images"] == 100
+    assert bad["images_per_s"]["pass"] is False and bad["images_per_s"]["ratio"] == 0.5
+    assert bad["checkpoint_bytes"]["pass"] is True  # only what grows fails
+
+    few = compute_targets(*_synthetic_samples(n, grow=False, slow_down=False)[:1], [], n)
+    assert {t["key"]: t["pass"] for t in few}["images_per_s"] is None  # no progress trace: n/a
+    result = {"environment": {"cpu_count": 2}, "config": {"images": n, "stream_args": []}, "targets": list(bad.values()),
+              "delivery": {"ok": False, "fed": n, "rows": n - 1, "distinct_origins": n - 1, "missing": 1, "duplicated": 0,
+                           "unexpected": 0}}
+    table = format_report(result)
+    assert "FAIL" in table and "missing 1" in table and "cores=2" in table
+
+
+def test_meme_bench_runs_longrun_only_when_named():
+    args = build_parser().parse_args(["--only", "longrun", "--longrun-images", "1000"])
+    config = config_from_args(args)
+    assert config.only == ("longrun",) and config.longrun_images == 1000
+    assert "longrun" not in config_from_args(build_parser().parse_args([])).only
+
+
+@pytest.mark.slow  # a real meme-stream subprocess (JVM start, 300 images): ~1 min idle, more when loaded
+def test_longrun_quick_run_counts_every_image_and_writes_json_and_plot(spark, tmp_path):
+    from bench.common import list_labelled
+    from bench.longrun import main, tiny_image_bytes
+    from bench.model import fit_in_process
+
+    data = tmp_path / "train"
+    for label in ("animal_crossing", "cats", "doom"):
+        (data / label).mkdir(parents=True)
+        for i in range(8):
+            (data / label / f"{i}.jpg").write_bytes(tiny_image_bytes(label, i))
+    model = fit_in_process(spark, list_labelled(data, generated=True), tmp_path / "model", "gray32", pca_k=8)
+    results, work, png = tmp_path / "results", tmp_path / "work", tmp_path / "plots" / "longrun.png"
+
+    code = main(["--images", "300", "--model", str(model), "--work-dir", str(work), "--results-dir", str(results),
+                 "--plot", str(png), "--sample-seconds", "2", "--stream-arg=--no-ui", "--quiet"])
+
+    (path,) = results.glob("longrun-*.json")
+    saved = json.loads(path.read_text())
+    assert code == 0, saved.get("error")
+    assert saved["delivery"]["ok"] and saved["delivery"]["rows"] == saved["delivery"]["distinct_origins"] == 300
+    assert saved["stop"]["graceful"] and saved["stop"]["exit_code"] == 0
+    assert saved["stream_command"][-1] == "--no-ui"  # pass-through flags reach meme-stream, last
+    last = saved["samples"][-1]
+    assert last["images"] == 300 and last["spool_files"] == 0 and last["output_markers"] >= 1
+    for key in ("driver_jvm", "python_driver", "rss_mib", "output_files", "output_bytes", "checkpoint_files",
+                "checkpoint_bytes", "spool_bytes", "inbox_files", "t_s", "fed"):
+        assert key in last, key
+    assert saved["progress"][-1][1] == 300 and saved["run"]["images_per_s"] > 0
+    assert {t["key"] for t in saved["targets"]} >= {"jvm_live_heap_mib", "output_files", "checkpoint_bytes", "images_per_s"}
+    assert all(t["pass"] is not False for t in saved["targets"])
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

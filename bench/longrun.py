@@ -1,0 +1,679 @@
+"""Long run: a month's worth of images through the folder path at saturation, sampled as it goes.
+
+``python -m bench.longrun --images 200000 --plot docs/longrun.png`` trains a fast model on
+tiny generated images (``gray32``: the pipeline's cost, not the embedder's), starts
+``meme-stream`` on the folder path (inbox, mover, spool) in a fresh work folder and keeps a
+bounded backlog of tiny images waiting in the inbox until ``--images`` have been fed, so
+the stream is always busy. Every ``--sample-seconds`` it records, keyed by images
+processed (files that left the inbox and the spool: the stream deletes each after its
+batch is committed):
+
+* the driver JVM's live heap (``jcmd GC.class_histogram``: a full GC, then the bytes that survived), and RSS per process (driver
+  JVM, Python driver, Python workers);
+* files and bytes under ``output/``, the Spark checkpoint and ``spool/``;
+* throughput over the last interval.
+
+At the end the stream is stopped with SIGINT, every input is looked up in the
+predictions table (exactly one row each: no loss, no duplicate; bad inputs also appear in
+the quarantine table) and the targets of issue 14 are checked: memory flat (last quarter
+within 10 % of the second), file counts and checkpoint bytes bounded (the last quarter
+no more than 10 % above the value at 25 %; slope per 10k images reported), throughput in
+the last 10 % (before the final partial batches) >= 0.9 of the first 10 % after warm-up. A table with PASS/FAIL per target,
+the JSON (``bench/results/longrun-<time>.json``) and a PNG of every sampled quantity
+against images processed are written.
+
+Flags for a newer stream (state-bounded sources, marker retention, compaction) are passed
+through unchanged with ``--stream-arg=--flag`` (repeatable); nothing is detected.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from bench.soak import jvm_live_heap_mib, jvm_pid, tree_memory
+from memestream.cli import add_common_flags, positive_float, positive_int, run_main
+from memestream.errors import ConfigError, MemestreamError
+
+log = logging.getLogger(__name__)
+
+#: Feeder file names; the stream's ``origin`` column is this name (the spool prefix stripped).
+NAME_FORMAT = "lr-{:08d}.jpg"
+#: Samples' memory quantities compared last quarter vs second quarter (MiB).
+MEMORY_KEYS = ("jvm_live_heap_mib", "driver_jvm", "python_driver", "python_workers", "rss_mib")
+#: Quantities that must stay bounded (last quarter vs the value at 25 %) and their absolute slack.
+BOUNDED_KEYS = {"output_files": 20, "checkpoint_files": 20, "checkpoint_bytes": 1 << 20, "spool_files": 20}
+MEMORY_TOLERANCE = 0.10
+BOUNDED_TOLERANCE = 0.10
+THROUGHPUT_MIN_RATIO = 0.9
+
+
+class LongrunFailed(MemestreamError):
+    """The stream died or stalled before every image was processed."""
+
+
+@dataclass(frozen=True)
+class LongrunConfig:
+    images: int = 200_000
+    model: str | None = None
+    work: str | None = None
+    keep_work: bool = False
+    sample_seconds: float = 30.0
+    backlog: int = 3000
+    # small batches: a month at a steady few images/s is mostly small batches, and per-batch state
+    # (commit markers, checkpoint entries, Parquet files) is what grows; 200k images -> ~2000 batches
+    max_files_per_trigger: int = 100
+    trigger: float = 0.5
+    driver_memory: str = "1g"
+    feature_set: str = "gray32"
+    image_side: int = 96
+    pool_size: int = 60
+    train_per_class: int = 30
+    warmup_fraction: float = 0.05
+    stall_seconds: float = 600.0
+    live_heap: bool = True
+    results_dir: str = "bench/results"
+    plot: str | None = None
+    stream_args: tuple[str, ...] = ()
+
+
+# -- inputs and model -------------------------------------------------------------------------
+def tiny_image_bytes(label: str, seed: int, side: int = 96) -> bytes:
+    """A generated meme of class ``label`` shrunk to ``side`` px (JPEG, a few KB): decode is cheap."""
+    import cv2
+
+    from memestream.sample import encode, make_image
+
+    img = make_image(label, np.random.default_rng(seed))
+    return encode(cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA), "jpeg")
+
+
+def image_pool(n: int, side: int = 96, seed: int = 1000) -> list[bytes]:
+    """``n`` tiny images cycling through every sample class; the feeder reuses them."""
+    from memestream.sample import STYLES
+
+    labels = sorted(STYLES)
+    return [tiny_image_bytes(labels[i % len(labels)], seed + i, side) for i in range(n)]
+
+
+def train_fast_model(work: Path, cfg: LongrunConfig) -> Path:
+    """A logistic regression on ``feature_set`` features of tiny generated images (``meme-train``)."""
+    from bench.model import run_meme_train
+    from memestream.sample import STYLES
+
+    data = work / "train-data"
+    for label in sorted(STYLES):
+        folder = data / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(cfg.train_per_class):
+            (folder / f"{label}-{i:04d}.jpg").write_bytes(tiny_image_bytes(label, 50_000 + i, cfg.image_side))
+    model = work / "model"
+    extra = ["--feature-set", cfg.feature_set, "--text", "off", "--models", "logreg", "--pca-k", "16",
+             "--reg-params", "0.1", "--folds", "2", "--no-plots", "--quiet"]
+    t0 = time.monotonic()
+    proc = run_meme_train(data, model, extra, timeout=1800)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise LongrunFailed(f"meme-train failed (exit {proc.returncode}): {tail}")
+    log.info("trained a %s model in %.0f s: %s", cfg.feature_set, time.monotonic() - t0, model)
+    return model
+
+
+# -- cheap file-system measurements --------------------------------------------------------------
+def _visible(name: str) -> bool:
+    return not name.startswith((".", "_", "~$"))
+
+
+def count_waiting(folder: Path) -> int:
+    """Visible files directly in ``folder`` or below it (what the mover or the stream still has to take)."""
+    n = 0
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if not _visible(e.name):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    n += count_waiting(Path(e.path))
+                else:
+                    n += 1
+    except FileNotFoundError:
+        pass
+    return n
+
+
+def dir_stats(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under ``folder``, hidden ones included: what the run leaves on disk."""
+    files = size = 0
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            try:
+                size += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:  # deleted while we walked
+                continue
+            files += 1
+    return files, size
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The stream's folders under the work dir (all passed explicitly to meme-stream)."""
+
+    root: Path
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "meme-stream.log"
+
+    def waiting(self) -> int:
+        return count_waiting(self.inbox) + count_waiting(self.spool)
+
+
+def take_sample(layout: Layout, stream_pid: int, t_s: float, fed: int, processed: int,
+                previous: dict[str, Any] | None, live_heap: bool) -> dict[str, Any]:
+    """One row of the run's time series (memory, files, bytes, throughput since ``previous``)."""
+    s: dict[str, Any] = {"t_s": round(t_s, 1), "images": processed, "fed": fed}
+    if previous is not None and t_s > previous["t_s"]:
+        s["images_per_s"] = round((processed - previous["images"]) / (t_s - previous["t_s"]), 2)
+    s.update(tree_memory(stream_pid))
+    if live_heap:
+        jpid = jvm_pid(stream_pid)
+        live = jvm_live_heap_exact_mib(jpid) if jpid else None
+        if live is not None:
+            s["jvm_live_heap_mib"] = round(live, 1)
+    for key, folder in (("output", layout.output), ("checkpoint", layout.checkpoint), ("spool", layout.spool)):
+        s[f"{key}_files"], s[f"{key}_bytes"] = dir_stats(folder)
+    s["output_markers"] = dir_stats(layout.output / "_commits")[0]
+    s["inbox_files"] = count_waiting(layout.inbox)
+    try:
+        s["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    return s
+
+
+def jvm_live_heap_exact_mib(pid: int) -> float | None:
+    """Bytes of live objects from ``jcmd GC.class_histogram`` (a full GC, then a count of what
+    survived, in one step), so the young objects a busy stream allocates between a forced
+    GC and a later ``jstat`` are not counted. Falls back to bench.soak's GC.run + jstat."""
+    if shutil.which("jcmd"):
+        try:
+            out = subprocess.run(["jcmd", str(pid), "GC.class_histogram"], capture_output=True, text=True, timeout=60).stdout
+            for line in reversed(out.splitlines()):
+                parts = line.split()
+                if parts and parts[0] == "Total" and len(parts) >= 3:
+                    return int(parts[2]) / 2**20
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    return jvm_live_heap_mib(pid)
+
+
+# -- the run --------------------------------------------------------------------------------------
+def stream_command(layout: Layout, model: Path, cfg: LongrunConfig) -> list[str]:
+    """``meme-stream`` on the folder path; ``cfg.stream_args`` last, so they can override."""
+    return [sys.executable, "-m", "streaming.cli", "--source", "folder", "--data-dir", str(layout.root),
+            "--inbox", str(layout.inbox), "--spool", str(layout.spool), "--output", str(layout.output),
+            "--checkpoint", str(layout.checkpoint), "--model", str(model), "--processed", "delete",
+            "--text", "off", "--trigger", str(cfg.trigger), "--max-files-per-trigger", str(cfg.max_files_per_trigger),
+            "--driver-memory", cfg.driver_memory, *cfg.stream_args]
+
+
+def _tail(path: Path, n: int = 12) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def stop_stream(proc: subprocess.Popen, timeout: float = 180.0) -> dict[str, Any]:
+    """SIGINT (the stream stops after the current batch), wait; SIGKILL its process group if it hangs."""
+    t0 = time.monotonic()
+    graceful = True
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            graceful = False
+            log.warning("meme-stream pid %d did not stop within %.0f s of SIGINT; killing it", proc.pid, timeout)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # JVM and Python workers left behind, if any
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        code = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        code = None
+    return {"exit_code": code, "graceful": graceful, "stop_seconds": round(time.monotonic() - t0, 1)}
+
+
+def feed_and_sample(layout: Layout, proc: subprocess.Popen, pool: list[bytes], cfg: LongrunConfig,
+                    samples: list[dict[str, Any]], progress: list[tuple[float, int]],
+                    on_sample: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Keep ``cfg.backlog`` files waiting until ``cfg.images`` are fed, then wait for the drain.
+
+    Appends to ``samples`` and to ``progress`` (``(t_s, images processed)`` about once a
+    second), so both survive a failure; returns timing facts. Raises
+    :class:`LongrunFailed` when the stream exits or stalls.
+    """
+    layout.inbox.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    fed = 0
+    processed = 0
+    last_change = start
+    next_sample = start + cfg.sample_seconds
+    next_progress = start
+    first_row_s = None
+    feed_done_s = None
+    while True:
+        if proc.poll() is not None:
+            raise LongrunFailed(f"meme-stream exited with code {proc.returncode} after {fed} fed, {processed} "
+                                f"processed; log {layout.log}:\n{_tail(layout.log)}")
+        waiting = layout.waiting()
+        now = time.monotonic()
+        done = fed - waiting
+        if done != processed:
+            processed, last_change = done, now
+            if first_row_s is None and processed > 0:
+                first_row_s = round(now - start, 1)
+        if now >= next_progress:
+            progress.append((round(now - start, 2), processed))
+            next_progress = now + 1.0
+        if now >= next_sample or (fed == cfg.images and waiting == 0):
+            s = take_sample(layout, proc.pid, now - start, fed, processed, samples[-1] if samples else None, cfg.live_heap)
+            samples.append(s)
+            if on_sample is not None:
+                on_sample(s)
+            next_sample = max(next_sample + cfg.sample_seconds, time.monotonic())
+        if fed == cfg.images and waiting == 0:
+            progress.append((round(time.monotonic() - start, 2), processed))
+            break
+        if waiting > 0 and now - last_change > cfg.stall_seconds:
+            raise LongrunFailed(f"no image processed for {cfg.stall_seconds:.0f} s ({processed} of {fed} fed); "
+                                f"log {layout.log}:\n{_tail(layout.log)}")
+        room = min(cfg.backlog - waiting, cfg.images - fed, 500)  # small chunks: the samples stay on time
+        for _ in range(max(0, room)):
+            name = NAME_FORMAT.format(fed)
+            tmp = layout.inbox / f".{name}.tmp"
+            tmp.write_bytes(pool[fed % len(pool)])
+            os.replace(tmp, layout.inbox / name)
+            fed += 1
+        if fed == cfg.images and feed_done_s is None:
+            feed_done_s = round(time.monotonic() - start, 1)
+        if room <= 0:
+            time.sleep(0.2)
+    return {"seconds": round(time.monotonic() - start, 1), "first_row_s": first_row_s, "feed_done_s": feed_done_s}
+
+
+# -- checks -----------------------------------------------------------------------------------------
+def read_origins(output: Path, table: str) -> pa.Table:
+    """The ``origin`` column of one output table (every Parquet file of every date)."""
+    import pyarrow.parquet as pq
+
+    parts = sorted((output / table).glob("date=*/*.parquet"))
+    tables = [pq.read_table(p, columns=["origin"]) for p in parts if _visible(p.name)]
+    return pa.concat_tables(tables) if tables else pa.table({"origin": pa.array([], pa.string())})
+
+
+def check_delivery(expected: Sequence[str], predictions: pa.Table, quarantine: pa.Table | None = None) -> dict[str, Any]:
+    """Exactly once, counted: one predictions row per input fed, none missing, none extra.
+
+    Every input has one row in ``predictions`` (bad ones too, with ``error`` set); the
+    quarantine table holds a copy of the bad ones, so its origins must be among them.
+    """
+    origins = [o for o in predictions.column("origin").to_pylist()]
+    want = set(expected)
+    seen: dict[str, int] = {}
+    for o in origins:
+        seen[o] = seen.get(o, 0) + 1
+    duplicated = sorted(o for o, n in seen.items() if n > 1)
+    missing = sorted(want - seen.keys())
+    unexpected = sorted(o for o in seen if o not in want)
+    q = quarantine.column("origin").to_pylist() if quarantine is not None else []
+    q_outside = sorted(set(q) - seen.keys())
+    ok = (len(origins) == len(expected) and len(seen) == len(want) == len(expected)
+          and not duplicated and not missing and not unexpected and not q_outside)
+    return {
+        "fed": len(expected), "rows": len(origins), "distinct_origins": len(seen), "quarantine_rows": len(q),
+        "missing": len(missing), "duplicated": len(duplicated), "unexpected": len(unexpected),
+        "quarantine_not_in_predictions": len(q_outside),
+        "examples": {"missing": missing[:5], "duplicated": duplicated[:5], "unexpected": unexpected[:5]},
+        "ok": ok,
+    }
+
+
+def window_rate(progress: Sequence[tuple[float, int]], lo: float, hi: float) -> float | None:
+    """Images/s between the moments ``lo`` and ``hi`` images were first reached (exact over
+    the whole batches in between, since the count moves at batch commits)."""
+    t1 = n1 = t2 = n2 = None
+    for t, n in progress:
+        if t1 is None and n >= lo:
+            t1, n1 = t, n
+        if n >= hi:
+            t2, n2 = t, n
+            break
+    if t1 is None or t2 is None or t2 <= t1 or n2 <= n1:  # type: ignore[operator]
+        return None
+    return round((n2 - n1) / (t2 - t1), 2)  # type: ignore[operator]
+
+
+def _in(samples: Sequence[dict[str, Any]], key: str, lo: float, hi: float) -> list[float]:
+    return [s[key] for s in samples if key in s and s[key] is not None and lo <= s["images"] <= hi]
+
+
+def slope_per_10k(samples: Sequence[dict[str, Any]], key: str, from_images: float) -> float | None:
+    """Least-squares slope of ``key`` against images processed, per 10k images, from ``from_images`` on."""
+    pts = [(s["images"], s[key]) for s in samples if key in s and s["images"] >= from_images]
+    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.array(pts, dtype=np.float64).T
+    return round(float(np.polyfit(x, y, 1)[0]) * 10_000, 3)
+
+
+def compute_targets(samples: Sequence[dict[str, Any]], progress: Sequence[tuple[float, int]], images: int,
+                    warmup_fraction: float = 0.05) -> list[dict[str, Any]]:
+    """Issue 14's targets, one dict each: name, values, ratio/limit and ``pass`` (None when there
+    were too few samples to judge, e.g. in a quick run)."""
+    out: list[dict[str, Any]] = []
+    q2 = (0.25 * images, 0.5 * images)
+    q4 = (0.75 * images, float(images))
+    for key in MEMORY_KEYS:
+        a, b = _in(samples, key, *q2), _in(samples, key, *q4)
+        second = float(np.median(a)) if a else None
+        last = float(np.median(b)) if b else None
+        r = round(last / second, 3) if second and last is not None else None
+        out.append({"target": f"{key}: last quarter / second quarter (median)", "kind": "memory", "key": key,
+                    "second_quarter": second, "last_quarter": last, "ratio": r, "limit": f"<= {1 + MEMORY_TOLERANCE:.2f}",
+                    "pass": None if r is None else r <= 1 + MEMORY_TOLERANCE})
+    for key, slack in BOUNDED_KEYS.items():
+        # the first sample at or past 25 %; none when it is already in the second half (too few samples)
+        early = next((s for s in samples if key in s and s["images"] >= 0.25 * images), None)
+        at25 = early[key] if early is not None and early["images"] < 0.5 * images else None
+        late = _in(samples, key, *q4)
+        worst = max(late) if late else None
+        limit = at25 * (1 + BOUNDED_TOLERANCE) + slack if at25 is not None else None
+        out.append({"target": f"{key}: max in last quarter vs at 25 %", "kind": "bounded", "key": key,
+                    "at_25pct": at25, "last_quarter_max": worst, "limit": limit,
+                    "ratio": round(worst / at25, 3) if at25 and worst is not None else None,
+                    "slope_per_10k_images": slope_per_10k(samples, key, 0.25 * images),
+                    "pass": None if limit is None or worst is None else worst <= limit})
+    w = warmup_fraction * images
+    first = window_rate(progress, w, w + 0.1 * images)
+    # the last 10 % before the final 2 %: the very last batches drain the backlog and come out partial
+    last = window_rate(progress, 0.88 * images, 0.98 * images)
+    r = round(last / first, 3) if first and last is not None else None
+    out.append({"target": "throughput: last 10 % / first 10 % after warm-up", "kind": "throughput", "key": "images_per_s",
+                "first_10pct": first, "last_10pct": last, "ratio": r, "limit": f">= {THROUGHPUT_MIN_RATIO}",
+                "pass": None if r is None else r >= THROUGHPUT_MIN_RATIO})
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------
+_PLOTS = (
+    ("JVM heap (MiB)", ("jvm_live_heap_mib", "jvm_heap_used_mib")),
+    ("RSS (MiB)", ("driver_jvm", "python_driver", "python_workers", "rss_mib")),
+    ("files", ("output_files", "output_markers", "checkpoint_files", "spool_files")),
+    ("bytes on disk (MiB)", ("output_bytes", "checkpoint_bytes", "spool_bytes")),
+    ("throughput (images/s)", ("images_per_s",)),
+)
+
+
+def plot_samples(samples: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Each sampled quantity against images processed, one panel per unit (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(_PLOTS), 1, figsize=(9, 2.6 * len(_PLOTS)), sharex=True)
+    for ax, (label, keys) in zip(axes, _PLOTS):
+        for key in keys:
+            pts = [(s["images"], s[key]) for s in samples if s.get(key) is not None and s["images"] > 0]  # not start-up
+            if not pts:
+                continue
+            x, y = zip(*pts)
+            if key.endswith("_bytes"):
+                y = tuple(v / 2**20 for v in y)
+            ax.plot(x, y, marker=".", linewidth=1, label=key)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper left")
+    axes[-1].set_xlabel("images processed")
+    if title:
+        axes[0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
+    return str(v)
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The targets as a table with PASS/FAIL (n/a: too few samples), plus machine and delivery."""
+    env = result.get("environment", {})
+    run = result.get("run", {})
+    lines = [f"memestream longrun  cores={env.get('cpu_count')} loadavg(start)={env.get('loadavg_at_start')} "
+             f"loadavg(end)={result.get('loadavg_end')}  images={result['config']['images']}  "
+             f"wall={run.get('seconds')} s  mean={run.get('images_per_s')} img/s (after warm-up: {run.get('steady_images_per_s')})",
+             f"stream args: {' '.join(result['config']['stream_args']) or '(none)'}", ""]
+    lines.append(f"{'target':<58} {'early':>11} {'late':>11} {'ratio':>7} {'slope/10k':>10} {'limit':>11}  result")
+    for t in result.get("targets", []):
+        early = t.get("second_quarter", t.get("at_25pct", t.get("first_10pct")))
+        late = t.get("last_quarter", t.get("last_quarter_max", t.get("last_10pct")))
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
+        lines.append(f"{t['target'][:58]:<58} {_fmt(early):>11} {_fmt(late):>11} {_fmt(t.get('ratio')):>7} "
+                     f"{_fmt(t.get('slope_per_10k_images')):>10} {_fmt(t.get('limit')):>11}  {verdict}")
+    d = result.get("delivery")
+    if d:
+        verdict = "PASS" if d["ok"] else "FAIL"
+        lines.append(f"{'delivery: rows == distinct origins == fed':<58} {d['fed']:>11} {d['rows']:>11} "
+                     f"{'':>7} {'':>10} {'distinct ' + str(d['distinct_origins']):>11}  {verdict}"
+                     + ("" if d["ok"] else f" (missing {d['missing']}, duplicated {d['duplicated']}, unexpected {d['unexpected']})"))
+    if result.get("error"):
+        lines.append(f"run failed: {result['error']}")
+    return "\n".join(lines)
+
+
+# -- entry points -----------------------------------------------------------------------------------
+def _prepare_work(cfg: LongrunConfig) -> tuple[Path, bool]:
+    if cfg.work:
+        root = Path(cfg.work)
+        if root.exists() and any(root.iterdir()):
+            raise ConfigError(f"--work-dir {root} is not empty; a long run needs a fresh folder (no old checkpoint or output)")
+        root.mkdir(parents=True, exist_ok=True)
+        return root, False
+    return Path(tempfile.mkdtemp(prefix="memestream-longrun-")), not cfg.keep_work
+
+
+def run_longrun_config(cfg: LongrunConfig) -> dict[str, Any]:
+    """The whole run: model, stream, feeder + sampler, stop, checks. Never raises for a stream failure:
+    the result carries ``error`` and whatever was sampled."""
+    from bench.common import environment
+
+    root, remove = _prepare_work(cfg)
+    layout = Layout(root)
+    result: dict[str, Any] = {
+        "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "environment": environment(), "config": {**asdict(cfg), "stream_args": list(cfg.stream_args)},
+        "work_dir": str(root),
+    }
+    samples: list[dict[str, Any]] = []
+    progress: list[tuple[float, int]] = []
+    try:
+        model = Path(cfg.model) if cfg.model else train_fast_model(root, cfg)
+        pool = image_pool(cfg.pool_size, cfg.image_side)
+        cmd = stream_command(layout, model, cfg)
+        result["stream_command"] = cmd[3:]
+        log.info("starting meme-stream (log: %s) and feeding %d images", layout.log, cfg.images)
+        with open(layout.log, "w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            def show(s: dict[str, Any]) -> None:
+                log.info("%d/%d images, %s img/s, live heap %s MiB, JVM %s MiB, output %d files, checkpoint %d files",
+                         s["images"], cfg.images, s.get("images_per_s"), s.get("jvm_live_heap_mib"), s.get("driver_jvm"),
+                         s["output_files"], s["checkpoint_files"])
+
+            timing = feed_and_sample(layout, proc, pool, cfg, samples, progress, on_sample=show)
+            result["run"] = {**timing, "images_per_s": round(cfg.images / timing["seconds"], 2) if timing["seconds"] else None,
+                             # after warm-up (JVM start, JIT, first batches), to the last image
+                             "steady_images_per_s": window_rate(progress, cfg.warmup_fraction * cfg.images, cfg.images)}
+        except LongrunFailed as exc:
+            result["error"] = str(exc)
+        finally:
+            result["stop"] = stop_stream(proc)
+        if "error" not in result:
+            expected = [NAME_FORMAT.format(i) for i in range(cfg.images)]
+            result["delivery"] = check_delivery(expected, read_origins(layout.output, "predictions"),
+                                                read_origins(layout.output, "quarantine"))
+    finally:
+        result["samples"] = samples
+        result["progress"] = progress
+        result["targets"] = compute_targets(samples, progress, cfg.images, cfg.warmup_fraction)
+        result["final_disk"] = {k: dir_stats(p) for k, p in (("output", layout.output), ("checkpoint", layout.checkpoint),
+                                                             ("spool", layout.spool))}
+        try:
+            result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            pass
+        if remove:
+            shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def passed(result: dict[str, Any]) -> bool:
+    """No error, delivery exact and no target failed (n/a targets do not fail a run)."""
+    return ("error" not in result and bool(result.get("delivery", {}).get("ok"))
+            and not any(t["pass"] is False for t in result["targets"]))
+
+
+def write_result(result: dict[str, Any], results_dir: str | os.PathLike[str], plot: str | None = None) -> tuple[Path, Path]:
+    """``<results_dir>/longrun-<time>.json`` and the PNG (``plot``, default next to the JSON)."""
+    from bench.__main__ import _clean, _json_default
+
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = result["started_utc"].replace("-", "").replace(":", "")
+    path = out / f"longrun-{stamp}.json"
+    png = Path(plot) if plot else path.with_suffix(".png")
+    result["plot"] = str(png)
+    path.write_text(json.dumps(_clean(result), indent=2, default=_json_default, allow_nan=False))
+    env = result["environment"]
+    title = (f"{result['config']['images']} images, {env.get('cpu_count')} cores, "
+             f"stream args: {' '.join(result['config']['stream_args']) or 'none'}")
+    plot_samples(result["samples"], png, title)
+    return path, png
+
+
+def run_longrun(ctx) -> dict[str, Any]:
+    """``meme-bench --only longrun``: the same run with the bench's flags (quick: 300 images)."""
+    c = ctx.config
+    cfg = LongrunConfig(images=300 if c.quick else c.longrun_images, model=c.model,
+                        sample_seconds=5.0 if c.quick else 30.0, stream_args=tuple(c.stream_args))
+    result = run_longrun_config(cfg)
+    path, png = write_result(result, c.results_dir)
+    if result.get("error"):
+        raise LongrunFailed(result["error"])
+    run = result.get("run", {})
+    rows = [{"case": f"longrun: {cfg.images} images at saturation (folder)", "images": cfg.images,
+             "images_per_s": run.get("images_per_s"), "seconds": run.get("seconds"),
+             "peak_rss_mib": max((s.get("rss_mib", 0) for s in result["samples"]), default=None)}]
+    for t in result["targets"]:
+        rows.append({"case": f"longrun {t['key']}: {({True: 'PASS', False: 'FAIL', None: 'n/a'})[t['pass']]}",
+                     "ratio": t.get("ratio")})
+    return {"rows": rows, "delivery": result.get("delivery"), "targets": result["targets"],
+            "json": str(path), "plot": str(png), "passed": passed(result)}
+
+
+run = run_longrun
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.longrun", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = LongrunConfig()
+    parser.add_argument("--images", type=positive_int, default=d.images, help=f"images to feed (default: {d.images}; 300 is a quick check)")
+    parser.add_argument("--model", default=None, help="model store to stream with (default: train a fast one on tiny generated images)")
+    parser.add_argument("--feature-set", default=d.feature_set, help=f"feature set of the model trained here (default: {d.feature_set})")
+    parser.add_argument("--work-dir", default=None, help="fresh folder for inbox, spool, output, checkpoint (kept); default: a temp folder, removed")
+    parser.add_argument("--keep-work", action="store_true", help="keep the temp work folder")
+    parser.add_argument("--sample-seconds", type=positive_float, default=d.sample_seconds, help=f"seconds between samples (default: {d.sample_seconds:g})")
+    parser.add_argument("--backlog", type=positive_int, default=d.backlog, help=f"files kept waiting in inbox + spool (default: {d.backlog})")
+    parser.add_argument("--max-files-per-trigger", type=positive_int, default=d.max_files_per_trigger,
+                        help=f"meme-stream --max-files-per-trigger (default: {d.max_files_per_trigger})")
+    parser.add_argument("--trigger", type=positive_float, default=d.trigger, help=f"meme-stream --trigger (default: {d.trigger:g})")
+    parser.add_argument("--driver-memory", default=d.driver_memory, help=f"meme-stream --driver-memory (default: {d.driver_memory})")
+    parser.add_argument("--stall-seconds", type=positive_float, default=d.stall_seconds,
+                        help=f"give up when nothing is processed for this long (default: {d.stall_seconds:g})")
+    parser.add_argument("--no-live-heap", action="store_true", help="do not force a full GC (jcmd GC.class_histogram) at each sample to read the live heap")
+    parser.add_argument("--results-dir", default=d.results_dir, help=f"where the JSON goes (default: {d.results_dir})")
+    parser.add_argument("--plot", default=None, help="PNG path (default: next to the JSON), e.g. docs/longrun.png")
+    parser.add_argument("--stream-arg", action="append", default=[],
+                        help="extra argument passed to meme-stream, e.g. --stream-arg=--no-ui (repeatable)")
+    add_common_flags(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> LongrunConfig:
+    return LongrunConfig(
+        images=args.images, model=args.model, work=args.work_dir, keep_work=args.keep_work,
+        sample_seconds=args.sample_seconds, backlog=args.backlog, max_files_per_trigger=args.max_files_per_trigger,
+        trigger=args.trigger, driver_memory=args.driver_memory, feature_set=args.feature_set,
+        stall_seconds=args.stall_seconds, live_heap=not args.no_live_heap, results_dir=args.results_dir,
+        plot=args.plot, stream_args=tuple(args.stream_arg),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    result = run_longrun_config(cfg)
+    path, png = write_result(result, cfg.results_dir, cfg.plot)
+    print(format_report(result))
+    print(f"\nresults written to {path}, plot {png}")
+    return 0 if passed(result) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_run, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
