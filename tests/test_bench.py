@@ -187,3 +187,29 @@ def test_longrun_quick_run_counts_every_image_and_writes_json_and_plot(spark, tm
     assert {t["key"] for t in saved["targets"]} >= {"jvm_live_heap_mib", "output_files", "checkpoint_bytes", "images_per_s"}
     assert all(t["pass"] is not False for t in saved["targets"])
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_meme_bench_longrun_scenario_passes_its_flags_and_reports_rows(tmp_path, monkeypatch):
+    """The registry path (no stream: the run itself is replaced by a crafted result)."""
+    import bench.longrun as longrun
+    from bench.context import BenchContext
+
+    seen = {}
+    samples, progress = _synthetic_samples(300, grow=False, slow_down=False)
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        return {"started_utc": "2026-11-29T19:00:00Z", "environment": {"cpu_count": 2},
+                "config": {"images": cfg.images, "stream_args": list(cfg.stream_args)}, "samples": samples,
+                "progress": progress, "run": {"images_per_s": 50.0, "seconds": 6.0},
+                "targets": longrun.compute_targets(samples, progress, cfg.images),
+                "delivery": {"ok": True}}
+
+    monkeypatch.setattr(longrun, "run_longrun_config", fake_run)
+    args = build_parser().parse_args(["--only", "longrun", "--quick", "--results-dir", str(tmp_path),
+                                      "--stream-arg=--keep-commits", "--stream-arg=7"])
+    result = longrun.run_longrun(BenchContext(config_from_args(args)))
+    assert seen["cfg"].images == 300 and seen["cfg"].stream_args == ("--keep-commits", "7")
+    assert result["passed"] and result["rows"][0]["images"] == 300
+    assert json.loads((tmp_path / "longrun-20261129T190000Z.json").read_text())["config"]["images"] == 300
+    assert (tmp_path / "longrun-20261129T190000Z.png").stat().st_size > 10_000
