@@ -575,8 +575,10 @@ def run_longrun_config(cfg: LongrunConfig) -> dict[str, Any]:
             result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         except OSError:
             pass
-        if remove:
+        if remove and "error" not in result and result.get("delivery", {}).get("ok"):
             shutil.rmtree(root, ignore_errors=True)
+        elif remove:
+            log.warning("the run failed; its work folder is kept for inspection: %s", root)
     return result
 
 
@@ -617,6 +619,9 @@ def run_longrun(ctx) -> dict[str, Any]:
     rows = [{"case": f"longrun: {cfg.images} images at saturation (folder)", "images": cfg.images,
              "images_per_s": run.get("images_per_s"), "seconds": run.get("seconds"),
              "peak_rss_mib": max((s.get("rss_mib", 0) for s in result["samples"]), default=None)}]
+    d = result.get("delivery", {})
+    rows.append({"case": f"longrun delivery: {'PASS' if d.get('ok') else 'FAIL'} ({d.get('rows')} rows, "
+                         f"{d.get('distinct_origins')} distinct, {d.get('fed')} fed)"})
     for t in result["targets"]:
         rows.append({"case": f"longrun {t['key']}: {({True: 'PASS', False: 'FAIL', None: 'n/a'})[t['pass']]}",
                      "ratio": t.get("ratio")})

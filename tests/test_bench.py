@@ -203,7 +203,7 @@ def test_meme_bench_longrun_scenario_passes_its_flags_and_reports_rows(tmp_path,
                 "config": {"images": cfg.images, "stream_args": list(cfg.stream_args)}, "samples": samples,
                 "progress": progress, "run": {"images_per_s": 50.0, "seconds": 6.0},
                 "targets": longrun.compute_targets(samples, progress, cfg.images),
-                "delivery": {"ok": True}}
+                "delivery": {"ok": True, "rows": 300, "distinct_origins": 300, "fed": 300}}
 
     monkeypatch.setattr(longrun, "run_longrun_config", fake_run)
     args = build_parser().parse_args(["--only", "longrun", "--quick", "--results-dir", str(tmp_path),
@@ -211,5 +211,6 @@ def test_meme_bench_longrun_scenario_passes_its_flags_and_reports_rows(tmp_path,
     result = longrun.run_longrun(BenchContext(config_from_args(args)))
     assert seen["cfg"].images == 300 and seen["cfg"].stream_args == ("--keep-commits", "7")
     assert result["passed"] and result["rows"][0]["images"] == 300
+    assert result["rows"][1]["case"] == "longrun delivery: PASS (300 rows, 300 distinct, 300 fed)"
     assert json.loads((tmp_path / "longrun-20261129T190000Z.json").read_text())["config"]["images"] == 300
     assert (tmp_path / "longrun-20261129T190000Z.png").stat().st_size > 10_000
