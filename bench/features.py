@@ -26,7 +26,7 @@ def _train(ctx: BenchContext, out: Path, feature_set: str, text: str) -> dict[st
     cmd = [sys.executable, "-c", "import sys; from batch_training.train import main; sys.exit(main())",
            "--data", str(ctx.base().root), "--model-dir", str(out), "--feature-set", feature_set, "--text", text,
            "--models", "logreg", "--no-plots", "-q"]
-    if feature_set != "effnet_lite0":
+    if not feature_set.startswith("effnet"):
         cmd += ["--pca-ks", "32,50,100"]  # the hand-made sets have 400-1000 dims; their old default was 50
     with Timer() as t:
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -58,11 +58,11 @@ def _speed(ctx: BenchContext, store: Path, text: str, n: int) -> dict[str, Any]:
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from memestream.features import FEATURE_SETS
+    from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
 
     n = 100 if ctx.config.quick else 400
     rows = []
-    configs = [(name, "off") for name in FEATURE_SETS] + [("effnet_lite0", "cascade")]
+    configs = [(name, "off") for name in FEATURE_SETS] + [(DEFAULT_FEATURE_SET, "cascade")]
     for name, text in configs:
         log.info("features: %s, text %s", name, text)
         got = _train(ctx, ctx.tmp / f"features-{name}-{text}", name, text)

@@ -49,6 +49,10 @@ BN_EPS = 1e-3
 OPSET = 17
 INPUT_NAME = "image"
 EMBED_OUTPUT = "embedding"
+#: Blocks whose outputs are also global-average-pooled into the multi-scale embedding: the
+#: last block of the 320-, 192- and 112-channel groups (mid-level features, less ImageNet-specific
+#: than the head). Grouped CV on doom-crossing: +0.005 accuracy over the head alone, 5 split seeds.
+MULTISCALE_TAPS: tuple[int, ...] = (15, 14, 10)
 LOGITS_OUTPUT = "logits"
 #: Images per session.run call. Measured on one thread: throughput is flat from 1 to 32 (4 was
 #: marginally best) while activations cost ~11 MB of RSS per image in flight, so keep it small.
@@ -344,16 +348,18 @@ class _GraphBuilder:
         return w.shape[0], w.shape[1], w.shape[2]
 
 
-def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False) -> bytes:
+def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Sequence[int] = ()) -> bytes:
     """Serialized ONNX ModelProto of EfficientNet-Lite0 (BN folded); same weights, same bytes.
 
     Input ``image``: float32 (n, 3, 224, 224), RGB normalised as :func:`preprocess` does.
-    Outputs ``embedding`` (n, 1280) and, with ``with_logits``, ``logits`` (n, 1000).
+    Outputs ``embedding`` (n, 1280 + channels of the ``taps`` blocks: the head's global
+    average, then each tapped block's, in order) and, with ``with_logits``, ``logits`` (n, 1000).
     """
     import onnx
     from onnx import TensorProto, helper
 
     g = _GraphBuilder(state)
+    block_out: dict[int, tuple[str, int]] = {}
     x, side = g.conv_bn(INPUT_NAME, "_conv_stem", "_bn0", INPUT_SIDE, 2, act=True)
     block = 0
     for repeats, kernel, stride, expand, c_in, c_out in BLOCK_GROUPS:
@@ -379,6 +385,7 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False) -> bytes
             if s == 1 and cin == c_out:
                 g.nodes.append(helper.make_node("Add", [x, shortcut], [f"{p}.add"], name=f"{p}.add"))
                 x = f"{p}.add"
+            block_out[block] = (x, c_out)
             block += 1
     if f"_blocks.{block}._depthwise_conv.weight" in state:
         raise ModelError(f"weights have more than the {block} MBConv blocks of EfficientNet-Lite0")
@@ -386,15 +393,28 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False) -> bytes
         raise ModelError(f"_conv_head is {g.channels('_conv_head')}, expected {EMBED_DIM}x{BLOCK_GROUPS[-1][5]}")
     x, side = g.conv_bn(x, "_conv_head", "_bn1", side, 1, act=True)
     g.nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
-    g.nodes.append(helper.make_node("Flatten", ["gap"], [EMBED_OUTPUT], name="flatten", axis=1))
-    outputs = [helper.make_tensor_value_info(EMBED_OUTPUT, TensorProto.FLOAT, ["n", EMBED_DIM])]
+    head = EMBED_OUTPUT if not taps else "head"
+    g.nodes.append(helper.make_node("Flatten", ["gap"], [head], name="flatten", axis=1))
+    width = EMBED_DIM
+    if taps:
+        parts = [head]
+        for t in taps:
+            if t not in block_out:
+                raise ModelError(f"cannot tap block {t}: EfficientNet-Lite0 has blocks 0-{block - 1}")
+            name, channels = block_out[t]
+            g.nodes.append(helper.make_node("GlobalAveragePool", [name], [f"tap{t}.gap"], name=f"tap{t}.gap"))
+            g.nodes.append(helper.make_node("Flatten", [f"tap{t}.gap"], [f"tap{t}"], name=f"tap{t}.flatten", axis=1))
+            parts.append(f"tap{t}")
+            width += channels
+        g.nodes.append(helper.make_node("Concat", parts, [EMBED_OUTPUT], name="multiscale", axis=1))
+    outputs = [helper.make_tensor_value_info(EMBED_OUTPUT, TensorProto.FLOAT, ["n", width])]
     if with_logits:
         fc_w, fc_b = g.tensor("_fc.weight"), g.tensor("_fc.bias")
         if fc_w.shape != (NUM_CLASSES, EMBED_DIM) or fc_b.shape != (NUM_CLASSES,):
             raise ModelError(f"_fc is {fc_w.shape}, expected {(NUM_CLASSES, EMBED_DIM)}")
         g.inits.append(g.numpy_helper.from_array(fc_w.astype(np.float32), "_fc.w"))
         g.inits.append(g.numpy_helper.from_array(fc_b.astype(np.float32), "_fc.b"))
-        g.nodes.append(helper.make_node("Gemm", [EMBED_OUTPUT, "_fc.w", "_fc.b"], [LOGITS_OUTPUT], name="_fc", transB=1))
+        g.nodes.append(helper.make_node("Gemm", [head, "_fc.w", "_fc.b"], [LOGITS_OUTPUT], name="_fc", transB=1))
         outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["n", NUM_CLASSES]))
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, INPUT_SIDE, INPUT_SIDE])]
     graph = helper.make_graph(g.nodes, "efficientnet_lite0", inputs, outputs, initializer=g.inits)
@@ -406,7 +426,8 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False) -> bytes
         {
             "weights": WEIGHTS_FILE,
             "input": f"RGB (x-{PIXEL_MEAN:g})/{PIXEL_STD:g}, {INPUT_SIDE}x{INPUT_SIDE} INTER_AREA",
-            "embedding": f"{EMBED_DIM}-d global average after the head conv",
+            "embedding": f"{width}-d: global average after the head conv"
+            + (f", then of blocks {', '.join(map(str, taps))}" if taps else ""),
         },
     )
     try:
@@ -416,10 +437,10 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False) -> bytes
     return model.SerializeToString()
 
 
-def export_onnx(dest: str | os.PathLike[str], with_logits: bool = False) -> Path:
+def export_onnx(dest: str | os.PathLike[str], with_logits: bool = False, taps: Sequence[int] = ()) -> Path:
     """Read the installed weights, build the graph and write it atomically to ``dest``."""
     dest = Path(dest)
-    data = build_onnx(read_legacy_torch(find_weights()), with_logits=with_logits)
+    data = build_onnx(read_legacy_torch(find_weights()), with_logits=with_logits, taps=taps)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
@@ -491,6 +512,9 @@ class Embedder:
         ok_input = len(inputs) == 1 and inputs[0].name == INPUT_NAME and list(inputs[0].shape[1:]) == [3, INPUT_SIDE, INPUT_SIDE]
         if not ok_input or EMBED_OUTPUT not in self.outputs:
             raise ModelError(f"{self.path}: not an EfficientNet graph from memestream.effnet (inputs/outputs differ)")
+        shape = next(o.shape for o in self._session.get_outputs() if o.name == EMBED_OUTPUT)
+        #: width of ``embedding``: 1280, or more for a multi-scale graph
+        self.dim = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else EMBED_DIM
 
     @property
     def has_logits(self) -> bool:
@@ -504,8 +528,8 @@ class Embedder:
         return out
 
     def embed(self, images_bgr: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, 1280) float32 embeddings of uint8 BGR images, run ``chunk`` images at a time."""
-        return self._run(EMBED_OUTPUT, images_bgr, EMBED_DIM)
+        """(n, dim) float32 embeddings of uint8 BGR images, run ``chunk`` images at a time."""
+        return self._run(EMBED_OUTPUT, images_bgr, self.dim)
 
     def logits(self, images_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """(n, 1000) ImageNet logits; only for graphs exported with ``with_logits=True``."""
@@ -545,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dest", type=Path, help="where to write the .onnx file")
     parser.add_argument("--with-logits", action="store_true", help="also output the 1000 ImageNet logits")
+    parser.add_argument("--multiscale", action="store_true",
+                        help=f"embedding = head + blocks {', '.join(map(str, MULTISCALE_TAPS))} global averages (the effnet_lite0_ms feature set)")
     return parser
 
 
@@ -553,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     try:
-        dest = export_onnx(args.dest, with_logits=args.with_logits)
+        dest = export_onnx(args.dest, with_logits=args.with_logits, taps=MULTISCALE_TAPS if args.multiscale else ())
     except MemestreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -296,6 +296,12 @@ def _effnet_many(images: Sequence[np.ndarray], asset: str | None) -> np.ndarray:
     return get_embedder(asset or default_asset("effnet_lite0")).embed(images)
 
 
+def _effnet_ms_many(images: Sequence[np.ndarray], asset: str | None) -> np.ndarray:
+    from memestream.effnet import get_embedder
+
+    return get_embedder(asset or default_asset("effnet_lite0_ms")).embed(images)
+
+
 def default_asset(name: str) -> str:
     """The feature set's asset built from the installed package into a per-user cache
     (``$MEMESTREAM_CACHE`` or ``~/.cache/memestream``), for a featurizer used outside a
@@ -319,6 +325,14 @@ def _effnet_asset(dest: str) -> object:
     return export_onnx(Path(dest))
 
 
+def _effnet_ms_asset(dest: str) -> object:
+    from pathlib import Path
+
+    from memestream.effnet import MULTISCALE_TAPS, export_onnx
+
+    return export_onnx(Path(dest), taps=MULTISCALE_TAPS)
+
+
 FEATURE_SETS["effnet_lite0"] = FeatureSet(
     "effnet_lite0",
     1280,
@@ -333,7 +347,20 @@ FEATURE_SETS["effnet_lite0"] = FeatureSet(
     make_asset=_effnet_asset,
 )
 
-DEFAULT_FEATURE_SET = "effnet_lite0"
+FEATURE_SETS["effnet_lite0_ms"] = FeatureSet(
+    "effnet_lite0_ms",
+    1280 + 320 + 192 + 112,
+    True,
+    448,
+    None,
+    "EfficientNet-Lite0 multi-scale: global averages of the head (1280) and of blocks 15, 14 and 10 "
+    "(320 + 192 + 112), 1904-d, one network pass (ONNX Runtime)",
+    extract_many=_effnet_ms_many,
+    asset="effnet_lite0_ms.onnx",
+    make_asset=_effnet_ms_asset,
+)
+
+DEFAULT_FEATURE_SET = "effnet_lite0_ms"
 
 
 def get_feature_set(name: str) -> FeatureSet:

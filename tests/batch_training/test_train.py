@@ -145,7 +145,7 @@ def test_a_model_with_a_corrupt_or_missing_onnx_fails_to_load_in_one_line(traine
         load_model(root, which="logreg")
     assert "\n" not in str(err.value)
     graphs[0].unlink()
-    with pytest.raises(ModelError, match="missing its effnet_lite0.onnx"):
+    with pytest.raises(ModelError, match=f"missing its {DEFAULT_FEATURE_SET}.onnx"):
         load_model(root, which="logreg")
 
 
@@ -155,7 +155,7 @@ def test_stream_model_holder_switches_across_feature_sets(spark, trained_model_d
     root = tmp_path / "models"
     shutil.copytree(trained_model_dir, root)
     holder = ModelHolder(root)
-    assert holder.model.feature_set == "effnet_lite0"
+    assert holder.model.feature_set == DEFAULT_FEATURE_SET
     train(spark, TrainConfig(data=str(sample_dataset), model_dir=str(root), feature_set="gray32", pca_k=6, models=("logreg",),
                              text="off", progress=False, plots=False))
     new = holder.refresh()

@@ -329,3 +329,25 @@ def test_an_onnx_graph_of_another_model_is_refused(tmp_path):
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
     with pytest.raises(ModelError, match="not an EfficientNet graph"):
         effnet.Embedder(path)
+
+
+def test_multiscale_embedding_extends_the_head_embedding(weights, embedder, tmp_path):
+    """The multi-scale graph's first 1280 columns are the plain embedding; the taps add
+    each tapped block's channel count of non-negative averages."""
+    images = _images()
+    plain = embedder.embed(images)
+    path = tmp_path / "ms.onnx"
+    path.write_bytes(effnet.build_onnx(weights, taps=effnet.MULTISCALE_TAPS))
+    ms = effnet.Embedder(path)
+    got = ms.embed(images)
+    extra = {15: 320, 14: 192, 10: 112}
+    assert got.shape == (len(images), effnet.EMBED_DIM + sum(extra[t] for t in effnet.MULTISCALE_TAPS))
+    np.testing.assert_allclose(got[:, : effnet.EMBED_DIM], plain, rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(got)) and not np.allclose(got[0, effnet.EMBED_DIM :], got[1, effnet.EMBED_DIM :])
+    assert ms.dim == got.shape[1]
+
+
+def test_tapping_a_block_that_does_not_exist_is_a_model_error(weights):
+    with pytest.raises(ModelError, match="cannot tap block 16"):
+        effnet.build_onnx(weights, taps=(16,))
+
