@@ -209,15 +209,33 @@ class OutputTables:
         writer's rollup plus its markers above the rollup's last batch."""
         totals: dict[str, int] = {}
         for writer in self.writers():
-            base = self.rollup(writer)
-            for label, n in base.label_totals.items():
-                totals[label] = totals.get(label, 0) + int(n)
-            for b in self.committed_batches(writer):
-                if b <= base.through_batch:
-                    continue  # folded into the rollup; its deletion was interrupted
-                for label, n in self.read_marker(b, writer).label_totals.items():
-                    totals[label] = totals.get(label, 0) + int(n)
+            for label, n in self._writer_totals(writer).items():
+                totals[label] = totals.get(label, 0) + n
         return totals
+
+    def _writer_totals(self, writer: str, attempts: int = 5) -> dict[str, int]:
+        # No lock: the writer's stream may prune while we read. Pruning writes a newer rollup
+        # before it deletes anything, so a sum read between two reads of the same rollup is
+        # consistent; otherwise (or when a marker vanished) read again.
+        for _ in range(attempts):
+            try:
+                totals = self._read_totals(writer)
+            except FileNotFoundError:
+                continue
+            if totals is not None:
+                return totals
+        with self.lock():  # pruned under our feet every time: read it with pruning held off
+            return self._read_totals(writer) or {}
+
+    def _read_totals(self, writer: str) -> dict[str, int] | None:
+        base = self.rollup(writer)
+        totals = {label: int(n) for label, n in base.label_totals.items()}
+        for b in self.committed_batches(writer):
+            if b <= base.through_batch:
+                continue  # folded into the rollup; its deletion was interrupted
+            for label, n in self.read_marker(b, writer).label_totals.items():
+                totals[label] = totals.get(label, 0) + int(n)
+        return totals if self.rollup(writer).through_batch == base.through_batch else None
 
     def prune_markers(self, crash_after_rollup: Callable[[], None] | None = None) -> int:
         """Fold all but the newest ``keep_commits`` markers of this writer into the rollup,

@@ -122,3 +122,33 @@ def test_crash_between_rollup_and_marker_deletion_neither_loses_nor_double_count
 def test_keep_commits_below_two_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="at least 2"):
         OutputTables(tmp_path, keep_commits=1)
+
+
+def test_totals_read_while_another_writer_prunes_are_exact(tmp_path):
+    """A reader (no lock) racing a stream's pruning never loses or double counts a batch."""
+    import threading
+
+    writer = OutputTables(tmp_path, writer="folder_a", keep_commits=2)
+    writer.ensure_writable()
+    reader = OutputTables(tmp_path)
+    done = threading.Event()
+    committed = []
+
+    def stream():
+        for b in range(150):
+            writer.commit_batch(b, *_labelled(b))
+            committed.append(b)
+        done.set()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    seen = 0
+    while not done.is_set():
+        before = len(committed)
+        doom = reader.label_totals().get("doom", 0)
+        after = len(committed)
+        # between the totals of the batches committed before and after the read
+        assert _expected_totals(range(before)).get("doom", 0) <= doom <= _expected_totals(range(after + 1)).get("doom", 0)
+        seen += 1
+    thread.join()
+    assert seen > 0 and reader.label_totals() == _expected_totals(range(150))
