@@ -233,9 +233,23 @@ def _compact_writer(
 RETIRED_GRACE_S = 300
 
 
+#: A staging (``.compact-``) or expiring (``.expired-``) folder this old was left by a
+#: killed run (a run finishes a folder within seconds): it is deleted.
+LEFTOVER_AGE_S = 3600
+
+
 def purge_retired(table_dir: Path, grace_s: float = RETIRED_GRACE_S) -> int:
-    """Delete old generations left by earlier compactions once their grace period is over."""
+    """Delete old generations left by earlier compactions once their grace period is over,
+    and what a run killed half-way left behind (hidden, so readers never saw it)."""
     n = 0
+    for p in [*table_dir.glob(".date=*.compact-*"), *table_dir.glob(".date=*.expired-*")]:
+        try:
+            age = time.time() - p.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age >= LEFTOVER_AGE_S:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
     for p in table_dir.glob(".date=*.retired-*"):
         try:
             stamp = int(p.name.rsplit(".retired-", 1)[1].split("-", 1)[0])

@@ -263,3 +263,20 @@ def test_stream_compactor_survives_a_failing_run_and_due_needs_new_batches(tmp_p
     compactor.stop()
     assert len(calls) >= 2  # failed, logged, tried again: the thread stayed alive
     assert any("in-stream compaction failed" in r.message for r in caplog.records)
+
+
+def test_leftovers_of_a_killed_run_are_purged_once_old(output):
+    import os
+
+    table = output.table_dir("predictions")
+    staged = table / f".date={DATES[1]}.compact-deadbeef"
+    expired = table / f".date={DATES[0]}.expired-cafef00d"
+    fresh = table / f".date={DATES[0]}.compact-0badf00d"
+    for d in (staged, expired, fresh):
+        d.mkdir()
+        (d / "part-main-0000000000.parquet").write_bytes(b"x")
+    old = time.time() - compact_mod.LEFTOVER_AGE_S - 5
+    for d in (staged, expired):
+        os.utime(d, (old, old))
+    assert compact_mod.purge_retired(table) == 2
+    assert not staged.exists() and not expired.exists() and fresh.exists()  # a run in progress may own it
