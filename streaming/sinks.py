@@ -10,9 +10,9 @@ the checkpoint's commit log. Every write here is therefore idempotent per batch 
 3. after all tables of batch N are in place, a commit marker ``_commits/<writer>/N.json``
    is written; a replay of a batch whose marker exists is skipped entirely.
 
-Markers do not pile up forever: after each commit only the newest ``keep_commits`` per
-writer stay (Spark only ever replays the newest uncommitted batch, so a few suffice). What
-the pruned ones carried forward - their label totals - is first folded into a rollup,
+Markers do not pile up forever: at most the newest ``keep_commits`` per writer stay
+(Spark only ever replays the newest uncommitted batch, so a few suffice). What the pruned
+ones carried forward - their label totals - is first folded into a rollup,
 ``_commits/<writer>/_base.json``, written atomically *before* the markers it covers are
 deleted. It records the last batch it covers and readers skip markers at or below it, so
 a crash between the two steps neither loses nor double counts.
@@ -238,8 +238,9 @@ class OutputTables:
         return totals if self.rollup(writer).through_batch == base.through_batch else None
 
     def prune_markers(self, crash_after_rollup: Callable[[], None] | None = None) -> int:
-        """Fold all but the newest ``keep_commits`` markers of this writer into the rollup,
-        then delete them; returns how many were deleted. Call with the writers' lock held.
+        """Once this writer has more than ``keep_commits`` markers, fold all but the newest
+        ``keep_commits - keep_commits // 10`` into the rollup, then delete them; returns how
+        many were deleted. Call with the writers' lock held.
 
         The rollup is written (tmp + fsync + rename) before any marker goes, and covers
         exactly the batches up to ``through_batch``: rerunning after a crash at any point
@@ -248,7 +249,9 @@ class OutputTables:
         batches = self.committed_batches()
         if len(batches) <= self.keep_commits:
             return 0
-        old = batches[: -self.keep_commits]
+        # down to a tenth below the limit: the rollup (an fsync) is rewritten every keep/10
+        # batches, not every batch, and there are never more than keep_commits markers
+        old = batches[: -(self.keep_commits - self.keep_commits // 10)]
         base = self.rollup()
         fresh = [b for b in old if b > base.through_batch]
         if fresh:

@@ -152,3 +152,15 @@ def test_totals_read_while_another_writer_prunes_are_exact(tmp_path):
         seen += 1
     thread.join()
     assert seen > 0 and reader.label_totals() == _expected_totals(range(150))
+
+
+def test_pruning_is_amortised_and_never_exceeds_the_limit(tmp_path):
+    out = OutputTables(tmp_path, keep_commits=20)
+    out.ensure_writable()
+    rollups = set()
+    for b in range(100):
+        out.commit_batch(b, *_labelled(b))
+        assert len(out.committed_batches()) <= 20
+        rollups.add(out.rollup().through_batch)
+    assert len(out.committed_batches()) >= 18  # pruned down to 18, a rollup every 3 batches
+    assert len(rollups) <= 100 // 3 + 2 and out.label_totals() == _expected_totals(range(100))
