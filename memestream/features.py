@@ -16,11 +16,6 @@ import numpy as np
 
 from memestream.decode import CORRUPT, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_ERROR, BadImage, decode
 
-#: Test hook: when this environment variable names a file, every :func:`featurize_batch`
-#: call appends its row count to it, so tests can prove Spark runs the featurizer once per
-#: row. One dict lookup per batch; unset in production.
-CALL_LOG_ENV = "MEMESTREAM_FEATURIZE_CALL_LOG"
-
 
 @dataclass(frozen=True)
 class FeatureSet:
@@ -436,10 +431,6 @@ def featurize_inputs(
     """
     from memestream.inputs import local_path, read_capped
 
-    call_log = os.environ.get(CALL_LOG_ENV)
-    if call_log:
-        with open(call_log, "a", encoding="ascii") as fh:  # O_APPEND: safe across worker processes
-            fh.write(f"{len(values)}\n")
     n = len(values)
     errors: list[BadImage | None] = [None] * n
     payloads: list[bytes | None] = [None] * n

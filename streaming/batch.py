@@ -196,6 +196,9 @@ class BatchProcessor:
         if self.tables.is_committed(batch_id):
             log.info("batch %d was committed before a restart; skipping its replay", batch_id)
             if self.cfg.source == "folder":
+                if not self.tables.marker_path(batch_id).exists():  # pruned: not the newest, so never replayed
+                    log.warning("batch %d: its marker was pruned; its inputs stay where they are", batch_id)
+                    return
                 marker = self.tables.read_marker(batch_id)
                 self._finish_inputs([r[0] for r in batch_df.select("path").collect()], marker)
             return

@@ -96,9 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--driver-java-options", envvar="MEMESTREAM_DRIVER_JAVA_OPTIONS", default=STREAM_DRIVER_JAVA_OPTIONS,
              help="extra JVM options for the driver (default: C1 JIT only: the JVM only orchestrates, and C2 "
              "compilation competes with the Python workers for the cores; '' for the JVM's default)")
+    add_retention_flags(parser)
     add_kafka_flags(parser)
     add_common_flags(parser)
     return parser
+
+
+def add_retention_flags(parser: argparse.ArgumentParser) -> None:
+    """Bounded output bookkeeping: commit markers kept, in-stream compaction, retention."""
+    group = parser.add_argument_group("output upkeep (runs inside the stream)")
+    env_flag(group, "--keep-commits", envvar="MEMESTREAM_KEEP_COMMITS", type=positive_int, default=100,
+             help="commit markers kept per writer (older ones are rolled up into _commits/<writer>/_base.json); "
+             "also Spark's checkpoint minBatchesToRetain (at least 10)")
+    env_flag(group, "--compact-every-batches", envvar="MEMESTREAM_COMPACT_EVERY_BATCHES", type=positive_int, default=50,
+             help="merge the sealed batches' part files (as meme-compact does) every N committed batches")
+    env_flag(group, "--compact-every-minutes", envvar="MEMESTREAM_COMPACT_EVERY_MINUTES", type=positive_float, default=10.0,
+             help="... or every M minutes when something was committed since, whichever comes first")
+    env_flag(group, "--retention-days", envvar="MEMESTREAM_RETENTION_DAYS", type=positive_int, default=None,
+             help="delete output date folders older than D days (at each in-stream compaction; default: keep all)")
+    group.add_argument("--no-compact", action="store_true",
+                       default=os.environ.get("MEMESTREAM_NO_COMPACT", "").lower() in ("1", "true", "yes"),
+                       help="no compaction inside the stream (run meme-compact yourself) [env: MEMESTREAM_NO_COMPACT=1]")
 
 
 def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +188,10 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
         scoring=args.scoring,
         text=args.text,
         ood=args.ood,
+        keep_commits=int(args.keep_commits),
+        compact_every_batches=None if args.no_compact else int(args.compact_every_batches),
+        compact_every_s=None if args.no_compact else float(args.compact_every_minutes) * 60,
+        retention_days=int(args.retention_days) if args.retention_days is not None else None,
     )
 
 

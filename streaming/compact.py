@@ -2,8 +2,9 @@
 
 A stream with a 1-second trigger writes one small file per table per batch: tens of
 thousands a day, which makes every later read slow (Spark lists and opens each one).
-Compaction merges the files of *sealed* batches (committed, and not the newest) of one
-``date=`` folder into one file, while the stream keeps running:
+Compaction merges the files of *sealed* batches (every batch id of a writer below its
+newest committed one) of one ``date=`` folder into one file, while the stream keeps running
+(``meme-stream`` also runs it itself in a background thread, see :class:`StreamCompactor`):
 
 1. without the lock: read the sealed part files and write the merged file into a hidden
    sibling folder (``.date=D.compact-<id>/``) - the slow part, no writer is blocked;
@@ -18,7 +19,8 @@ Where ``renameat2`` is unavailable (not Linux, or a file system without it) the 
 two renames, leaving a window of a few microseconds in which the folder is missing and
 a reader listing exactly then misses that date's rows (it never sees duplicates).
 
-Commit markers are kept, so a replay of a compacted batch is still skipped. Retention
+A writer's markers below its newest are pruned by the stream (``streaming.sinks``), so
+sealed means "below the newest committed batch", not "has a marker". Retention
 (``--retention-days``) removes whole ``date=`` folders older than D days, renaming each to
 a hidden name under the lock before deleting it, so readers never see half a folder.
 """
@@ -31,6 +33,7 @@ import errno
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,6 +64,11 @@ class CompactConfig:
     min_files: int = 2
     retention_days: int | None = None
     dry_run: bool = False
+    #: Stop starting new folders after this many seconds (the rest waits for the next run).
+    time_budget_s: float | None = None
+    #: A merged file this big is final: later runs start a new one beside it instead of
+    #: rewriting it, so a run's work stays bounded however long a day's folder grows.
+    max_file_bytes: int = 128 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,8 @@ class DirResult:
     files_before: int
     files_after: int
     rows: int
+    #: How long the writers' lock was held (a stream batch waits at most this long).
+    lock_s: float = 0.0
 
 
 def compacted_name(writer: str, first: int, last: int) -> str:
@@ -142,14 +152,33 @@ def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def sealed_below(tables: OutputTables) -> dict[str, int]:
+    """Per writer, its newest committed batch id: every batch below it is sealed.
+
+    Spark replays only the batch after the newest committed one, and a batch that crashed
+    after writing files is replayed (and committed) before the next one starts, so every part
+    file below the newest committed id belongs to a committed batch, marker kept or pruned.
+    The newest one itself may still be read back by its stream (its watermark), so it waits.
+    """
+    out = {}
+    for w in tables.writers():
+        newest = tables.newest_committed(w)
+        if newest is not None:
+            out[w] = newest
+    return out
+
+
 def compact_date_dir(
-    tables: OutputTables, table: str, folder: Path, sealed: dict[str, set[int]], config: CompactConfig
+    tables: OutputTables, table: str, folder: Path, sealed: dict[str, int], config: CompactConfig
 ) -> list[DirResult]:
-    """Merge the sealed part files of one ``date=`` folder, one file per writer (see module doc)."""
+    """Merge the sealed part files of one ``date=`` folder, one file per writer (see module doc).
+
+    ``sealed`` maps a writer to its newest committed batch (:func:`sealed_below`).
+    """
     by_writer: dict[str, list[tuple[int, int, str]]] = {}
-    for name in _visible_parquet(folder):
+    for name, st in _visible_parquet(folder).items():
         rng = batches_of(name)
-        if rng is not None and all(b in sealed.get(rng[0], set()) for b in (rng[1], rng[2])):
+        if rng is not None and rng[0] in sealed and rng[2] < sealed[rng[0]] and st.st_size < config.max_file_bytes:
             by_writer.setdefault(rng[0], []).append((rng[1], rng[2], name))
     if not by_writer:
         n = len(_visible_parquet(folder))
@@ -178,17 +207,19 @@ def _compact_writer(
             os.fsync(fh.fileno())
         os.rename(tmp, staged / target)
         with tables.lock():
+            locked_at = time.monotonic()
             now = _visible_parquet(folder)
             if any(name not in now or _signature(now[name]) != _signature(listing[name]) for _, _, name in chosen):
                 log.warning("%s changed while compacting; left as is", folder)
-                return DirResult(table, folder.name, "changed", len(now), len(now), 0)
+                return DirResult(table, folder.name, "changed", len(now), len(now), 0, time.monotonic() - locked_at)
             keep = [n for n in now if n not in {name for _, _, name in chosen}]
             for name in keep:  # newer batches written since: carried over, same inode
                 os.link(folder / name, staged / name)
             old = swap_in(folder, staged)
-        log.info("%s: %d files -> 1 (%d rows, batches %d-%d) + %d kept", folder, len(chosen), merged.num_rows,
-                 chosen[0][0], chosen[-1][1], len(keep))
-        return DirResult(table, folder.name, "compacted", len(now), len(keep) + 1, merged.num_rows)
+            held = time.monotonic() - locked_at
+        log.info("%s: %d files -> 1 (%d rows, batches %d-%d) + %d kept; lock held %.1f ms", folder, len(chosen),
+                 merged.num_rows, chosen[0][0], chosen[-1][1], len(keep), held * 1000)
+        return DirResult(table, folder.name, "compacted", len(now), len(keep) + 1, merged.num_rows, held)
     finally:
         if old is not None and old.exists() and old != folder:
             # Keep the old generation (hidden) for a grace period: a reader that opened the
@@ -202,9 +233,23 @@ def _compact_writer(
 RETIRED_GRACE_S = 300
 
 
+#: A staging (``.compact-``) or expiring (``.expired-``) folder this old was left by a
+#: killed run (a run finishes a folder within seconds): it is deleted.
+LEFTOVER_AGE_S = 3600
+
+
 def purge_retired(table_dir: Path, grace_s: float = RETIRED_GRACE_S) -> int:
-    """Delete old generations left by earlier compactions once their grace period is over."""
+    """Delete old generations left by earlier compactions once their grace period is over,
+    and what a run killed half-way left behind (hidden, so readers never saw it)."""
     n = 0
+    for p in [*table_dir.glob(".date=*.compact-*"), *table_dir.glob(".date=*.expired-*")]:
+        try:
+            age = time.time() - p.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age >= LEFTOVER_AGE_S:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
     for p in table_dir.glob(".date=*.retired-*"):
         try:
             stamp = int(p.name.rsplit(".retired-", 1)[1].split("-", 1)[0])
@@ -235,19 +280,25 @@ def apply_retention(tables: OutputTables, table: str, days: int, config: Compact
             continue
         hidden = folder.with_name(f".{folder.name}.expired-{uuid.uuid4().hex[:8]}")
         with tables.lock():
+            locked_at = time.monotonic()
             os.rename(folder, hidden)
+            held = time.monotonic() - locked_at
         shutil.rmtree(hidden, ignore_errors=True)
         log.info("%s: older than %d days (cutoff %s); deleted %d files", folder, days, cutoff, n)
-        results.append(DirResult(table, folder.name, "deleted", n, 0, 0))
+        results.append(DirResult(table, folder.name, "deleted", n, 0, 0, held))
     return results
 
 
-def compact(config: CompactConfig, today: date | None = None) -> list[DirResult]:
-    """Run retention then compaction over the chosen tables; returns one result per folder touched."""
+def compact(config: CompactConfig, today: date | None = None, stop: threading.Event | None = None) -> list[DirResult]:
+    """Run retention then compaction over the chosen tables; returns one result per folder touched.
+
+    With ``config.time_budget_s`` (or ``stop`` set) no new folder is started once it is spent;
+    a folder already being merged is finished, so one run lasts the budget plus one folder.
+    """
     root = check_output_dir(config.output)
     tables = OutputTables(root)
-    # per writer, the newest batch may still be read back by its stream: not sealed
-    sealed = {w: set(tables.committed_batches(w)[:-1]) for w in tables.writers()}
+    deadline = time.monotonic() + config.time_budget_s if config.time_budget_s is not None else None
+    sealed = sealed_below(tables)
     results: list[DirResult] = []
     for table in config.tables:
         if tables.table_dir(table).is_dir():
@@ -255,8 +306,97 @@ def compact(config: CompactConfig, today: date | None = None) -> list[DirResult]
         if config.retention_days is not None:
             results.extend(apply_retention(tables, table, config.retention_days, config, today))
         for folder in date_dirs(tables.table_dir(table)):
+            if (deadline is not None and time.monotonic() >= deadline) or (stop is not None and stop.is_set()):
+                log.info("compaction stopped early (time budget or stop); the rest waits for the next run")
+                return results
             results.extend(compact_date_dir(tables, table, folder, sealed, config))
     return results
+
+
+class StreamCompactor:
+    """Compaction inside ``meme-stream``: a daemon thread that runs :func:`compact` every
+    ``every_batches`` committed batches of its writer or every ``every_s`` seconds (whichever
+    comes first, and only when something was committed since), bounded by ``config.time_budget_s``.
+
+    It never holds up a batch for long: the merge runs without the writers' lock, which is
+    taken only for the swap (see the module doc; :attr:`max_lock_s` records the longest hold).
+    :meth:`stop` lets a folder in progress finish and returns.
+    """
+
+    def __init__(self, tables: OutputTables, config: CompactConfig, every_batches: int | None = 50,
+                 every_s: float | None = 600.0, poll_s: float = 1.0) -> None:
+        self.tables = tables
+        self.config = config
+        self.every_batches = every_batches
+        self.every_s = every_s
+        self.poll_s = poll_s
+        self.runs = 0
+        self.max_lock_s = 0.0
+        self.last_results: list[DirResult] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._done_through: int | None = None
+        self._last_run = time.monotonic()
+
+    def start(self) -> "StreamCompactor":
+        self._done_through = self.tables.newest_committed()
+        self._last_run = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="memestream-compactor", daemon=True)
+        self._thread.start()
+        return self
+
+    def due(self) -> bool:
+        """Whether a run is due: enough new batches, or enough time with at least one new batch."""
+        newest = self.tables.newest_committed()
+        if newest is None or newest == self._done_through:
+            return False
+        if self.every_batches is not None and newest - (self._done_through if self._done_through is not None else -1) >= self.every_batches:
+            return True
+        return self.every_s is not None and time.monotonic() - self._last_run >= self.every_s
+
+    def run_once(self, interruptible: bool = True) -> list[DirResult]:
+        """One bounded compaction pass (what the thread runs; :meth:`stop` ends it between folders)."""
+        newest = self.tables.newest_committed()
+        started = time.monotonic()
+        results = compact(self.config, stop=self._stop if interruptible else None)
+        budget = self.config.time_budget_s
+        cut_short = (interruptible and self._stop.is_set()) or (budget is not None and time.monotonic() - started >= budget)
+        if not cut_short:  # else the rest is still to do: the next poll (or the final pass) goes on
+            self._done_through = newest
+        self._last_run = time.monotonic()
+        self.runs += 1
+        self.last_results = results
+        held = max((r.lock_s for r in results), default=0.0)
+        self.max_lock_s = max(self.max_lock_s, held)
+        merged = [r for r in results if r.action in ("compacted", "deleted")]
+        if merged:
+            log.info("in-stream compaction: %d folder(s) changed in %.2fs, longest lock %.1f ms", len(merged),
+                     time.monotonic() - started, held * 1000)
+        return results
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                if self.due():
+                    self.run_once()
+            except Exception:  # noqa: BLE001 - compaction must never take the stream down; retried next time
+                log.exception("in-stream compaction failed; the stream goes on, retrying at the next interval")
+                self._last_run = time.monotonic()
+
+    def stop(self, final_pass: bool = False, timeout: float = 120.0) -> None:
+        """Stop the thread (a folder being merged is finished first, with its swap).
+
+        ``final_pass``: then run one last bounded pass if anything was committed since the last
+        one - for ``--available-now`` runs, which end before an interval comes round.
+        """
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("in-stream compaction still running after %.0fs; leaving it to exit with the process", timeout)
+                return
+        if final_pass and self.tables.newest_committed() not in (None, self._done_through):
+            self.run_once(interruptible=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -163,6 +163,20 @@ class StreamConfig:
     text: str = DEFAULT_TEXT_MODE
     #: Novelty ("none of these"): off | flag (keep the label, ood = true) | reject (label NULL, counted as unknown).
     ood: str = DEFAULT_OOD_MODE
+    #: Bounded bookkeeping for a long life: commit markers kept per writer (older ones rolled up;
+    #: also Spark's minBatchesToRetain, at least 10), and compaction inside the stream every
+    #: N batches or M seconds (None = that trigger off; both None = no in-stream compaction),
+    #: each run bounded to ``compact_budget_s``; date folders older than ``retention_days`` go.
+    keep_commits: int = 100
+    compact_every_batches: int | None = 50
+    compact_every_s: float | None = 600.0
+    compact_budget_s: float = 60.0
+    retention_days: int | None = None
+
+    @property
+    def compacts(self) -> bool:
+        """Whether the stream compacts its output itself (a background thread)."""
+        return self.compact_every_batches is not None or self.compact_every_s is not None
 
     def __post_init__(self) -> None:
         _one_of("--source", self.source, SOURCES)
@@ -181,6 +195,12 @@ class StreamConfig:
                             ("--max-bytes", self.max_bytes)):
             if value <= 0:
                 raise ConfigError(f"{flag} expects a positive number, found {value}")
+        if self.keep_commits < 2:
+            raise ConfigError(f"--keep-commits expects at least 2 (the newest decides a replay), found {self.keep_commits}")
+        for flag, opt in (("--compact-every-batches", self.compact_every_batches), ("--compact-every-minutes", self.compact_every_s),
+                          ("--retention-days", self.retention_days)):
+            if opt is not None and opt <= 0:
+                raise ConfigError(f"{flag} expects a positive number, found {opt}")
 
     def identity(self) -> dict[str, str]:
         """What a checkpoint is bound to: changing any of these needs a new checkpoint."""

@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from memestream.errors import CheckpointError, ConfigError, MemestreamError
 from producers.folder import InboxMover
 from streaming.batch import BatchProcessor, LiveSummary, StageHook
+from streaming.compact import CompactConfig, StreamCompactor
 from streaming.config import StreamConfig
 from streaming.kafka_source import spark_kafka_available, topic_source
 from streaming.models import ModelHolder
@@ -108,8 +109,22 @@ class StopFlag:
         self.event.set()
 
 
+#: Spark keeps this many batches of its checkpoint's offsets/commits logs (older ones are
+#: purged as batches complete); set per query from ``--keep-commits``.
+MIN_BATCHES_TO_RETAIN = "spark.sql.streaming.minBatchesToRetain"
+
+
+def min_batches_to_retain(cfg: StreamConfig) -> int:
+    """Spark's checkpoint history: as long as our markers' (``--keep-commits``), at least 10."""
+    return max(10, cfg.keep_commits)
+
+
 def start_query(spark: SparkSession, cfg: StreamConfig, processor: BatchProcessor):
-    """Start the query with ``processor`` as its ``foreachBatch`` and the configured trigger."""
+    """Start the query with ``processor`` as its ``foreachBatch`` and the configured trigger.
+
+    The query captures the session's SQL conf when it starts, so ``minBatchesToRetain`` is
+    set just for the start and the caller's session is left as it was.
+    """
     frame = source_frame(spark, cfg)
     writer = (
         frame.writeStream.queryName(f"memestream-{cfg.source}")
@@ -117,7 +132,23 @@ def start_query(spark: SparkSession, cfg: StreamConfig, processor: BatchProcesso
         .option("checkpointLocation", str(cfg.checkpoint / "spark"))
     )
     writer = writer.trigger(availableNow=True) if cfg.available_now else writer.trigger(processingTime=f"{cfg.trigger_seconds} seconds")
-    return writer.start()
+    before = spark.conf.get(MIN_BATCHES_TO_RETAIN, None)
+    spark.conf.set(MIN_BATCHES_TO_RETAIN, str(min_batches_to_retain(cfg)))
+    try:
+        return writer.start()
+    finally:
+        if before is None:
+            spark.conf.unset(MIN_BATCHES_TO_RETAIN)
+        else:
+            spark.conf.set(MIN_BATCHES_TO_RETAIN, before)
+
+
+def start_compactor(cfg: StreamConfig, tables: OutputTables) -> StreamCompactor | None:
+    """The in-stream compaction thread (None with ``--no-compact``)."""
+    if not cfg.compacts:
+        return None
+    config = CompactConfig(cfg.output, retention_days=cfg.retention_days, time_budget_s=cfg.compact_budget_s)
+    return StreamCompactor(tables, config, cfg.compact_every_batches, cfg.compact_every_s).start()
 
 
 def run_stream(
@@ -132,7 +163,7 @@ def run_stream(
     ``on_stage`` is called at fixed points of every batch (:data:`streaming.batch.STAGES`).
     """
     OutputTables(cfg.output).ensure_writable()
-    tables = OutputTables(cfg.output, writer=check_checkpoint(cfg))
+    tables = OutputTables(cfg.output, writer=check_checkpoint(cfg), keep_commits=cfg.keep_commits)
     models = ModelHolder(cfg.model_dir, cfg.model_version)
     describe_engine(models.model, cfg)
     warm_up(spark, models.model, cfg)
@@ -150,6 +181,8 @@ def run_stream(
     stop.install()
     query = start_query(spark, cfg, processor)
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
+    compactor = start_compactor(cfg, tables)
+    drained = False
     try:
         while query.isActive:
             if until is not None and until(summary):
@@ -159,7 +192,10 @@ def run_stream(
                 _graceful_stop(query)
                 break
             query.awaitTermination(0.5)
+        drained = not stop.event.is_set() and query.exception() is None
     finally:
+        if compactor is not None:  # a drained --available-now run ends with one last (bounded) pass
+            compactor.stop(final_pass=cfg.available_now and drained)
         if mover is not None:
             mover.stop()
     exc = query.exception()

@@ -108,20 +108,6 @@ def test_featurize_never_raises_and_reports_each_bad_input(bad_payloads, image_b
     assert featurize_one(image_bytes("doom", 0), nan) == (None, "corrupt: features are not finite")
 
 
-def test_featurize_batch_call_log_is_off_unless_asked(tmp_path, monkeypatch, image_bytes):
-    """The test-only counting hook writes nothing unless its environment variable is set."""
-    from memestream import features
-
-    log = tmp_path / "calls.log"
-    fs = get_feature_set("gray32")
-    monkeypatch.delenv(features.CALL_LOG_ENV, raising=False)
-    featurize_batch([image_bytes("doom", 0)], fs)
-    assert not log.exists()
-    monkeypatch.setenv(features.CALL_LOG_ENV, str(log))
-    featurize_batch([image_bytes("doom", 0), b""], fs)
-    assert log.read_text().split() == ["2"]
-
-
 @pytest.mark.shared_data
 def test_real_memes_featurize_without_errors(shared_dataset):
     files = sorted((shared_dataset / "doom").iterdir())[:10] + sorted((shared_dataset / "animal_crossing").iterdir())[:10]

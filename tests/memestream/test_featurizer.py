@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
 from memestream.errors import DataError
-from memestream.features import CALL_LOG_ENV, DEFAULT_FEATURE_SET, featurize_batch, get_feature_set
+from memestream.features import DEFAULT_FEATURE_SET, featurize_batch, get_feature_set
 from memestream.featurizer import ImageFeaturizer
 
 
@@ -67,15 +68,24 @@ def test_params_round_trip_through_a_saved_pipeline(tmp_path, images):
     assert ImageFeaturizer().getFeatureSet() == DEFAULT_FEATURE_SET
 
 
-def test_featurizer_runs_once_per_row_when_features_and_error_are_both_used(spark, images, rows, tmp_path):
+def test_featurizer_runs_once_per_row_when_features_and_error_are_both_used(spark, images, rows, tmp_path, monkeypatch):
     """Reading both struct fields and filtering on the error must not decode an image twice."""
     log = tmp_path / "calls.log"
-    env = spark.sparkContext.environment
-    env[CALL_LOG_ENV] = str(log)  # shipped to the Python workers with the UDF built below
-    try:
-        out = ImageFeaturizer(featureSet="gray32").transform(images)
-    finally:
-        env.pop(CALL_LOG_ENV, None)
+    body = ImageFeaturizer._udf_body
+
+    def counting_body(self, read_max, from_path):
+        run = body(self, read_max, from_path)
+        path = str(log)
+
+        def counted(values: pa.Array) -> pa.Array:  # a closure: cloudpickle ships it (and the log path) to the workers
+            with open(path, "a", encoding="ascii") as fh:  # O_APPEND: safe across worker processes
+                fh.write(f"{len(values)}\n")
+            return run(values)
+
+        return counted
+
+    monkeypatch.setattr(ImageFeaturizer, "_udf_body", counting_body)
+    out = ImageFeaturizer(featureSet="gray32").transform(images)
 
     def calls() -> int:
         counts = [int(x) for x in log.read_text().split()] if log.exists() else []

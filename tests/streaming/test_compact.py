@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import date
 
@@ -179,3 +180,103 @@ def test_two_writers_share_tables_without_clashing(tmp_path):
     names = _names(folder_w, "predictions", DATES[1])
     assert "part-folder_a1-0000000000-0000000001.parquet" in names and "part-kafka_b2-0000000000-0000000001.parquet" in names
     assert sum(_multiset(folder_w.root, "predictions").values()) == 2 * 3 * 3
+
+
+def test_batches_whose_markers_were_pruned_still_compact(tmp_path):
+    """Sealed = below the writer's newest committed batch, marker kept or rolled up."""
+    out = OutputTables(tmp_path / "out", keep_commits=3)
+    out.ensure_writable()
+    for b in range(10):
+        assert _commit(out, b)
+    assert out.committed_batches() == [7, 8, 9]
+    compact(CompactConfig(out.root))
+    assert _names(out, "predictions", DATES[1]) == ["part-main-0000000000-0000000008.parquet", "part-main-0000000009.parquet"]
+    assert sum(_multiset(out.root, "predictions").values()) == 10 * 3
+
+
+def test_time_budget_stops_between_folders(output):
+    results = compact(CompactConfig(output.root, time_budget_s=0))
+    assert results == []  # spent before the first folder: nothing touched, the next run does it
+    assert len(_names(output, "predictions", DATES[1])) == 6
+
+
+def test_max_file_bytes_leaves_big_merged_files_alone(output):
+    compact(CompactConfig(output.root))
+    merged = "part-main-0000000000-0000000003.parquet"
+    for b in range(6, 9):
+        _commit(output, b) if b != 6 else (_commit(output, 5), _commit(output, 6))
+    size = (output.table_dir("predictions") / f"date={DATES[1]}" / merged).stat().st_size
+    compact(CompactConfig(output.root, max_file_bytes=size))  # the merged file is "full"
+    assert _names(output, "predictions", DATES[1]) == [merged, "part-main-0000000004-0000000007.parquet", "part-main-0000000008.parquet"]
+    assert sum(_multiset(output.root, "predictions").values()) == 9 * 3
+
+
+def test_stream_compactor_thread_merges_while_batches_commit(tmp_path):
+    """The in-stream compactor: runs every N batches off the committing thread, holds the lock
+    briefly, loses and duplicates nothing, and stops with a final pass."""
+    out = OutputTables(tmp_path / "out", writer="folder_x1", keep_commits=5)
+    out.ensure_writable()
+    compactor = compact_mod.StreamCompactor(out, CompactConfig(out.root), every_batches=10, every_s=None, poll_s=0.02).start()
+    waits = []
+    try:
+        for b in range(60):
+            started = time.monotonic()
+            assert _commit(out, b)
+            waits.append(time.monotonic() - started)
+            time.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while compactor.runs < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        compactor.stop(final_pass=True)
+    assert compactor.runs >= 5  # about one per 10 batches, from the thread
+    assert not compactor._thread.is_alive()
+    rows = _multiset(out.root, "predictions")
+    assert sum(rows.values()) == 60 * 3 and max(rows.values()) == 1
+    for day in DATES:  # sealed batches in one file, the newest (59) on its own
+        assert _names(out, "predictions", day) == ["part-folder_x1-0000000000-0000000058.parquet", "part-folder_x1-0000000059.parquet"]
+    assert 0 < compactor.max_lock_s < 0.5, compactor.max_lock_s
+    print(f"lock held at most {compactor.max_lock_s * 1000:.1f} ms; commit took at most {max(waits) * 1000:.1f} ms")
+
+
+def test_stream_compactor_survives_a_failing_run_and_due_needs_new_batches(tmp_path, monkeypatch, caplog):
+    out = OutputTables(tmp_path / "out", keep_commits=5)
+    out.ensure_writable()
+    compactor = compact_mod.StreamCompactor(out, CompactConfig(out.root), every_batches=None, every_s=0.0, poll_s=0.02)
+    assert not compactor.due()  # nothing committed yet
+    _commit(out, 0)
+    assert compactor.due()
+    compactor.run_once()
+    assert not compactor.due()  # nothing new since the last run, however much time passed
+    calls = []
+
+    def boom(*a, **kw):
+        calls.append(1)
+        raise OSError("disk trouble")
+
+    monkeypatch.setattr(compact_mod, "compact", boom)
+    compactor.start()
+    _commit(out, 1)
+    deadline = time.monotonic() + 5
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    compactor.stop()
+    assert len(calls) >= 2  # failed, logged, tried again: the thread stayed alive
+    assert any("in-stream compaction failed" in r.message for r in caplog.records)
+
+
+def test_leftovers_of_a_killed_run_are_purged_once_old(output):
+    import os
+
+    table = output.table_dir("predictions")
+    staged = table / f".date={DATES[1]}.compact-deadbeef"
+    expired = table / f".date={DATES[0]}.expired-cafef00d"
+    fresh = table / f".date={DATES[0]}.compact-0badf00d"
+    for d in (staged, expired, fresh):
+        d.mkdir()
+        (d / "part-main-0000000000.parquet").write_bytes(b"x")
+    old = time.time() - compact_mod.LEFTOVER_AGE_S - 5
+    for d in (staged, expired):
+        os.utime(d, (old, old))
+    assert compact_mod.purge_retired(table) == 2
+    assert not staged.exists() and not expired.exists() and fresh.exists()  # a run in progress may own it

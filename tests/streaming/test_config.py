@@ -31,6 +31,8 @@ def test_config_round_trips_through_options_and_masks_password():
     (dict(spool=None), "needs a spool folder"),
     (dict(archive=None), "--processed archive needs an archive folder"),
     (dict(trigger_seconds=0), "--trigger expects a positive number"),
+    (dict(keep_commits=1), "--keep-commits expects at least 2"),
+    (dict(compact_every_s=0), "--compact-every-minutes expects a positive number"),
 ])
 def test_bad_stream_settings_fail_when_built(bad, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -41,3 +43,18 @@ def test_valid_settings_and_checkpoint_identity():
     assert _cfg(archive=None, processed="keep").identity()["spool"] == str(Path("s").resolve())
     kafka = _cfg(source="kafka", spool=None, kafka=KafkaSourceConfig("h:1", "memes"))
     assert kafka.identity() == {"source": "kafka", "output": str(Path("o").resolve()), "topic": "memes"}
+
+
+def test_output_upkeep_flags_and_their_env_fallbacks(monkeypatch):
+    from streaming.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert (cfg.keep_commits, cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (100, 50, 600.0, None)
+    assert cfg.compacts
+    args = ["--keep-commits", "20", "--compact-every-batches", "5", "--compact-every-minutes", "0.5", "--retention-days", "30"]
+    cfg = config_from_args(build_parser().parse_args(args))
+    assert (cfg.keep_commits, cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (20, 5, 30.0, 30)
+    monkeypatch.setenv("MEMESTREAM_NO_COMPACT", "1")
+    monkeypatch.setenv("MEMESTREAM_KEEP_COMMITS", "7")
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert not cfg.compacts and cfg.keep_commits == 7

@@ -87,3 +87,25 @@ def test_sigkill_at_a_random_moment_of_a_running_stream(tmp_path, trained_model_
                           capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     _check_exactly_once(tmp_path, names)
+
+
+def test_sigkill_with_markers_pruned_and_compaction_every_batch(tmp_path, trained_model_dir, image_bytes):
+    """The same guarantee when only 2 markers are kept (the rest rolled up) and the stream
+    compacts after every batch: killed after batch 5's marker, restarted, every input once."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"p{i:02d}.jpg" for i in range(8)]
+    for i, name in enumerate(names):
+        (inbox / name).write_bytes(image_bytes(["doom", "cats"][i % 2], 500 + i))
+    upkeep = ("--max-files-per-trigger", "1", "--keep-commits", "2", "--compact-every-batches", "1", "--available-now")
+    crashed = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, *upkeep, kill_at="committed:5"),
+                             env=_env(), capture_output=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    writer = next((tmp_path / "output" / "_commits").glob("folder_*"))
+    assert sorted(p.name for p in writer.glob("0*.json")) == ["0000000004.json", "0000000005.json"]  # 0-3 rolled up
+    done = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, *upkeep), env=_env(), capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    _check_exactly_once(tmp_path, names)
+    assert len(list(writer.glob("0*.json"))) == 2
+    day = next((tmp_path / "output" / "predictions").glob("date=*"))
+    assert len(list(day.glob("*.parquet"))) <= 2  # sealed batches merged, the newest on its own

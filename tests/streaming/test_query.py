@@ -146,3 +146,58 @@ def test_meme_stream_cli_errors_are_one_line(tmp_path, capsys):
     assert exc.value.code == 2
     assert main(["--data-dir", str(tmp_path), "--window", "1m", "--slide", "5m"]) == 2
     assert "slide" in capsys.readouterr().err
+
+
+def _layout(output) -> dict[str, list[str]]:
+    return {str(d.relative_to(output)): sorted(p.name for p in d.iterdir())
+            for t in ("predictions", "quarantine", "class_counts") for d in sorted((output / t).glob("date=*"))}
+
+
+def test_long_running_bookkeeping_stays_bounded_and_in_stream_compaction_changes_no_row(
+        spark, tmp_path, trained_model_dir, image_bytes, bad_payloads, monkeypatch):
+    """One-file batches with 3 markers kept, a short Spark checkpoint history (3 instead of the
+    stream's 10+) and compaction every 3 batches inside the stream; against the same inputs
+    streamed without compaction."""
+    from streaming import query
+
+    monkeypatch.setattr(query, "min_batches_to_retain", lambda cfg: 3)
+    files = {f"img{i:02d}.jpg": image_bytes(["doom", "cats", "animal_crossing"][i % 3], 900 + i) for i in range(8)}
+    files["bad.jpg"] = bad_payloads["text"]
+    roots = {}
+    for name, every in (("plain", None), ("compacted", 3)):
+        root = roots[name] = tmp_path / name
+        (root / "inbox").mkdir(parents=True)
+        _drop(root / "inbox", files)
+        cfg = make_config(root, trained_model_dir, max_files_per_trigger=1, keep_commits=3,
+                          compact_every_batches=every, compact_every_s=None)
+        assert run_stream(spark, cfg).batches == len(files)
+
+    root = roots["compacted"]
+    out = root / "output"
+    preds = _predictions(root)
+    assert sorted(preds["origin"]) == sorted(files) and preds["image_id"].is_unique  # exactly once
+    labelled = preds[preds["label"].notna()].groupby("label").size().to_dict()
+    assert OutputTables(out).label_totals() == labelled  # the rollup plus the kept markers
+    # the same rows as the stream that did not compact (batch order and event times differ)
+    cols = ["origin", "image_id", "label", "confidence", "error_code", "late"]
+    plain = _predictions(roots["plain"])
+    assert preds[cols].sort_values("origin").reset_index(drop=True).equals(plain[cols].sort_values("origin").reset_index(drop=True))
+    quarantined = [sorted(read_table(r / "output", "quarantine").to_pandas()["origin"]) for r in (root, roots["plain"])]
+    assert quarantined[0] == quarantined[1] == ["bad.jpg"]
+    counts = [read_table(r / "output", "class_counts").to_pandas().groupby("label")["count"].sum().to_dict()
+              for r in (root, roots["plain"])]
+    assert counts[0] == counts[1] == {k: v * 10 for k, v in labelled.items()}
+    # sealed batches (below the newest) in at most one file per date per table; without compaction, one per batch
+    newest = int(preds["batch_id"].max())
+    for folder, names in _layout(out).items():
+        sealed = [n for n in names if not n.endswith(f"-{newest:010d}.parquet")]
+        assert len(sealed) <= 1, (folder, names)
+    assert sum(len(v) for k, v in _layout(roots["plain"] / "output").items() if k.startswith("predictions/")) == len(files)
+    # bounded bookkeeping: 3 markers and the rollup; Spark's offsets/commits logs purged to ~3
+    writer = next((out / "_commits").glob("folder_*"))
+    assert sorted(p.name for p in writer.iterdir()) == [f"{b:010d}.json" for b in range(newest - 2, newest + 1)] + ["_base.json"]
+    spark_ck = root / "checkpoints" / "spark"
+    for log_dir in ("offsets", "commits"):
+        entries = sorted(int(p.name) for p in (spark_ck / log_dir).iterdir() if p.name.isdigit())
+        assert entries[-1] == newest and len(entries) <= 4, (log_dir, entries)
+    assert not (spark_ck / "state").exists()  # windowed counts are Python (markers): no Spark state store
