@@ -58,6 +58,8 @@ class InboxMover:
         self.spool.mkdir(parents=True, exist_ok=True)
         if self.inbox.resolve() == self.spool.resolve():
             raise ConfigError(f"inbox and spool must be different folders, both are {self.inbox}")
+        with self._seq.locked():  # an unusable sequence file fails here, not in the watcher thread
+            pass
 
     # -- moving -------------------------------------------------------------------------
     def _candidates(self) -> Iterable[Path]:

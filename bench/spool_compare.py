@@ -1,0 +1,137 @@
+"""Folder source comparison: ``--folder-source spool`` vs ``binaryfile`` on the same input.
+
+``python -m bench.spool_compare --model models/ --files 5000`` runs ``meme-stream`` once per
+source over the same N tiny generated images (all waiting in the inbox at start, so each
+run drains a backlog) and reports, per source:
+
+* images/s from the first output rows to the last (startup excluded);
+* the driver JVM's live heap after a full GC (``jcmd GC.run``) at 20% of the rows and at the
+  end, and the difference per file (Spark's file source keeps every file it has seen);
+* the Spark checkpoint's files and bytes, and the part under ``sources/`` (the file source's
+  per-file log).
+
+Without ``--model`` (or with an empty model folder) a fast ``colorcooc`` logistic-regression
+model is trained first on generated images. Short by design: a few minutes in all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.soak import count_rows, jvm_live_heap_mib, jvm_pid
+from memestream.sample import STYLES, sample_image_bytes, write_dataset
+
+IMPLS = ("spool", "binaryfile")
+
+
+def ensure_model(models: Path, work: Path) -> None:
+    """Train a small, fast model into ``models`` unless it already holds one."""
+    if (models / "CURRENT").exists():
+        return
+    data = work / "train-data"
+    write_dataset(data, per_class=30, seed=7)
+    subprocess.run([sys.executable, "-m", "batch_training.train", "--data", str(data), "--model-dir", str(models),
+                    "--feature-set", "colorcooc", "--text", "off", "--models", "logreg", "--pca-k", "16",
+                    "--reg-params", "1.0", "--folds", "2", "--no-plots"], check=True)
+
+
+def tree_stats(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def run_one(impl: str, model: Path, work: Path, n: int, max_files: int, timeout_s: float) -> dict[str, Any]:
+    """One stream over ``n`` files of the inbox; measurements as in the module docstring."""
+    root = work / impl
+    inbox = root / "inbox"
+    inbox.mkdir(parents=True)
+    images = [sample_image_bytes(label, seed) for label in STYLES for seed in range(20)]
+    for i in range(n):
+        (inbox / f"c{i:06d}.jpg").write_bytes(images[i % len(images)])
+    cmd = [sys.executable, "-m", "streaming.cli", "--data-dir", str(root), "--model", str(model), "--quiet", "--no-ui",
+           "--processed", "delete", "--folder-source", impl, "--max-files-per-trigger", str(max_files),
+           "--driver-memory", "1g"]
+    log = open(root / "meme-stream.log", "w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    out: dict[str, Any] = {"impl": impl, "files": n}
+    started = time.monotonic()
+    t_first = rows_first = None
+    heap_early = None
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"meme-stream ({impl}) exited with {proc.returncode}; see {root / 'meme-stream.log'}")
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"meme-stream ({impl}) did not finish {n} files in {timeout_s:.0f} s")
+            rows = count_rows(root / "output")
+            now = time.monotonic()
+            if rows and t_first is None:
+                t_first, rows_first = now, rows
+            if heap_early is None and rows >= n // 5:
+                jpid = jvm_pid(proc.pid)
+                heap_early = (jvm_live_heap_mib(jpid) if jpid else None, rows)
+                t_first, rows_first = time.monotonic(), count_rows(root / "output")  # rate after the GC pause
+            if rows >= n:
+                t_end = now
+                break
+            time.sleep(0.25)
+        out["images_per_s"] = round((n - rows_first) / max(1e-9, t_end - t_first), 1)
+        out["startup_s"] = round(t_first - started, 1)
+        time.sleep(1.0)  # let the last batch's checkpoint commit land
+        jpid = jvm_pid(proc.pid)
+        heap_end = jvm_live_heap_mib(jpid) if jpid else None
+        out["live_heap_mib_at_20pct"] = heap_early[0] if heap_early else None
+        out["live_heap_mib_at_end"] = heap_end
+        if heap_early and heap_early[0] is not None and heap_end is not None:
+            out["live_heap_kib_per_file"] = round((heap_end - heap_early[0]) * 1024 / max(1, n - heap_early[1]), 3)
+        ck = root / "checkpoints" / "folder" / "spark"
+        out["checkpoint_files"], out["checkpoint_bytes"] = tree_stats(ck)
+        out["sources_files"], out["sources_bytes"] = tree_stats(ck / "sources")
+        out["offsets_bytes"] = tree_stats(ck / "offsets")[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.spool_compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model store (default: train a small one in the work dir)")
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--max-files-per-trigger", type=int, default=500)
+    parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated: spool, binaryfile")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run before giving up")
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--json", default=None, help="write the results here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="memestream-spoolcmp-"))
+    model = Path(args.model) if args.model else work / "models"
+    ensure_model(model, work)
+    results = []
+    for impl in args.impls.split(","):
+        res = run_one(impl.strip(), model, work, args.files, args.max_files_per_trigger, args.timeout)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
