@@ -6,6 +6,7 @@ import logging
 import os
 import time
 
+import pyarrow as pa
 import pytest
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxFiles
 
@@ -58,12 +59,14 @@ def test_partitions_split_a_batch_and_read_gives_the_listing_columns(tmp_path):
     end = reader.latestOffset({"seq": 0}, ReadAllAvailable())
     parts = reader.partitions({"seq": 0}, end)
     assert len(parts) == 4 and sum(len(p.names) for p in parts) == 10
-    rows = [row for p in parts for row in reader.read(p)]
-    assert [r[0] for r in rows] == [f"file:{spool.resolve()}/{n}" for p in parts for n in p.names]
-    assert [r[2] for r in rows] == list(range(1, 11))  # length, in sequence order
-    assert all(abs(r[1].timestamp() - time.time()) < 120 for r in rows)
+    rows = [row for p in parts for batch in reader.read(p) for row in batch.to_pylist()]
+    assert [r["path"] for r in rows] == [f"file:{spool.resolve()}/{n}" for p in parts for n in p.names]
+    assert [r["length"] for r in rows] == list(range(1, 11))  # in sequence order
+    assert all(abs(r["modificationTime"].timestamp() - time.time()) < 120 for r in rows)
+    assert str(next(iter(reader.read(parts[0]))).schema) == str(pa.schema(
+        [("path", pa.string()), ("modificationTime", pa.timestamp("us", tz="UTC")), ("length", pa.int64())]))
     os.unlink(spool / parts[0].names[0])  # moved after an earlier attempt's commit: skipped, not an error
-    assert len(list(reader.read(parts[0]))) == len(parts[0].names) - 1
+    assert sum(b.num_rows for b in reader.read(parts[0])) == len(parts[0].names) - 1
 
 
 def test_files_not_named_by_the_mover_are_adopted_once_settled(tmp_path):
