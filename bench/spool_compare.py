@@ -10,6 +10,10 @@ run drains a backlog) and reports, per source:
 * the Spark checkpoint's files and bytes, and the part under ``sources/`` (the file source's
   per-file log).
 
+``--source-only`` measures the sources alone (no model: each batch is only counted), in a fresh
+Spark per source, over more files (``--files 20000``): the live heap after a full GC before
+the first file and after the last, per file. That is where the file source's seen-files map shows.
+
 Without ``--model`` (or with an empty model folder) a fast ``colorcooc`` logistic-regression
 model is trained first on generated images. Short by design: a few minutes in all.
 """
@@ -110,6 +114,52 @@ def run_one(impl: str, model: Path, work: Path, n: int, max_files: int, timeout_
     return out
 
 
+def source_only(impl: str, work: Path, n: int, max_files: int) -> dict[str, Any]:
+    """Stream ``n`` spooled files through one source with a counting ``foreachBatch`` (no scoring),
+    in this process's Spark; live heap before and after."""
+    import os
+
+    from memestream.spark import build_spark
+    from producers.folder import InboxMover
+    from streaming.query import open_stream
+    from streaming.sources import folder_frame, folder_source
+    from streaming.spool_source import register
+
+    root = work / f"source-{impl}"
+    mover = InboxMover(root / "inbox", root / "spool", settle=0)
+    spark = build_spark(f"spool-compare-{impl}", master="local[2]", conf={"spark.ui.enabled": "false"})
+    register(spark)
+    frame = open_stream(spark, folder_source(root / "spool", max_files, impl, 2)).transform(folder_frame)
+    rows: list[int] = []
+    ck = root / "ck"
+    # warm up on a first small batch, then measure from there
+    for i in range(max_files):
+        (mover.inbox / f"w{i:06d}.jpg").write_bytes(b"w" * 2000)
+    mover.sweep(settle=0)
+    query = frame.writeStream.foreachBatch(lambda df, _: rows.append(df.count())).option(
+        "checkpointLocation", str(ck)).trigger(availableNow=True).start()
+    query.awaitTermination()
+    heap_before = live_heap(os.getpid())
+    for i in range(n):
+        (mover.inbox / f"s{i:06d}.jpg").write_bytes(b"s" * 2000)
+    mover.sweep(settle=0)
+    start = time.monotonic()
+    query = frame.writeStream.foreachBatch(lambda df, _: rows.append(df.count())).option(
+        "checkpointLocation", str(ck)).trigger(availableNow=True).start()
+    query.awaitTermination()
+    seconds = time.monotonic() - start
+    heap_after = live_heap(os.getpid())
+    spark.stop()
+    out: dict[str, Any] = {"impl": impl, "mode": "source-only", "files": n, "rows": sum(rows) - max_files,
+                           "files_per_s": round(n / seconds, 1), "live_heap_mib_before": heap_before,
+                           "live_heap_mib_after": heap_after}
+    if heap_before is not None and heap_after is not None:
+        out["live_heap_kib_per_file"] = round((heap_after - heap_before) * 1024 / n, 3)
+    out["checkpoint_files"], out["checkpoint_bytes"] = tree_stats(ck)
+    out["sources_bytes"] = tree_stats(ck / "sources")[1]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.spool_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,17 +170,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run before giving up")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--source-only", action="store_true", help="measure the sources alone (no model, no scoring)")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # internal: this process runs one source
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="memestream-spoolcmp-"))
+    if args.source_only:
+        return _source_only(args, work)
     model = Path(args.model) if args.model else work / "models"
     ensure_model(model, work)
     results = []
     for impl in args.impls.split(","):
         res = run_one(impl.strip(), model, work, args.files, args.max_files_per_trigger, args.timeout)
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _source_only(args: argparse.Namespace, work: Path) -> int:
+    if args.one:  # a fresh process (and JVM) per source, so one cannot inflate the other's heap
+        print(json.dumps(source_only(args.impls, work, args.files, args.max_files_per_trigger)), flush=True)
+        return 0
+    results = []
+    for impl in args.impls.split(","):
+        done = subprocess.run([sys.executable, "-m", "bench.spool_compare", "--source-only", "--one", "--impls", impl.strip(),
+                               "--files", str(args.files), "--max-files-per-trigger", str(args.max_files_per_trigger),
+                               "--work-dir", str(work)], capture_output=True, text=True, check=True)
+        res = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(res), flush=True)
         results.append(res)
     if args.json:
