@@ -3,7 +3,8 @@
 People copy big files slowly and scrapers write many at once, but Spark's file source
 must only ever see whole files. :class:`InboxMover` watches ``inbox/`` with watchdog,
 waits until a file has stopped changing (or was closed after writing), then renames it
-atomically into ``spool/`` (the folder Spark reads) under a unique name. Hidden and
+atomically into ``spool/`` (the folder Spark reads) under a unique, strictly increasing
+sequence name (``<number>-<original>``, see :mod:`producers.spool`). Hidden and
 temporary files are ignored; files already present at start are picked up by a sweep.
 
 ``meme-drop`` copies files into the inbox safely (hidden temp file + rename) for scripts,
@@ -12,6 +13,7 @@ and ``meme-drop --watch`` runs the mover on its own (e.g. on the file server).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shutil
@@ -24,6 +26,7 @@ from typing import Iterable, Sequence
 from memestream.cli import add_common_flags, env_flag, positive_float, run_main
 from memestream.errors import ConfigError, DataError
 from memestream.inputs import EMPTY_FILE_MARKER
+from producers.spool import SpoolSequence
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,6 @@ TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".swp"
 def is_ignored(name: str) -> bool:
     """Hidden or temporary names that writers use before a file is complete."""
     return name.startswith((".", "_", "~$")) or name.lower().endswith(TEMP_SUFFIXES)
-
-
-def spool_name(original: str) -> str:
-    """Unique, time-ordered spool name: ``<ns since epoch>-<original>``."""
-    return f"{time.time_ns():019d}-{original}"
 
 
 class InboxMover:
@@ -55,10 +53,13 @@ class InboxMover:
         self._wake = threading.Event()
         self._observer = None
         self._thread: threading.Thread | None = None
+        self._seq = SpoolSequence(self.spool)
         self.inbox.mkdir(parents=True, exist_ok=True)
         self.spool.mkdir(parents=True, exist_ok=True)
         if self.inbox.resolve() == self.spool.resolve():
             raise ConfigError(f"inbox and spool must be different folders, both are {self.inbox}")
+        with self._seq.locked():  # an unusable sequence file fails here, not in the watcher thread
+            pass
 
     # -- moving -------------------------------------------------------------------------
     def _candidates(self) -> Iterable[Path]:
@@ -69,32 +70,48 @@ class InboxMover:
                     yield Path(dirpath) / name
 
     def move(self, path: Path) -> Path | None:
-        """Move one complete file into the spool; returns its new path."""
-        target = self.spool / spool_name(path.name)
+        """Move one complete file into the spool; returns its new path.
+
+        The spool name (its sequence number) is taken and the rename done under the spool's
+        lock (:mod:`producers.spool`), so the stream's listing never misses a file that lands
+        with a smaller number after it looked.
+        """
+        tmp: Path | None = None
         try:
             if path.stat().st_size == 0:
-                # Spark's listing drops zero-byte files; keep them visible so they are quarantined
-                tmp = self.spool / f".{target.name}.{uuid.uuid4().hex}.tmp"
+                # Spark's binaryFile listing drops zero-byte files; keep them visible so they are quarantined
+                tmp = self.spool / f".{path.name}.{uuid.uuid4().hex}.tmp"
                 tmp.write_bytes(EMPTY_FILE_MARKER)
-                os.replace(tmp, target)
+                with self._seq.locked() as seq:
+                    target = self.spool / seq.next_name(path.name)
+                    os.replace(tmp, target)
+                tmp = None
                 path.unlink()
                 self.moved += 1
                 return target
             os.utime(path, None)  # event time = landing time; Spark never drops it as "old"
             try:
-                os.rename(path, target)
+                with self._seq.locked() as seq:
+                    target = self.spool / seq.next_name(path.name)
+                    os.rename(path, target)
             except OSError as exc:
-                if exc.errno != 18:  # EXDEV: inbox and spool on different file systems
+                if exc.errno != errno.EXDEV:  # inbox and spool on different file systems: copy
                     raise
-                tmp = self.spool / f".{target.name}.{uuid.uuid4().hex}.tmp"
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, target)
+                tmp = self.spool / f".{path.name}.{uuid.uuid4().hex}.tmp"
+                shutil.copyfile(path, tmp)  # the slow part, outside the lock
+                with self._seq.locked() as seq:
+                    target = self.spool / seq.next_name(path.name)
+                    os.replace(tmp, target)
+                tmp = None
                 path.unlink()
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.error("cannot move %s into %s: %s", path, self.spool, exc)
             return None
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         self.moved += 1
         log.debug("spooled %s as %s", path, target.name)
         return target

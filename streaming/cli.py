@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
              help="Kafka reader: python (built in, kafka-python) or spark (Spark's spark-sql-kafka-0-10 connector at the installed "
              "PySpark's version, fetched from Maven Central once; not served for every version)")
+    env_flag(parser, "--folder-source", envvar="MEMESTREAM_FOLDER_SOURCE", default="spool", choices=["spool", "binaryfile"],
+             help="folder reader: spool (built in; offsets are the inbox mover's sequence numbers, so its state stays "
+             "constant) or binaryfile (Spark's file source; remembers every file it has seen)")
     env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=list(TEXT_MODES),
              help="the model's OCR text branch: off, cascade (OCR only when the image branch is unsure) or always")
     env_flag(parser, "--ood", envvar="MEMESTREAM_OOD", default=DEFAULT_OOD_MODE, choices=list(OOD_MODES),
@@ -185,6 +188,7 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
         quiet=bool(args.quiet),
         kafka=kafka if args.source == "kafka" else None,
         kafka_impl=args.kafka_impl,
+        folder_impl=args.folder_source,
         scoring=args.scoring,
         text=args.text,
         ood=args.ood,

@@ -24,6 +24,9 @@ SOURCES = ("folder", "kafka")
 SCORING_ENGINES = ("auto", "python", "spark")
 #: What happens to a processed folder input after its batch is committed.
 PROCESSED = ("archive", "delete", "keep")
+#: spool: our Data Source over the mover's sequence names (state does not grow); binaryfile:
+#: Spark's file source (remembers every file seen; kept to compare).
+FOLDER_IMPLS = ("spool", "binaryfile")
 #: python: our Data Source (kafka-python); spark: Spark's built-in connector (its jar must be on the classpath).
 KAFKA_IMPLS = ("python", "spark")
 
@@ -158,6 +161,7 @@ class StreamConfig:
     quiet: bool = False
     kafka: KafkaSourceConfig | None = None
     kafka_impl: str = "python"
+    folder_impl: str = "spool"
     scoring: str = "auto"
     #: The model's OCR text branch: off | cascade (OCR only when the image branch is unsure) | always.
     text: str = DEFAULT_TEXT_MODE
@@ -185,6 +189,7 @@ class StreamConfig:
         _one_of("--ood", self.ood, OOD_MODES)
         _one_of("--processed", self.processed, PROCESSED)
         _one_of("--kafka-impl", self.kafka_impl, KAFKA_IMPLS)
+        _one_of("--folder-source", self.folder_impl, FOLDER_IMPLS)
         if self.source == "kafka" and not isinstance(self.kafka, KafkaSourceConfig):
             raise ConfigError(f"a Kafka stream needs a KafkaSourceConfig (bootstrap servers and topic), found {self.kafka!r}")
         if self.source == "folder" and self.spool is None:
@@ -207,6 +212,7 @@ class StreamConfig:
         ident = {"source": self.source, "output": str(self.output.resolve())}
         if self.source == "folder":
             ident["spool"] = str(self.spool.resolve()) if self.spool else ""
+            ident["folder_impl"] = self.folder_impl
         else:
             ident["topic"] = self.kafka.topic if self.kafka else ""
         return ident

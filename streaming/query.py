@@ -46,6 +46,8 @@ def check_checkpoint(cfg: StreamConfig) -> str:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise CheckpointError(f"{path} is damaged; use a new --checkpoint") from None
+        if old.get("source") == "folder":
+            old.setdefault("folder_impl", "binaryfile")  # written before the spool source existed
         diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
         if diff:
             detail = "; ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
@@ -76,7 +78,13 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
     if cfg.source == "folder":
         assert cfg.spool is not None  # StreamConfig checks it
         cfg.spool.mkdir(parents=True, exist_ok=True)
-        return open_stream(spark, folder_source(cfg.spool, cfg.max_files_per_trigger)).transform(folder_frame)
+        source = folder_source(cfg.spool, cfg.max_files_per_trigger, cfg.folder_impl, _listing_partitions(spark),
+                               keep_processed=cfg.processed == "keep")
+        if cfg.folder_impl == "spool":
+            from streaming.spool_source import register
+
+            register(spark)
+        return open_stream(spark, source).transform(folder_frame)
     assert cfg.kafka is not None  # StreamConfig checks it
     if cfg.kafka_impl == "spark":
         if not spark_kafka_available(spark):
@@ -87,6 +95,15 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
             )
         return open_stream(spark, spark_kafka_source(cfg.kafka)).transform(spark_kafka_frame)
     return open_stream(spark, topic_source(spark, cfg.kafka)).transform(kafka_frame)
+
+
+def _listing_partitions(spark: SparkSession) -> int:
+    """Spark tasks per folder batch: one per core. Each task reads, decodes and scores its files;
+    more tasks than cores only add per-task cost (a spool-source task costs ~0.1-0.2 s)."""
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism))
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
+        return 2
 
 
 class StopFlag:

@@ -20,7 +20,7 @@ from memestream.load import read_files
 from streaming.config import KafkaSourceConfig
 
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
-#: The inbox mover names spooled files ``<nanoseconds>-<original name>``.
+#: The inbox mover names spooled files ``<sequence number>-<original name>`` (producers.spool).
 SPOOL_PREFIX_RE = r"^[0-9]{19,}-"
 
 
@@ -34,14 +34,29 @@ class StreamSource:
     path: str | None = None
 
 
-def folder_source(spool: Path, max_files_per_trigger: int = 1000) -> StreamSource:
-    """Files atomically placed in ``spool`` (never half-written ones), listed by Spark's binaryFile source.
+def folder_source(spool: Path, max_files_per_trigger: int = 1000, impl: str = "spool", num_partitions: int = 2,
+                  keep_processed: bool = False) -> StreamSource:
+    """Files atomically placed in ``spool`` (never half-written ones), as listing rows
+    (path, modificationTime, length): the bytes are read later, in the scoring step.
 
-    Only path, length and mtime are read (:func:`folder_frame`); the bytes are read in the
-    scoring step. Processed files are archived/deleted by the query itself right after their
-    batch's commit marker is written (Spark's cleanSource acts a batch later, or never with
-    availableNow).
+    ``impl="spool"`` (default): the ``memestream-spool`` Data Source (``streaming.spool_source``),
+    whose offsets are the mover's sequence numbers, so its state does not grow with the files
+    seen. ``impl="binaryfile"``: Spark's file source, which remembers every file ever seen (kept
+    for comparison). Either way processed files are archived/deleted by the query itself right
+    after their batch's commit marker is written.
     """
+    if impl == "spool":
+        from streaming.spool_source import SOURCE_NAME
+
+        return StreamSource(
+            SOURCE_NAME,
+            {
+                "maxFilesPerTrigger": str(max_files_per_trigger),
+                "numPartitions": str(num_partitions),
+                "keepProcessed": str(keep_processed).lower(),
+            },
+            path=str(spool),
+        )
     return StreamSource(
         "binaryFile",
         {
@@ -55,7 +70,7 @@ def folder_source(spool: Path, max_files_per_trigger: int = 1000) -> StreamSourc
 
 
 def folder_frame(df: DataFrame) -> DataFrame:
-    """binaryFile listing rows (path, length, modificationTime) -> frame columns."""
+    """Listing rows (path, length, modificationTime; from either folder source) -> frame columns."""
     name = F.element_at(F.split(F.col("path"), "/"), -1)  # Spark's paths are not percent-encoded
     return df.select(
         F.lit("folder").alias("source"),

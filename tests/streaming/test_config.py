@@ -27,6 +27,7 @@ def test_config_round_trips_through_options_and_masks_password():
     (dict(scoring="gpu"), "--scoring must be one of auto, python, spark"),
     (dict(processed="shred"), "--processed must be one of archive, delete, keep"),
     (dict(kafka_impl="java"), "--kafka-impl must be one of python, spark"),
+    (dict(folder_impl="nfs"), "--folder-source must be one of spool, binaryfile, found 'nfs'"),
     (dict(source="kafka"), "needs a KafkaSourceConfig"),
     (dict(spool=None), "needs a spool folder"),
     (dict(archive=None), "--processed archive needs an archive folder"),
