@@ -362,12 +362,14 @@ def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mod
 
 def train(spark, cfg: TrainConfig) -> TrainResult:
     """Run one training; writes a new version under ``cfg.model_dir`` and marks it current."""
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import StandardScaler
 
     from batch_training import selection as sel
     from batch_training.dataset import LABEL_INDEX
     from batch_training.ingest import FeatureCache, ingest
+    from batch_training.pca import pca_axes
+    from batch_training.pca import pca_model as make_pca_model
     from batch_training.metrics import calibration_metrics, classification_metrics, roc_curves
     from batch_training.progress import SparkProgress, phase
     from batch_training.report import summary_table, write_report
@@ -419,11 +421,15 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     # step 5: Spark ML fits on the whole training part
     train_df = _frame(spark, data.features[tr], y[tr]).cache()
     with SparkProgress(spark, f"fitting scaler + PCA(k={k}) on {int(tr.sum())} rows", cfg.progress):
-        prep = Pipeline(stages=[StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED), PCA(k=k, inputCol=SCALED, outputCol=REDUCED)]).fit(train_df)
+        scaler_model = StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED).fit(train_df)
+        mean, std = scaler_model.mean.toArray(), scaler_model.std.toArray()
+        z = (data.features[tr].astype(np.float64) - mean) * np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+        axes, explained_share = pca_axes(z, k)  # not Spark's PCA.fit: see batch_training.pca
+        pca_model = make_pca_model(spark, axes, explained_share, SCALED, REDUCED)
+        prep = PipelineModel(stages=[scaler_model, pca_model])
         reduced = prep.transform(train_df).select(LABEL_INDEX, REDUCED).cache()
         reduced.count()
     train_df.unpersist()
-    scaler_model, pca_model = prep.stages
     explained = [float(v) for v in pca_model.explainedVariance.toArray()]
 
     results: dict[str, dict[str, Any]] = {}
