@@ -439,6 +439,10 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         fit_started = time.monotonic()
         with SparkProgress(spark, f"fitting {name}", cfg.progress):
             fitted = _classifier(name, cfg, k, len(classes), reg).fit(reduced)
+        if name == "logreg" and not np.any(fitted.coefficientMatrix.toArray()):
+            # the optimizer gave up at its starting point: a constant model must never be saved as current
+            raise ModelError(f"logistic regression did not converge on {int(tr.sum())} rows x {k} PCA components "
+                             "(all coefficients 0); try another --pca-k or --reg-params")
         pipeline = PipelineModel(stages=[featurizer, scaler_model, pca_model, fitted])
         pipeline.write().overwrite().save(str(vdir / "models" / name))
         pipelines[name] = pipeline
