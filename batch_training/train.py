@@ -450,7 +450,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         results[name] = {"cv": cv}
         models_meta[name] = {"path": f"models/{name}", "params": _params(fitted), "fit_seconds": round(time.monotonic() - fit_started, 1), "cv": cv}
     reduced.unpersist()
-    novelty, _ = NoveltyModel.fit(data.features[tr], y[tr], chosen.folds)
+    novelty, _ = NoveltyModel.fit(data.features[tr], y[tr], chosen.folds, dims=fs.novelty_dims)
     for name in cfg.models:  # the same reference set for every model of the version
         novelty.save(vdir / "models" / name)
     calibration: dict[str, Any] = {}

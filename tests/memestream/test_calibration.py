@@ -76,3 +76,20 @@ def test_novelty_flags_foreign_points_not_training_like_ones(tmp_path):
     (tmp_path / "novelty.npz").write_bytes(b"broken")
     with pytest.raises(ModelError, match="novelty.npz"):
         NoveltyModel.load(tmp_path)
+
+
+def test_novelty_on_leading_columns_ignores_the_rest_and_round_trips(tmp_path):
+    rng = np.random.default_rng(5)
+    head = np.abs(rng.normal(size=(120, 8)))
+    y = np.arange(120) % 2
+    folds = np.arange(120) % 4
+    tail = np.abs(rng.normal(size=(120, 30))) * 10  # loud columns the score must not see
+    model, oof = NoveltyModel.fit(np.hstack([head, tail]), y, folds, dims=8)
+    plain, plain_oof = NoveltyModel.fit(head, y, folds)
+    np.testing.assert_allclose(oof, plain_oof, rtol=1e-5, atol=1e-6)
+    probe = np.abs(rng.normal(size=(5, 38)))
+    np.testing.assert_allclose(model.score(probe)[0], plain.score(probe[:, :8])[0], rtol=1e-5, atol=1e-6)
+    model.save(tmp_path)
+    loaded = NoveltyModel.load(tmp_path)
+    assert loaded is not None and loaded.dims == 8 and loaded.threshold == model.threshold
+    np.testing.assert_allclose(loaded.score(probe)[0], model.score(probe)[0])
