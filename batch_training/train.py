@@ -641,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--feature-set", envvar="MEMESTREAM_FEATURE_SET", default=DEFAULT_FEATURE_SET, choices=sorted(FEATURE_SETS), help="image features")
     env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
              help="OCR text branch stacked on the logreg image branch: off, cascade (OCR only when the image branch is unsure) or always")
+    env_flag(parser, "--cascades", envvar="MEMESTREAM_CASCADES", default=",".join(f"{c:g}" for c in DEFAULT_CASCADES),
+             help="cascade thresholds (image branch top probability) to try in CV; training OCRs only the images whose "
+             "out-of-fold confidence is below the largest (higher: more OCR, a slower first run)")
     env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=None, help="fixed PCA components (default: chosen by CV from --pca-ks)")
     env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="256,512", help="PCA components to try in CV (clamped to the feature dim)")
     env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.03,0.1,0.3", help="logistic regression L2 strengths to try in CV")
@@ -660,9 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
-        ks, regs = _ints(args.pca_ks), _floats(args.reg_params)
+        ks, regs, cascades = _ints(args.pca_ks), _floats(args.reg_params), _floats(args.cascades)
     except ValueError:
-        raise ConfigError(f"--pca-ks and --reg-params take comma-separated numbers, found {args.pca_ks!r} and {args.reg_params!r}") from None
+        raise ConfigError(
+            f"--pca-ks, --reg-params and --cascades take comma-separated numbers, found {args.pca_ks!r}, {args.reg_params!r} and {args.cascades!r}"
+        ) from None
     return TrainConfig(
         data=args.data,
         model_dir=args.model_dir,
@@ -671,6 +676,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         pca_ks=ks,
         reg_params=regs,
         text=args.text,
+        cascades=cascades,
         folds=int(args.folds),
         dup_distance=int(args.dup_distance),
         seed=int(args.seed),
