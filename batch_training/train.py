@@ -3,17 +3,21 @@ cross-validation, fit it with Spark ML and save it as a new model version.
 
 Steps (each a function below):
 1. list the labelled files (Spark) and check the classes;
-2. ingest: one Spark pass reads, hashes, decodes, embeds and OCRs each image (reusing
-   the store's cache, :mod:`batch_training.ingest`);
+2. ingest: one Spark pass reads, hashes, decodes and embeds each image (reusing the
+   store's cache, :mod:`batch_training.ingest`);
 3. group near-duplicates and split off a grouped test set (:mod:`batch_training.selection`);
 4. grouped k-fold CV on the training part: PCA k and regularisation of the image
-   branch, the text classifier, the stacker and the cascade threshold;
+   branch; then OCR (a second Spark pass, cached) of just the training images whose
+   out-of-fold image confidence is below the largest candidate cascade, and CV of the
+   text classifier, the stacker and the cascade threshold;
 5. fit the chosen image pipeline (StandardScaler -> PCA -> LogisticRegression) and the
-   comparison models (RandomForest, MLP) with Spark ML on the whole training part;
-   the text branch and stacker are fitted on the same rows / out-of-fold predictions;
+   comparison models (RandomForest, MLP) on the whole training part: scaler and PCA
+   computed on the driver as Spark ML models (:func:`fit_prep`), the classifiers with
+   Spark ML; the text branch and stacker on the same rows / out-of-fold predictions;
 6. save ``[ImageFeaturizer, scaler, pca, classifier]`` per model (``stacked`` adds the
    text branch), load each back, check its featurizer, score the test split through
-   the saved model exactly as the stream does; manifest, report, ``CURRENT``.
+   the saved model exactly as the stream does (OCR-ing the test images its cascade
+   asks for); manifest, report, ``CURRENT``.
 """
 from __future__ import annotations
 
@@ -616,6 +620,7 @@ def _train(spark, cfg: TrainConfig) -> TrainResult:
             test_df.unpersist()
     seconds = time.monotonic() - started
     manifest["train_seconds"] = round(seconds, 1)
+    manifest["cache"].update(texts_reused=data.cached_texts, texts_ocr_run=data.ocr_run)  # the test split's OCR too
     atomic_write_text(vdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     write_report(
         vdir / "report",
