@@ -6,11 +6,12 @@ nothing here loops over images on the driver.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -130,6 +131,14 @@ def fingerprint(df: DataFrame) -> dict[str, Any]:
         F.sha2(F.concat_ws("\n", F.array_sort(F.collect_list(line))), 256).alias("sha"), F.count(F.lit(1)).alias("n")
     ).first()
     return {"sha256": row["sha"], "count": int(row["n"]), "over": "sorted relative path, size, mtime (epoch s)"}
+
+
+def fingerprint_rows(rows: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
+    """:func:`fingerprint` of ``(relative path, size, mtime epoch s)`` rows already on the
+    driver (training collects its listing once): the same lines, order and digest."""
+    lines = sorted(f"{rel}\t{size}\t{mtime}" for rel, size, mtime in rows)
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+    return {"sha256": digest, "count": len(lines), "over": "sorted relative path, size, mtime (epoch s)"}
 
 
 def local_root_name(root: str) -> str:

@@ -1,12 +1,19 @@
-"""Training ingest: one Spark pass reads, hashes, decodes, embeds and OCRs every image,
-reusing what earlier runs computed.
+"""Training ingest: one Spark pass reads, hashes, decodes and embeds every image; a
+second pass OCRs only the images training asks for (:func:`ocr_rows`), reusing what
+earlier runs computed.
+
+OCR costs ~10x the embedding, and the cascade only ever reads the text of images the
+image branch is unsure of, so training decides which images need text once it has the
+image branch's out-of-fold confidences (``batch_training.train.select``) instead of
+OCR-ing the whole folder.
 
 Each image is identified by the sha256 of its bytes. Embeddings (per feature set and
 version) and OCR text (per OCR version) of images seen before are kept under the model
 store in ``_cache/`` (Parquet, one part per run that added something), so a rerun on
 mostly the same images skips the expensive part. The computation itself is the shared
 input path (:func:`memestream.features.featurize_inputs`): cached or fresh, the features
-are those the saved featurizer computes in the stream.
+are those the saved featurizer computes in the stream, and OCR reads the image exactly
+as decoded for the feature set, as the stream's cascade does.
 """
 from __future__ import annotations
 
@@ -28,26 +35,28 @@ from memestream.features import FeatureSet, featurize_inputs, get_feature_set
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "_cache"
-_SCHEMA = (
-    "sha256 string, features array<float>, dhash long, error string, error_code string, "
-    "ocr_text string, ocr_error string, size_bytes long"
-)
+_SCHEMA = "sha256 string, features array<float>, dhash long, error string, error_code string, size_bytes long"
+_OCR_SCHEMA = "sha256 string, ocr_text string, ocr_error string"
 
 
 @dataclass
 class Ingested:
     """Row-aligned driver-side arrays for the decodable images of a labelled folder."""
 
+    path: list[str]  # as Spark listed it (for the OCR pass)
     rel_path: list[str]
     label: list[str]
     sha256: list[str]
     features: np.ndarray  # (n, dim) float32
     dhash: list[int]
-    texts: list[str] | None  # OCR text ('' when none) when OCR was asked for
+    #: OCR text per row when the text branch is on: '' when none, None while not read yet
+    #: (:func:`ocr_rows` fills in the rows training needs); None when text is off.
+    texts: list[str | None] | None
     ocr_errors: int
     cached_features: int
     cached_texts: int
     skipped: dict  # error summary of undecodable files
+    ocr_run: int = 0  # images OCR'd by this run (the rest came from the cache)
 
 
 class FeatureCache:
@@ -112,8 +121,8 @@ class FeatureCache:
             self._write(self.ocr_dir, pa.table({"sha256": shas, "text": texts}))
 
 
-def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str | None, known_feats: frozenset, known_texts: frozenset, ocr: bool):
-    """UDF body: path -> sha256, features (or null when cached), dhash, error, OCR text."""
+def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str | None, known_feats: frozenset):
+    """UDF body: path -> sha256, features (or null when cached), dhash, error."""
 
     def run(paths: pa.Array) -> pa.Array:
         from memestream.inputs import local_path, read_capped
@@ -123,13 +132,11 @@ def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str 
         n = len(values)
         read = [read_capped(local_path(p), max_bytes) for p in values]
         shas = [hashlib.sha256(d).hexdigest() if d is not None else None for d, _ in read]
-        todo = [i for i in range(n) if shas[i] is not None and (shas[i] not in known_feats or (ocr and shas[i] not in known_texts))]
+        todo = [i for i in range(n) if shas[i] is not None and shas[i] not in known_feats]
         feats: list = [None] * n
         hashes: list = [None] * n
         errors = [str(e) if e is not None else None for _, e in read]
         codes = [e.code if e is not None else None for _, e in read]
-        texts: list = [None] * n
-        ocr_errors: list = [None] * n
         if todo:
             out = featurize_inputs(
                 [read[i][0] for i in todo], fs, max_bytes=max_bytes, max_pixels=max_pixels, asset=asset, keep_images=True
@@ -138,17 +145,8 @@ def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str 
                 if out.errors[j] is not None:
                     errors[i], codes[i] = out.errors[j], out.codes[j]
                     continue
-                img = out.images[j]
-                if shas[i] not in known_feats:
-                    feats[i] = out.matrix[j]
-                    hashes[i] = dhash(img)
-                if ocr and shas[i] not in known_texts:
-                    from memestream.text import ocr_text
-
-                    try:
-                        texts[i] = ocr_text(img)
-                    except Exception as exc:  # noqa: BLE001 - recorded; the image still trains the image branch
-                        ocr_errors[i] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                feats[i] = out.matrix[j]
+                hashes[i] = dhash(out.images[j])
         dim = fs.dim
         lengths = [dim if f is not None else 0 for f in feats]
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
@@ -162,11 +160,40 @@ def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str 
                 pa.array(hashes, type=pa.int64()),
                 pa.array(errors, type=pa.string()),
                 pa.array(codes, type=pa.string()),
-                pa.array(texts, type=pa.string()),
-                pa.array(ocr_errors, type=pa.string()),
                 pa.array([len(d) if d is not None else None for d, _ in read], type=pa.int64()),
             ],
-            names=["sha256", "features", "dhash", "error", "error_code", "ocr_text", "ocr_error", "size_bytes"],
+            names=["sha256", "features", "dhash", "error", "error_code", "size_bytes"],
+        )
+
+    return run
+
+
+def _ocr_arrow(feature_set: str, max_bytes: int, max_pixels: int):
+    """UDF body: path -> sha256 and OCR text of the image decoded as for ``feature_set``
+    (or the reason OCR did not run); the caller checks the sha256 against the ingest pass."""
+
+    def run(paths: pa.Array) -> pa.Array:
+        from memestream.decode import decode
+        from memestream.inputs import local_path, read_capped
+        from memestream.text import ocr_text
+
+        fs = get_feature_set(feature_set)
+        shas, texts, errors = [], [], []
+        for p in paths.to_pylist():
+            data, err = read_capped(local_path(p), max_bytes)
+            shas.append(hashlib.sha256(data).hexdigest() if data is not None else None)
+            text = None
+            if err is None:
+                try:
+                    img, _ = decode(data, color=fs.color, min_side=fs.min_side, max_bytes=max_bytes, max_pixels=max_pixels)
+                    text = ocr_text(img)
+                except Exception as exc:  # noqa: BLE001 - recorded; the image still trains the image branch
+                    err = f"{type(exc).__name__}: {str(exc)[:200]}"
+            texts.append(text)
+            errors.append(str(err) if err is not None else None)
+        return pa.StructArray.from_arrays(
+            [pa.array(shas, type=pa.string()), pa.array(texts, type=pa.string()), pa.array(errors, type=pa.string())],
+            names=["sha256", "ocr_text", "ocr_error"],
         )
 
     return run
@@ -193,8 +220,10 @@ def ingest(
     ocr: bool,
     progress: bool = False,
 ) -> Ingested:
-    """Read, hash, featurize (and OCR) every file of ``labelled`` (``path, rel_path, label_name``)
-    in the Spark workers, reusing and then extending ``cache``."""
+    """Read, hash and featurize every file of ``labelled`` (``path, rel_path, label_name``)
+    in the Spark workers, reusing and then extending ``cache``. With ``ocr`` the texts the
+    cache already knows are attached (None for the others: :func:`ocr_rows` reads those
+    training asks for)."""
     from pyspark.sql import functions as F
 
     from batch_training.dataset import LABEL, REL_PATH
@@ -204,16 +233,14 @@ def ingest(
     known_texts = cache.load_texts() if (cache and ocr) else {}
     if known:
         log.info("feature cache: %d %s embeddings, %d OCR texts already known", len(known), fs.cache_key, len(known_texts))
-    udf = F.arrow_udf(
-        _ingest_arrow(fs.name, max_bytes, max_pixels, asset, frozenset(known), frozenset(known_texts), ocr), _SCHEMA
-    ).asNondeterministic()
-    tasks = max(2, spark.sparkContext.defaultParallelism * 4)  # small tasks: OCR time varies a lot per image
+    udf = F.arrow_udf(_ingest_arrow(fs.name, max_bytes, max_pixels, asset, frozenset(known)), _SCHEMA).asNondeterministic()
+    tasks = max(2, spark.sparkContext.defaultParallelism * 2)
     df = labelled.select("path", REL_PATH, LABEL).repartition(tasks).withColumn("r", udf(F.col("path")))
-    df = df.select(REL_PATH, LABEL, "r.*")
-    what = "embedding" + (" + OCR" if ocr else "")
-    with SparkProgress(spark, f"{what} ({fs.name})", progress):
+    df = df.select("path", REL_PATH, LABEL, "r.*")
+    with SparkProgress(spark, f"embedding ({fs.name})", progress):
         table = df.toArrow()
     table = table.sort_by(REL_PATH)
+    paths = table.column("path").to_pylist()
     rel = table.column(REL_PATH).to_pylist()
     labels = table.column(LABEL).to_pylist()
     shas = table.column("sha256").to_pylist()
@@ -221,17 +248,13 @@ def ingest(
     codes = table.column("error_code").to_pylist()
     feats_col = table.column("features").to_pylist()
     hashes_col = table.column("dhash").to_pylist()
-    texts_col = table.column("ocr_text").to_pylist()
-    ocr_err = table.column("ocr_error").to_pylist()
     skipped = _summarize(rel, errors, codes)
 
     keep = [i for i in range(len(rel)) if errors[i] is None]
     feats = np.zeros((len(keep), fs.dim), dtype=np.float32)
     hashes: list[int] = []
-    texts: list[str] | None = [] if ocr else None
     new_f: dict[str, tuple[np.ndarray, int]] = {}
-    new_t: dict[str, str] = {}
-    n_cached_f = n_cached_t = n_ocr_err = 0
+    n_cached_f = 0
     for j, i in enumerate(keep):
         sha = shas[i]
         if feats_col[i] is not None:
@@ -243,30 +266,73 @@ def ingest(
             feats[j] = vec
             hashes.append(h)
             n_cached_f += 1
-        if texts is not None:
-            if texts_col[i] is not None:
-                texts.append(texts_col[i])
-                new_t[sha] = texts_col[i]
-            elif sha in known_texts:
-                texts.append(known_texts[sha] or "")
-                n_cached_t += 1
-            else:  # OCR failed: no text for this image (the image branch still has it)
-                texts.append("")
-                n_ocr_err += 1 if ocr_err[i] else 0
     if cache is not None:
         cache.add_features(list(new_f), np.stack([v for v, _ in new_f.values()]) if new_f else np.zeros((0, fs.dim), np.float32), [h for _, h in new_f.values()])
-        cache.add_texts(list(new_t), list(new_t.values()))
-    if n_ocr_err:
-        log.warning("OCR failed on %d images; they train the image branch only", n_ocr_err)
     return Ingested(
+        path=[paths[i] for i in keep],
         rel_path=[rel[i] for i in keep],
         label=[labels[i] for i in keep],
         sha256=[shas[i] for i in keep],
         features=feats,
         dhash=hashes,
-        texts=texts,
-        ocr_errors=n_ocr_err,
+        texts=[known_texts.get(shas[i]) for i in keep] if ocr else None,
+        ocr_errors=0,
         cached_features=n_cached_f,
-        cached_texts=n_cached_t,
+        cached_texts=0,
         skipped=skipped,
     )
+
+
+def ocr_rows(
+    spark,
+    data: Ingested,
+    rows,
+    fs: FeatureSet,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    cache: FeatureCache | None,
+    progress: bool = False,
+) -> None:
+    """Make ``data.texts[i]`` a string for every ``i`` in ``rows``: from the cache when
+    known, else OCR'd in one Spark pass over just those files (then cached). An image
+    whose OCR fails (or that changed since the ingest pass) gets '' and is counted in
+    ``data.ocr_errors``: it trains the image branch only."""
+    from pyspark.sql import functions as F
+
+    from batch_training.progress import SparkProgress
+
+    if data.texts is None:
+        raise ValueError("ocr_rows needs an ingest with ocr=True")
+    rows = sorted({int(i) for i in rows})
+    todo = [i for i in rows if data.texts[i] is None]
+    data.cached_texts += len(rows) - len(todo)
+    if not todo:
+        return
+    udf = F.arrow_udf(_ocr_arrow(fs.name, max_bytes, max_pixels), _OCR_SCHEMA).asNondeterministic()
+    # small tasks: OCR time varies a lot per image (a tweet screenshot has dozens of lines)
+    tasks = max(1, min(len(todo), spark.sparkContext.defaultParallelism * 4))
+    df = spark.createDataFrame([(data.path[i], i) for i in todo], "path string, row int").repartition(tasks)
+    df = df.select("row", udf(F.col("path")).alias("r")).select("row", "r.*")
+    with SparkProgress(spark, f"OCR of {len(todo)} images ({len(rows) - len(todo)} cached)", progress):
+        table = df.toArrow()
+    new_t: dict[str, str] = {}
+    errors = 0
+    for i, sha, text, err in zip(*(table.column(c).to_pylist() for c in ("row", "sha256", "ocr_text", "ocr_error"))):
+        if text is not None and sha == data.sha256[i]:
+            data.texts[i] = text
+            new_t[sha] = text
+        else:
+            data.texts[i] = ""
+            errors += 1
+            log.debug("no OCR text for %s: %s", data.rel_path[i], err or "the file changed since it was embedded")
+    missing = [i for i in todo if data.texts[i] is None]
+    for i in missing:  # cannot happen unless Spark lost rows; never leave None behind
+        data.texts[i] = ""
+    errors += len(missing)
+    data.ocr_run += len(new_t)
+    data.ocr_errors += errors
+    if cache is not None:
+        cache.add_texts(list(new_t), list(new_t.values()))
+    if errors:
+        log.warning("OCR failed on %d images; they train the image branch only", errors)

@@ -3,17 +3,21 @@ cross-validation, fit it with Spark ML and save it as a new model version.
 
 Steps (each a function below):
 1. list the labelled files (Spark) and check the classes;
-2. ingest: one Spark pass reads, hashes, decodes, embeds and OCRs each image (reusing
-   the store's cache, :mod:`batch_training.ingest`);
+2. ingest: one Spark pass reads, hashes, decodes and embeds each image (reusing the
+   store's cache, :mod:`batch_training.ingest`);
 3. group near-duplicates and split off a grouped test set (:mod:`batch_training.selection`);
 4. grouped k-fold CV on the training part: PCA k and regularisation of the image
-   branch, the text classifier, the stacker and the cascade threshold;
+   branch; then OCR (a second Spark pass, cached) of just the training images whose
+   out-of-fold image confidence is below the largest candidate cascade, and CV of the
+   text classifier, the stacker and the cascade threshold;
 5. fit the chosen image pipeline (StandardScaler -> PCA -> LogisticRegression) and the
-   comparison models (RandomForest, MLP) with Spark ML on the whole training part;
-   the text branch and stacker are fitted on the same rows / out-of-fold predictions;
+   comparison models (RandomForest, MLP) on the whole training part: scaler and PCA
+   computed on the driver as Spark ML models (:func:`fit_prep`), the classifiers with
+   Spark ML; the text branch and stacker on the same rows / out-of-fold predictions;
 6. save ``[ImageFeaturizer, scaler, pca, classifier]`` per model (``stacked`` adds the
    text branch), load each back, check its featurizer, score the test split through
-   the saved model exactly as the stream does; manifest, report, ``CURRENT``.
+   the saved model exactly as the stream does (OCR-ing the test images its cascade
+   asks for); manifest, report, ``CURRENT``.
 """
 from __future__ import annotations
 
@@ -21,15 +25,17 @@ import argparse
 import json
 import logging
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from batch_training.selection import ALWAYS_OCR, DEFAULT_CASCADES
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError, DataError, ModelError
 from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
@@ -64,6 +70,9 @@ class TrainConfig:
     pca_ks: tuple[int, ...] = (256, 512)
     reg_params: tuple[float, ...] = (0.03, 0.1, 0.3)
     text: str = DEFAULT_TEXT_MODE
+    #: cascade thresholds tried in CV (``--text cascade``); only images whose out-of-fold
+    #: image confidence is below the largest are OCR'd for training.
+    cascades: tuple[float, ...] = DEFAULT_CASCADES
     folds: int = 5
     dup_distance: int = 6
     seed: int = 42
@@ -89,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"--text must be one of {'|'.join(TEXT_MODES)}, found {self.text!r}")
         if self.text != "off" and "logreg" not in self.models:
             raise ConfigError("--text cascade|always stacks on the logreg image branch: add logreg to --models or pass --text off")
+        if not self.cascades or any(not (0 < c <= ALWAYS_OCR) for c in self.cascades):
+            raise ConfigError(f"--cascades must be thresholds in (0, {ALWAYS_OCR}], found {self.cascades}")
         if self.folds < 2:
             raise ConfigError(f"--folds must be at least 2, found {self.folds}")
         if not self.reg_params or any(r <= 0 for r in self.reg_params):
@@ -139,7 +150,9 @@ def _classifier(name: str, cfg: TrainConfig, k: int, n_classes: int, reg_param: 
         # would inflate the small, noisy components): the objective the CV searched.
         return LogisticRegression(maxIter=150, tol=1e-6, regParam=reg_param, elasticNetParam=0.0, standardization=False, **common)
     if name == "random_forest":
-        return RandomForestClassifier(numTrees=cfg.num_trees, maxDepth=cfg.max_depth, seed=cfg.seed, **common)
+        # cacheNodeIds: each level's job gets the rows' node ids from a cached RDD instead of
+        # the whole forest so far in its task (5-9 MB a job at 150 trees); same trees, ~15% faster
+        return RandomForestClassifier(numTrees=cfg.num_trees, maxDepth=cfg.max_depth, seed=cfg.seed, cacheNodeIds=True, **common)
     if name == "mlp":
         return MultilayerPerceptronClassifier(layers=[k, cfg.mlp_hidden, n_classes], maxIter=300, blockSize=128, seed=cfg.seed, **common)
     raise ConfigError(f"unknown model {name!r}")
@@ -223,14 +236,20 @@ def list_inputs(spark, cfg: TrainConfig) -> Inputs:
 
     root = ds.check_folder(cfg.data)
     listing = ds.list_labelled(spark, root)
-    loose = listing.filter(F.col(ds.LABEL).isNull()).select(ds.REL_PATH).limit(5).collect()
+    # one Spark job: the listing is small (a row per file), the checks below run on the driver
+    cols = ("path", ds.REL_PATH, ds.LABEL, "length", "modificationTime")
+    rows = [tuple(r) for r in listing.select(*cols[:-1], F.col("modificationTime").cast("long").alias("mtime"), F.col("modificationTime")).collect()]
+    loose = sorted(r[1] for r in rows if r[2] is None)[:5]
     if loose:
-        log.warning("skipping files directly under %s (not in a class folder), e.g. %s", root, ", ".join(str(r[0]) for r in loose))
-    labelled = listing.filter(F.col(ds.LABEL).isNotNull())
-    fp = ds.fingerprint(labelled)
+        log.warning("skipping files directly under %s (not in a class folder), e.g. %s", root, ", ".join(str(r) for r in loose))
+    rows = [r for r in rows if r[2] is not None]
+    fp = ds.fingerprint_rows((r[1], r[3], r[4]) for r in rows)
     if fp["count"] == 0:
         raise DataError(f"data folder {root} holds no files in class sub-folders (expected {root}/<class>/<image files>)")
-    file_counts = {r[ds.LABEL]: int(r["count"]) for r in labelled.groupBy(ds.LABEL).count().collect()}
+    labelled = spark.createDataFrame([(r[0], r[1], r[2], r[3], r[5]) for r in rows], listing.select(*cols).schema)
+    file_counts: dict[str, int] = {}
+    for r in rows:
+        file_counts[r[2]] = file_counts.get(r[2], 0) + 1
     classes = sorted(file_counts)
     if len(classes) < 2:
         raise DataError(f"data folder {root} has only one class folder ({classes[0]!r}); training needs at least two classes")
@@ -268,6 +287,10 @@ class Selection:
     image: Any  # selection.ImageCV
     text: Any = None  # selection.TextCV
     cascade: Any = None  # selection.CascadeCV
+    #: OCR text per training row as the text branch was cross-validated and is fitted on:
+    #: '' for rows no candidate cascade would OCR (their text is never read)
+    train_texts: list[str] | None = None
+    ocr_training_images: int = 0  # training rows whose text was read (OCR or cache)
 
     @property
     def duplicate_groups(self) -> int:
@@ -275,8 +298,12 @@ class Selection:
         return int((counts > 1).sum())
 
 
-def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int) -> Selection:
-    """Steps 3-4: near-duplicate groups, grouped test split, grouped CV on the rest."""
+def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int, read_texts: Callable[[np.ndarray], None] | None = None) -> Selection:
+    """Steps 3-4: near-duplicate groups, grouped test split, grouped CV on the rest.
+
+    The text branch needs the OCR text only of training rows whose out-of-fold image
+    confidence is below the largest candidate cascade: ``read_texts(rows)`` makes
+    ``data.texts[i]`` available for those (OCR or cache) before the text CV."""
     from batch_training import selection as sel
     from memestream.dedup import near_duplicate_groups
 
@@ -290,16 +317,22 @@ def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int) -> Selection:
     image = sel.image_cv(data.features[tr], y[tr], folds, n_classes, ks, cfg.reg_params, cfg.seed)
     out = Selection(groups, test, folds, image)
     if cfg.text != "off":
-        texts = [t for t, keep in zip(data.texts, tr) if keep]
+        cascades = (ALWAYS_OCR,) if cfg.text == "always" else tuple(sorted(set(cfg.cascades), reverse=True))
+        rows = np.flatnonzero(tr)
+        asked = image.oof_probs.max(axis=1) < max(cascades)
+        if read_texts is not None:
+            read_texts(rows[asked])
+        texts = [(data.texts[i] or "") if a else "" for i, a in zip(rows, asked)]
+        log.info("text branch: OCR text of %d of %d training images (image confidence below %g)", int(asked.sum()), len(rows), max(cascades))
+        out.train_texts, out.ocr_training_images = texts, int(asked.sum())
         out.text = sel.text_cv(texts, y[tr], folds, n_classes, seed=cfg.seed)
         has = np.array([bool(t.strip()) for t in texts])
-        cascades = (1.01,) if cfg.text == "always" else sel.DEFAULT_CASCADES
         out.cascade = sel.cascade_cv(image.oof_probs, out.text.oof_logp, has, y[tr], folds, cascades)
     return out
 
 
-def _frame(spark, features: np.ndarray, y: np.ndarray):
-    """Driver arrays -> a Spark DataFrame ``features`` (vector), ``label_index`` (double)."""
+def _frame(spark, features: np.ndarray, y: np.ndarray, column: str | None = None):
+    """Driver arrays -> a Spark DataFrame ``column`` (vector; default ``features``), ``label_index`` (double)."""
     import pyarrow as pa
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
@@ -308,10 +341,50 @@ def _frame(spark, features: np.ndarray, y: np.ndarray):
     from memestream.classify import FEATURES
 
     n, dim = features.shape
+    # float64 when the values are already doubles (PCA coordinates), float32 embeddings as they are
+    dtype = np.float64 if features.dtype == np.float64 else np.float32
     offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
-    table = pa.table({"f": pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1).astype(np.float32))), LABEL_INDEX: y.astype(np.float64)})
+    table = pa.table({"f": pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1).astype(dtype))), LABEL_INDEX: y.astype(np.float64)})
     df = spark.createDataFrame(table)
-    return df.select(array_to_vector(F.col("f")).alias(FEATURES), F.col(LABEL_INDEX))
+    return df.select(array_to_vector(F.col("f")).alias(column or FEATURES), F.col(LABEL_INDEX))
+
+
+def fit_prep(spark, features: np.ndarray, k: int):
+    """StandardScaler (mean, sample std) and PCA(k) of ``features`` computed on the driver,
+    returned as the Spark ML models ``StandardScalerModel`` / ``PCAModel`` (saved and applied
+    like fitted ones) plus the PCA coordinates of the rows, ``(scaler, pca, reduced)``.
+
+    Why not ``Pipeline([StandardScaler, PCA]).fit``: Spark's PCA takes the SVD of the d x d
+    covariance in the JVM (1280 x 1280 for effnet_lite0; pure-Java LAPACK unless the machine
+    has a native one): ~10 s a run, where the eigenvectors of the n x n Gram matrix give the
+    same axes (up to sign) in a fraction of a second, the same arithmetic as the grouped CV."""
+    from pyspark.ml.common import _py2java
+    from pyspark.ml.feature import PCA, PCAModel, StandardScaler, StandardScalerModel
+    from pyspark.ml.linalg import DenseMatrix, DenseVector
+
+    from batch_training import selection as sel
+    from memestream.classify import FEATURES, REDUCED, SCALED
+
+    x = features.astype(np.float64)
+    mean, scale = sel._standardize_fit(x)
+    std = x.std(axis=0, ddof=1)
+    z = (x - mean) * scale
+    basis, ratio = sel.pca_axes(z, k)
+    sc = spark.sparkContext
+    jvm = sc._jvm
+
+    def java(value):
+        return _py2java(sc, value)
+
+    scaler = StandardScalerModel(jvm.org.apache.spark.ml.feature.StandardScalerModel(StandardScaler._randomUID(), java(DenseVector(std)), java(DenseVector(mean))))
+    scaler._set(inputCol=FEATURES, outputCol=SCALED, withMean=True, withStd=True)
+    scaler._transfer_params_to_java()
+    d, kk = basis.shape
+    pc = DenseMatrix(d, kk, np.asfortranarray(basis).reshape(-1, order="F"))
+    pca = PCAModel(jvm.org.apache.spark.ml.feature.PCAModel(PCA._randomUID(), java(pc), java(DenseVector(ratio))))
+    pca._set(inputCol=SCALED, outputCol=REDUCED, k=kk)
+    pca._transfer_params_to_java()
+    return scaler, pca, z @ basis
 
 
 def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n_classes: int):
@@ -319,10 +392,9 @@ def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n
     from memestream.stacking import TextBranch
 
     tr = ~chosen.test
-    texts = [t for t, keep in zip(data.texts, tr) if keep]
-    model = textmod.TextModel.fit(texts, y[tr], n_classes, C=chosen.text.C, seed=cfg.seed)
+    model = textmod.TextModel.fit(chosen.train_texts, y[tr], n_classes, C=chosen.text.C, seed=cfg.seed)
     image_logp = np.log(np.clip(chosen.image.oof_probs, 1e-12, 1.0))
-    has = np.array([bool(t.strip()) for t in texts]) & (chosen.image.oof_probs.max(axis=1) < chosen.cascade.cascade)
+    has = np.array([bool(t.strip()) for t in chosen.train_texts]) & (chosen.image.oof_probs.max(axis=1) < chosen.cascade.cascade)
     stacker = textmod.Stacker.fit(image_logp, chosen.text.oof_logp, has.astype(np.float64), y[tr], C=chosen.cascade.stacker_c)
     return TextBranch(model, stacker, float(chosen.cascade.cascade), textmod.OCR_VERSION)
 
@@ -331,9 +403,10 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("ece", "brier", "log_loss", "coverage")}
 
 
-def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mode: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _score_saved(loaded, features: np.ndarray, texts_for: Callable[[np.ndarray], list[str]] | None, text_mode: str) -> tuple[np.ndarray, dict[str, Any]]:
     """Probabilities of the test rows through the saved model as the stream applies it
-    (numpy stages, then the text branch with its cascade); JVM for a random forest."""
+    (numpy stages, then the text branch with its cascade); JVM for a random forest.
+    ``texts_for(rows)`` gives the OCR text of the rows the cascade asks for (read then)."""
     from memestream.classify import calibrator_for, local_model
     from memestream.stacking import apply_text_branch
 
@@ -343,10 +416,12 @@ def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mod
     probs = local.predict_proba(features)
     info: dict[str, Any] = {}
     branch = loaded.text_branch
-    mode = text_mode if branch is not None and texts is not None else "off"
+    mode = text_mode if branch is not None and texts_for is not None else "off"
     if mode != "off":
         ok = np.ones(len(features), dtype=bool)
-        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=lambda i: texts[i])
+        asked = np.flatnonzero(branch.needs_ocr(probs, ok, mode))
+        found = dict(zip(asked.tolist(), texts_for(asked)))
+        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=lambda i: found[i])
         probs = text.probs
         info = {"ocr_share": round(float(np.mean([bool(r) for r in text.ocr_ran])), 4),
                 "with_text": round(float(np.mean([bool(t and t.strip()) for t in text.ocr_text])), 4)}
@@ -362,20 +437,29 @@ def _score_saved(loaded, features: np.ndarray, texts: list[str] | None, text_mod
 
 def train(spark, cfg: TrainConfig) -> TrainResult:
     """Run one training; writes a new version under ``cfg.model_dir`` and marks it current."""
+    import scipy.linalg  # noqa: F401 - load the BLAS/OpenMP libraries now, so the limit below covers them
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    # The driver's numpy/scikit-learn work (CV, PCA, stacking) is small matrices. With
+    # OpenBLAS's default thread per core, its spinning threads compete with the Spark
+    # workers and anything else on a small machine: an 816x816 eigh took 14 s on a busy
+    # 2-core box and 0.36 s on one thread.
+    with threadpool_limits(limits=1):
+        return _train(spark, cfg)
+
+
+def _train(spark, cfg: TrainConfig) -> TrainResult:
     from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import StandardScaler
 
     from batch_training import selection as sel
-    from batch_training.dataset import LABEL_INDEX
-    from batch_training.ingest import FeatureCache, ingest
-    from batch_training.pca import pca_axes
-    from batch_training.pca import pca_model as make_pca_model
+    from batch_training.ingest import FeatureCache, ingest, ocr_rows
     from batch_training.metrics import calibration_metrics, classification_metrics, roc_curves
     from batch_training.progress import SparkProgress, phase
     from batch_training.report import summary_table, write_report
     from memestream.calibration import fit_calibration, save_calibrators
     from memestream.novelty import NoveltyModel
-    from memestream.classify import ERROR, FEATURES, REDUCED, SCALED, featurizer_of
+    from memestream.classify import ERROR, FEATURES, REDUCED, featurizer_of
     from memestream.features import get_feature_set
     from memestream.featurizer import ImageFeaturizer
     from memestream.modelstore import MANIFEST, ModelStore, atomic_write_text, load_model
@@ -408,8 +492,12 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     check_decodable(inputs, data)
     y = np.array([classes.index(c) for c in data.label], dtype=np.int64)
 
+    def read_texts(rows: np.ndarray) -> None:
+        """OCR (or take from the cache) the texts of these rows: only what the cascade reads."""
+        ocr_rows(spark, data, rows, fs, max_bytes=featurizer.getMaxBytes(), max_pixels=featurizer.getMaxPixels(), cache=cache, progress=cfg.progress)
+
     # steps 3-4: grouped split and grouped CV
-    chosen = select(cfg, data, y, len(classes))
+    chosen = select(cfg, data, y, len(classes), read_texts)
     test, tr = chosen.test, ~chosen.test
     sizes = {"train": {}, "test": {}}
     for split, mask in (("train", tr), ("test", test)):
@@ -419,17 +507,11 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     k, reg = chosen.image.pca_k, chosen.image.reg_param
 
     # step 5: Spark ML fits on the whole training part
-    train_df = _frame(spark, data.features[tr], y[tr]).cache()
-    with SparkProgress(spark, f"fitting scaler + PCA(k={k}) on {int(tr.sum())} rows", cfg.progress):
-        scaler_model = StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED).fit(train_df)
-        mean, std = scaler_model.mean.toArray(), scaler_model.std.toArray()
-        z = (data.features[tr].astype(np.float64) - mean) * np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
-        axes, explained_share = pca_axes(z, k)  # not Spark's PCA.fit: see batch_training.pca
-        pca_model = make_pca_model(spark, axes, explained_share, SCALED, REDUCED)
-        prep = PipelineModel(stages=[scaler_model, pca_model])
-        reduced = prep.transform(train_df).select(LABEL_INDEX, REDUCED).cache()
-        reduced.count()
-    train_df.unpersist()
+    with phase(spark, f"scaler + PCA(k={k}) on {int(tr.sum())} rows", cfg.progress):
+        scaler_model, pca_model, reduced_np = fit_prep(spark, data.features[tr], k)
+        # One partition, lineage cut: every L-BFGS iteration is a Spark job, and a frame made
+        # from driver arrays would ship all its rows inside each job's task (5 MB a time).
+        reduced = _frame(spark, reduced_np, y[tr], column=REDUCED).coalesce(1).localCheckpoint()
     explained = [float(v) for v in pca_model.explainedVariance.toArray()]
 
     results: dict[str, dict[str, Any]] = {}
@@ -438,18 +520,21 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     for name in cfg.models:
         fit_started = time.monotonic()
         with SparkProgress(spark, f"fitting {name}", cfg.progress):
-            fitted = _classifier(name, cfg, k, len(classes), reg).fit(reduced)
+            # a forest's per-level jobs are real work: split the rows over the cores
+            rows = reduced.repartition(spark.sparkContext.defaultParallelism) if name == "random_forest" and spark.sparkContext.defaultParallelism > 1 else reduced
+            fitted = _classifier(name, cfg, k, len(classes), reg).fit(rows)
         if name == "logreg" and not np.any(fitted.coefficientMatrix.toArray()):
             # the optimizer gave up at its starting point: a constant model must never be saved as current
             raise ModelError(f"logistic regression did not converge on {int(tr.sum())} rows x {k} PCA components "
                              "(all coefficients 0); try another --pca-k or --reg-params")
         pipeline = PipelineModel(stages=[featurizer, scaler_model, pca_model, fitted])
         pipeline.write().overwrite().save(str(vdir / "models" / name))
+        if name == "logreg" and chosen.cascade is not None:  # the stacked model's image branch, as saved
+            shutil.copytree(vdir / "models" / name, vdir / "models" / STACKED)
         pipelines[name] = pipeline
         cv = sel.fold_summary(chosen.image.fold_accuracy) if name == "logreg" else None
         results[name] = {"cv": cv}
         models_meta[name] = {"path": f"models/{name}", "params": _params(fitted), "fit_seconds": round(time.monotonic() - fit_started, 1), "cv": cv}
-    reduced.unpersist()
     novelty, _ = NoveltyModel.fit(data.features[tr], y[tr], chosen.folds, dims=fs.novelty_dims)
     for name in cfg.models:  # the same reference set for every model of the version
         novelty.save(vdir / "models" / name)
@@ -462,7 +547,6 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         models_meta["logreg"]["calibration"] = image_cal.method
     if chosen.cascade is not None:
         branch = _fit_text_branch(cfg, data, y, chosen, len(classes))
-        pipelines["logreg"].write().overwrite().save(str(vdir / "models" / STACKED))
         branch.save(vdir / "models" / STACKED / "text_branch")
         stacked_cal, calibration["stacked"] = fit_calibration(chosen.cascade.oof_probs, y[tr], chosen.folds)
         cv_calibration[STACKED] = _summary(calibration_metrics(y[tr], stacked_cal.apply(chosen.cascade.oof_probs)))
@@ -474,6 +558,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         models_meta[STACKED] = {
             "path": f"models/{STACKED}", "image_branch": "logreg", "text_branch": f"models/{STACKED}/text_branch",
             "cascade": branch.cascade, "text_C": chosen.text.C, "cv": cv, "calibration": stacked_cal.method,
+            "ocr_training_images": chosen.ocr_training_images,
         }
     best = STACKED if STACKED in models_meta else ("logreg" if "logreg" in cfg.models else cfg.models[0])
     manifest: dict[str, Any] = {
@@ -501,7 +586,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
         "calibration_cv_log_loss": calibration,
         "cv_calibration": cv_calibration,
         "novelty": {"k": novelty.k, "threshold": round(novelty.threshold, 6), "quantile": 0.99, "reference_rows": int(len(novelty.labels))},
-        "cache": {"features_reused": data.cached_features, "texts_reused": data.cached_texts},
+        "cache": {"features_reused": data.cached_features, "texts_reused": data.cached_texts, "texts_ocr_run": data.ocr_run},
         "data": {"root": inputs.root, "fingerprint": inputs.fingerprint, "files": inputs.fingerprint["count"], "skipped": data.skipped},
         "config": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in asdict(cfg).items()},
         "library_versions": library_versions(),
@@ -512,12 +597,16 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
     curves: dict[str, Any] = {}
     if test.any():
         xt, yt = data.features[test], y[test]
-        texts_t = [t for t, keep in zip(data.texts, test) if keep] if data.texts is not None else None
+        test_rows = np.flatnonzero(test)
+
+        def texts_for(rows: np.ndarray) -> list[str]:
+            read_texts(test_rows[rows])
+            return [data.texts[i] or "" for i in test_rows[rows]]
         test_df = None
         for name in models_meta:
             loaded = load_model(vdir, which=name)
             check_same_featurizer(featurizer_of(loaded), featurizer, loaded.path)
-            probs, info = _score_saved(loaded, xt, texts_t, cfg.text)
+            probs, info = _score_saved(loaded, xt, texts_for if data.texts is not None else None, cfg.text)
             if probs.size == 0:  # a stage that runs only in the JVM (random forest)
                 if test_df is None:
                     test_df = _frame(spark, xt, yt).cache()
@@ -535,6 +624,7 @@ def train(spark, cfg: TrainConfig) -> TrainResult:
             test_df.unpersist()
     seconds = time.monotonic() - started
     manifest["train_seconds"] = round(seconds, 1)
+    manifest["cache"].update(texts_reused=data.cached_texts, texts_ocr_run=data.ocr_run)  # the test split's OCR too
     atomic_write_text(vdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     write_report(
         vdir / "report",
@@ -570,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--feature-set", envvar="MEMESTREAM_FEATURE_SET", default=DEFAULT_FEATURE_SET, choices=sorted(FEATURE_SETS), help="image features")
     env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
              help="OCR text branch stacked on the logreg image branch: off, cascade (OCR only when the image branch is unsure) or always")
+    env_flag(parser, "--cascades", envvar="MEMESTREAM_CASCADES", default=",".join(f"{c:g}" for c in DEFAULT_CASCADES),
+             help="cascade thresholds (image branch top probability) to try in CV; training OCRs only the images whose "
+             "out-of-fold confidence is below the largest (higher: more OCR, a slower first run)")
     env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=None, help="fixed PCA components (default: chosen by CV from --pca-ks)")
     env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="256,512", help="PCA components to try in CV (clamped to the feature dim)")
     env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.03,0.1,0.3", help="logistic regression L2 strengths to try in CV")
@@ -589,9 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     try:
-        ks, regs = _ints(args.pca_ks), _floats(args.reg_params)
+        ks, regs, cascades = _ints(args.pca_ks), _floats(args.reg_params), _floats(args.cascades)
     except ValueError:
-        raise ConfigError(f"--pca-ks and --reg-params take comma-separated numbers, found {args.pca_ks!r} and {args.reg_params!r}") from None
+        raise ConfigError(
+            f"--pca-ks, --reg-params and --cascades take comma-separated numbers, found {args.pca_ks!r}, {args.reg_params!r} and {args.cascades!r}"
+        ) from None
     return TrainConfig(
         data=args.data,
         model_dir=args.model_dir,
@@ -600,6 +695,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         pca_ks=ks,
         reg_params=regs,
         text=args.text,
+        cascades=cascades,
         folds=int(args.folds),
         dup_distance=int(args.dup_distance),
         seed=int(args.seed),

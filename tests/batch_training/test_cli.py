@@ -63,6 +63,20 @@ def test_train_bad_models_flag(tmp_path, capsys):
     assert "--models" in _one_error_line(capsys, "meme-train")
 
 
+@pytest.mark.parametrize("value", ["0.9,x", "0.9,1.5", "0"])
+def test_train_bad_cascades_flag(tmp_path, capsys, value):
+    (tmp_path / "data").mkdir()
+    assert train.main(["--data", str(tmp_path / "data"), "--model-dir", str(tmp_path / "m"), "--cascades", value]) == 2
+    assert "--cascades" in _one_error_line(capsys, "meme-train")
+
+
+def test_train_cascades_flag_sets_the_candidates():
+    args = train.build_parser().parse_args(["--data", "d", "--model-dir", "m", "--cascades", "0.9,0.8"])
+    assert train.config_from_args(args).cascades == (0.9, 0.8)
+    default = train.config_from_args(train.build_parser().parse_args(["--data", "d", "--model-dir", "m"]))
+    assert default.cascades == train.DEFAULT_CASCADES
+
+
 def test_evaluate_missing_model(spark, tmp_path, sample_dataset, capsys):
     assert evaluate.main(["--model", str(tmp_path / "none"), "--data", str(sample_dataset), "-q"]) == 2
     assert "no model" in _one_error_line(capsys, "meme-evaluate")

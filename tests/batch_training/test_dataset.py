@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pyspark.sql import functions as F
 
-from batch_training.dataset import LABEL, REL_PATH, SPLIT, fingerprint, list_labelled, split_counts, stratified_split
+from batch_training.dataset import LABEL, REL_PATH, SPLIT, fingerprint, fingerprint_rows, list_labelled, split_counts, stratified_split
 from memestream.errors import DataError
 
 
@@ -45,6 +45,10 @@ def test_list_labelled_labels_nested_and_skips_hidden(spark, tmp_path):
     assert rows == {"cats/deep/er/x.jpg": "cats", "dogs/y.png": "dogs", "loose.jpg": None}
     fp = fingerprint(list_labelled(spark, str(tmp_path)))
     assert fp["count"] == 3 and len(fp["sha256"]) == 64
+    # training computes it from its collected listing: the same digest
+    listed = list_labelled(spark, str(tmp_path)).select(REL_PATH, "length", F.col("modificationTime").cast("long")).collect()
+    assert fingerprint_rows([tuple(r) for r in listed]) == fp
+    assert fingerprint_rows([tuple(r) for r in listed][:2]) != fp
 
 
 def test_missing_folder_is_data_error(spark, tmp_path):

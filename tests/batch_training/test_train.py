@@ -210,3 +210,36 @@ def test_evaluate_and_the_stream_report_the_same_probabilities(spark, trained_mo
     assert got["n"] == len(rows) == 72
     for key in ("ece", "brier", "log_loss"):
         assert got[key] == pytest.approx(mine[key], abs=1e-9), key
+
+
+def test_prep_built_on_the_driver_equals_spark_mls_own_fit(spark, tmp_path):
+    """fit_prep's StandardScalerModel + PCAModel transform rows like the ones
+    Pipeline([StandardScaler, PCA]).fit returns (PCA axes up to sign), and survive save/load."""
+    import numpy as np
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.feature import PCA, StandardScaler
+    from pyspark.ml.functions import vector_to_array
+
+    from batch_training.train import _frame, fit_prep
+    from memestream.classify import FEATURES, REDUCED, SCALED
+
+    rng = np.random.default_rng(0)
+    for n, d, k in ((40, 12, 5), (10, 30, 6)):  # more rows than columns, and fewer (the Gram path)
+        x = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + rng.normal(size=d)).astype(np.float32)
+        x[:, 3] = 1.0  # a constant column: zero std, scaled to 0 as Spark does
+        df = _frame(spark, x, rng.integers(0, 2, n))
+        ref = Pipeline(stages=[StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED),
+                               PCA(k=k, inputCol=SCALED, outputCol=REDUCED)]).fit(df)
+        scaler, pca, reduced = fit_prep(spark, x, k)
+        ours = PipelineModel(stages=[scaler, pca])
+        want = np.array([r[0] for r in ref.transform(df).select(vector_to_array(REDUCED)).collect()])
+        got = np.array([r[0] for r in ours.transform(df).select(vector_to_array(REDUCED)).collect()])
+        sign = np.sign((want * got).sum(axis=0))
+        assert np.allclose(want * sign, got, atol=1e-9)
+        assert np.allclose(got, reduced, atol=1e-9)  # the rows the classifiers are fitted on
+        assert np.allclose(ref.stages[1].explainedVariance.toArray(), pca.explainedVariance.toArray(), atol=1e-12)
+        ours.write().overwrite().save(str(tmp_path / f"prep{n}"))
+        again = PipelineModel.load(str(tmp_path / f"prep{n}"))
+        assert again.stages[0].getWithMean() and again.stages[1].getK() == k
+        loaded = np.array([r[0] for r in again.transform(df).select(vector_to_array(REDUCED)).collect()])
+        assert np.array_equal(loaded, got)
