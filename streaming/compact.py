@@ -186,6 +186,36 @@ def compact_date_dir(
     return [_compact_writer(tables, table, folder, writer, sorted(chosen), config) for writer, chosen in sorted(by_writer.items())]
 
 
+#: Rows per batch while merging: memory stays at a batch, not at the day's merged file.
+MERGE_BATCH_ROWS = 32_768
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.Table:
+    """One batch in the merged file's schema (columns an older file lacks come out null)."""
+    cols = []
+    for f in schema:
+        i = batch.schema.get_field_index(f.name)
+        col = batch.column(i) if i >= 0 else pa.nulls(batch.num_rows, f.type)
+        cols.append(col if col.type == f.type else col.cast(f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def merge_files(paths: list[Path], dest: Path) -> int:
+    """Concatenate Parquet files into ``dest`` one record batch at a time; returns the rows.
+
+    Streaming keeps a compaction's memory flat however big the merged file has grown (the
+    day's earlier merge is one of the inputs); schemas are unified permissively, as readers do.
+    """
+    schema = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
+    rows = 0
+    with pq.ParquetWriter(dest, schema, compression="snappy") as writer:
+        for p in paths:
+            for batch in pq.ParquetFile(p).iter_batches(batch_size=MERGE_BATCH_ROWS):
+                writer.write_table(_conform(batch, schema))
+                rows += batch.num_rows
+    return rows
+
+
 def _compact_writer(
     tables: OutputTables, table: str, folder: Path, writer: str, chosen: list[tuple[int, int, str]], config: CompactConfig
 ) -> DirResult:
@@ -194,15 +224,13 @@ def _compact_writer(
         return DirResult(table, folder.name, "skipped", len(listing), len(listing), 0)
     if config.dry_run:
         return DirResult(table, folder.name, "would-compact", len(listing), len(listing) - len(chosen) + 1, 0)
-    parts = [pq.read_table(folder / name) for _, _, name in chosen]
-    merged = pa.concat_tables(parts, promote_options="permissive")
     staged = folder.with_name(f".{folder.name}.compact-{uuid.uuid4().hex[:8]}")
     staged.mkdir()
     old: Path | None = None
     try:
         target = compacted_name(writer, chosen[0][0], chosen[-1][1])
         tmp = staged / f".{target}.tmp"
-        pq.write_table(merged, tmp, compression="snappy")
+        merged_rows = merge_files([folder / name for _, _, name in chosen], tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.rename(tmp, staged / target)
@@ -218,8 +246,8 @@ def _compact_writer(
             old = swap_in(folder, staged)
             held = time.monotonic() - locked_at
         log.info("%s: %d files -> 1 (%d rows, batches %d-%d) + %d kept; lock held %.1f ms", folder, len(chosen),
-                 merged.num_rows, chosen[0][0], chosen[-1][1], len(keep), held * 1000)
-        return DirResult(table, folder.name, "compacted", len(now), len(keep) + 1, merged.num_rows, held)
+                 merged_rows, chosen[0][0], chosen[-1][1], len(keep), held * 1000)
+        return DirResult(table, folder.name, "compacted", len(now), len(keep) + 1, merged_rows, held)
     finally:
         if old is not None and old.exists() and old != folder:
             # Keep the old generation (hidden) for a grace period: a reader that opened the
@@ -231,6 +259,9 @@ def _compact_writer(
 
 
 RETIRED_GRACE_S = 300
+#: At most this many retired generations per date folder are kept, however young: a reader resolves
+#: paths through the live folder, so an old generation only serves one that still holds it open.
+RETIRED_KEEP = 2
 
 
 #: A staging (``.compact-``) or expiring (``.expired-``) folder this old was left by a
@@ -238,7 +269,7 @@ RETIRED_GRACE_S = 300
 LEFTOVER_AGE_S = 3600
 
 
-def purge_retired(table_dir: Path, grace_s: float = RETIRED_GRACE_S) -> int:
+def purge_retired(table_dir: Path, grace_s: float = RETIRED_GRACE_S, keep: int = RETIRED_KEEP) -> int:
     """Delete old generations left by earlier compactions once their grace period is over,
     and what a run killed half-way left behind (hidden, so readers never saw it)."""
     n = 0
@@ -250,14 +281,20 @@ def purge_retired(table_dir: Path, grace_s: float = RETIRED_GRACE_S) -> int:
         if age >= LEFTOVER_AGE_S:
             shutil.rmtree(p, ignore_errors=True)
             n += 1
+    by_folder: dict[str, list[tuple[int, str, Path]]] = {}
     for p in table_dir.glob(".date=*.retired-*"):
+        folder, _, rest = p.name.rpartition(".retired-")
         try:
-            stamp = int(p.name.rsplit(".retired-", 1)[1].split("-", 1)[0])
-        except (IndexError, ValueError):
+            by_folder.setdefault(folder, []).append((int(rest.split("-", 1)[0]), p.name, p))
+        except ValueError:
             continue
-        if time.time() - stamp >= grace_s:
-            shutil.rmtree(p, ignore_errors=True)
-            n += 1
+    # newest first: the grace period, but never more than ``keep`` generations per folder, so
+    # a stream that compacts often (fast input) keeps a bounded number of files around
+    for retired in by_folder.values():
+        for i, (stamp, _, p) in enumerate(sorted(retired, reverse=True)):
+            if i >= keep or time.time() - stamp >= grace_s:
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
     return n
 
 

@@ -280,3 +280,35 @@ def test_leftovers_of_a_killed_run_are_purged_once_old(output):
         os.utime(d, (old, old))
     assert compact_mod.purge_retired(table) == 2
     assert not staged.exists() and not expired.exists() and fresh.exists()  # a run in progress may own it
+
+
+def test_young_retired_generations_are_capped_per_folder(output):
+    table = output.table_dir("predictions")
+    now = int(time.time())
+    made = {}
+    for i in range(5):
+        d = table / f".date={DATES[1]}.retired-{now - 10 + i}-{i:06x}"
+        d.mkdir()
+        (d / "part-main-0000000000.parquet").write_bytes(b"x")
+        made[i] = d
+    other = table / f".date={DATES[0]}.retired-{now - 50}-abcdef"
+    other.mkdir()
+    assert compact_mod.purge_retired(table, keep=2) == 3
+    assert [i for i, d in made.items() if d.exists()] == [3, 4]  # the two newest of that folder
+    assert other.exists()  # another date's generation is counted on its own
+
+
+def test_merge_streams_batches_and_unifies_schemas(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(compact_mod, "MERGE_BATCH_ROWS", 7)  # several batches per input
+    old = pa.table({"origin": [f"a{i}" for i in range(20)], "confidence": [0.5] * 20})
+    new = pa.table({"origin": ["b0", "b1"], "confidence": [0.9, 0.8], "ocr_text": ["nook", None]})
+    pq.write_table(old, tmp_path / "old.parquet", row_group_size=5)
+    pq.write_table(new, tmp_path / "new.parquet")
+    rows = compact_mod.merge_files([tmp_path / "old.parquet", tmp_path / "new.parquet"], tmp_path / "merged.parquet")
+    merged = pq.read_table(tmp_path / "merged.parquet")
+    assert rows == 22 == merged.num_rows
+    assert merged.column("origin").to_pylist() == [f"a{i}" for i in range(20)] + ["b0", "b1"]
+    assert merged.column("ocr_text").to_pylist() == [None] * 20 + ["nook", None]
