@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from batch_training.selection import ALWAYS_OCR, DEFAULT_CASCADES
+from batch_training.selection import ALWAYS_OCR, DEFAULT_CASCADES, DEFAULT_OCR_BUDGET
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError, DataError, ModelError
 from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
@@ -73,6 +73,8 @@ class TrainConfig:
     #: cascade thresholds tried in CV (``--text cascade``); only images whose out-of-fold
     #: image confidence is below the largest are OCR'd for training.
     cascades: tuple[float, ...] = DEFAULT_CASCADES
+    #: largest CV share of images the chosen cascade may OCR (the stream's cost)
+    ocr_budget: float = DEFAULT_OCR_BUDGET
     folds: int = 5
     dup_distance: int = 6
     seed: int = 42
@@ -100,6 +102,8 @@ class TrainConfig:
             raise ConfigError("--text cascade|always stacks on the logreg image branch: add logreg to --models or pass --text off")
         if not self.cascades or any(not (0 < c <= ALWAYS_OCR) for c in self.cascades):
             raise ConfigError(f"--cascades must be thresholds in (0, {ALWAYS_OCR}], found {self.cascades}")
+        if not (0 < self.ocr_budget <= 1):
+            raise ConfigError(f"--ocr-budget must be a share in (0, 1], found {self.ocr_budget}")
         if self.folds < 2:
             raise ConfigError(f"--folds must be at least 2, found {self.folds}")
         if not self.reg_params or any(r <= 0 for r in self.reg_params):
@@ -323,12 +327,29 @@ def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int, read_texts: Ca
         if read_texts is not None:
             read_texts(rows[asked])
         texts = [(data.texts[i] or "") if a else "" for i, a in zip(rows, asked)]
+        if not asked.all() and not _text_in_every_fold(texts, y[tr], folds, n_classes):
+            # the text model of each fold needs text of every class; the unsure images alone
+            # lacked some (a small or very easy set): read the text of every training image
+            log.info("text branch: the unsure training images lack text of some class in some fold; OCR-ing all %d", len(rows))
+            if read_texts is not None:
+                read_texts(rows[~asked])
+            asked = np.ones(len(rows), dtype=bool)
+            texts = [data.texts[i] or "" for i in rows]
         log.info("text branch: OCR text of %d of %d training images (image confidence below %g)", int(asked.sum()), len(rows), max(cascades))
         out.train_texts, out.ocr_training_images = texts, int(asked.sum())
         out.text = sel.text_cv(texts, y[tr], folds, n_classes, seed=cfg.seed)
         has = np.array([bool(t.strip()) for t in texts])
-        out.cascade = sel.cascade_cv(image.oof_probs, out.text.oof_logp, has, y[tr], folds, cascades)
+        out.cascade = sel.cascade_cv(image.oof_probs, out.text.oof_logp, has, y[tr], folds, cascades,
+                                     ocr_budget=1.0 if cfg.text == "always" else cfg.ocr_budget)
     return out
+
+
+def _text_in_every_fold(texts: list[str], y: np.ndarray, folds: np.ndarray, n_classes: int) -> bool:
+    """Whether every fold's training part has text (as the text model counts it) of every class."""
+    from memestream.text import has_text
+
+    has = np.array([has_text(t) for t in texts], dtype=bool)
+    return all(len(set(y[has & (folds != f)].tolist())) == n_classes for f in range(int(folds.max()) + 1))
 
 
 def _frame(spark, features: np.ndarray, y: np.ndarray, column: str | None = None):
@@ -663,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--cascades", envvar="MEMESTREAM_CASCADES", default=",".join(f"{c:g}" for c in DEFAULT_CASCADES),
              help="cascade thresholds (image branch top probability) to try in CV; training OCRs only the images whose "
              "out-of-fold confidence is below the largest (higher: more OCR, a slower first run)")
+    env_flag(parser, "--ocr-budget", envvar="MEMESTREAM_OCR_BUDGET", type=float, default=DEFAULT_OCR_BUDGET,
+             help="largest share of images the chosen cascade may OCR in CV (the stream's speed: ~0.3 CPU-s per OCR'd image); "
+             "the most accurate threshold within it wins")
     env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=None, help="fixed PCA components (default: chosen by CV from --pca-ks)")
     env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="256,512", help="PCA components to try in CV (clamped to the feature dim)")
     env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.03,0.1,0.3", help="logistic regression L2 strengths to try in CV")
@@ -696,6 +720,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         reg_params=regs,
         text=args.text,
         cascades=cascades,
+        ocr_budget=float(args.ocr_budget),
         folds=int(args.folds),
         dup_distance=int(args.dup_distance),
         seed=int(args.seed),

@@ -66,6 +66,11 @@ def test_cascade_cv_prefers_fewer_ocr_calls_at_equal_accuracy():
     assert by[0.99]["accuracy"] >= by[1.01]["accuracy"] - 0.003
     assert out.cascade == 0.99  # same accuracy as always-OCR, half the OCR calls
     assert by[0.52]["accuracy"] < by[0.99]["accuracy"]  # too few OCR calls loses the unsure half
+    # an OCR budget below 50 % rules out the more accurate 0.99: the cheaper threshold is chosen
+    capped = sel.cascade_cv(image, text_logp, has, y, folds, cascades=(1.01, 0.99, 0.52), ocr_budget=0.3)
+    assert capped.cascade == 0.52 and capped.oof_probs is not None
+    # a budget nothing fits falls back to the cheapest threshold rather than failing
+    assert sel.cascade_cv(image, text_logp, has, y, folds, cascades=(1.01, 0.99), ocr_budget=0.1).cascade == 0.99
 
 
 def test_fold_summary():
