@@ -9,7 +9,7 @@ import pytest
 
 from batch_training.train import TrainConfig, train
 from memestream.classify import PREDICTION, classify
-from memestream.features import DEFAULT_FEATURE_SET
+from memestream.features import DEFAULT_FEATURE_SET, get_feature_set
 from memestream.load import read_files
 from memestream.modelstore import ModelStore, load_model
 
@@ -23,7 +23,7 @@ def test_trained_version_has_models_manifest_report_and_is_current(trained_model
     assert m["version"] == version and m["feature_set"] == DEFAULT_FEATURE_SET
     assert m["classes"] == ["animal_crossing", "cats", "doom"]
     assert m["best"] == "stacked" and set(m["models"]) == {"logreg", "random_forest", "stacked"}
-    assert m["pca_k"] == 8 and m["feature_dim"] == 1280
+    assert m["pca_k"] == 8 and m["feature_dim"] == get_feature_set(DEFAULT_FEATURE_SET).dim == 1904
     sizes = m["split"]["sizes"]
     for cls in m["classes"]:  # whole near-duplicate groups move, so about 20 % of each class
         assert sizes["train"][cls] + sizes["test"][cls] == 24 and 3 <= sizes["test"][cls] <= 7
