@@ -403,6 +403,9 @@ class StreamCompactor:
         self._last_run = time.monotonic()
         self.runs += 1
         self.last_results = results
+        # hand the merge's buffers back: mimalloc (pyarrow's pool) keeps freed pages in this
+        # thread's heap otherwise, and the stream's Python driver RSS ratchets up with them
+        pa.default_memory_pool().release_unused()
         held = max((r.lock_s for r in results), default=0.0)
         self.max_lock_s = max(self.max_lock_s, held)
         merged = [r for r in results if r.action in ("compacted", "deleted")]
