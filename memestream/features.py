@@ -7,6 +7,7 @@ model, so a stream always computes the features its model was trained on.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 
 from memestream.decode import CORRUPT, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_ERROR, BadImage, decode
+from memestream.effnet import MULTISCALE_TAPS
 
 
 @dataclass(frozen=True)
@@ -287,16 +289,11 @@ _register(
     "Hellinger HSV histogram, colour co-occurrence, edge colours, tone statistics, LBP on L/a/b at 128x128",
 )
 
-def _effnet_many(images: Sequence[np.ndarray], asset: str | None) -> np.ndarray:
+def _effnet_many(images: Sequence[np.ndarray], asset: str | None, name: str = "effnet_lite0") -> np.ndarray:
+    """Embeddings through the set's ONNX graph (``name`` picks the default graph outside a saved model)."""
     from memestream.effnet import get_embedder
 
-    return get_embedder(asset or default_asset("effnet_lite0")).embed(images)
-
-
-def _effnet_ms_many(images: Sequence[np.ndarray], asset: str | None) -> np.ndarray:
-    from memestream.effnet import get_embedder
-
-    return get_embedder(asset or default_asset("effnet_lite0_ms")).embed(images)
+    return get_embedder(asset or default_asset(name)).embed(images)
 
 
 def default_asset(name: str) -> str:
@@ -314,20 +311,12 @@ def default_asset(name: str) -> str:
     return str(path)
 
 
-def _effnet_asset(dest: str) -> object:
+def _effnet_asset(dest: str, taps: tuple[int, ...] = ()) -> object:
     from pathlib import Path
 
     from memestream.effnet import export_onnx
 
-    return export_onnx(Path(dest))
-
-
-def _effnet_ms_asset(dest: str) -> object:
-    from pathlib import Path
-
-    from memestream.effnet import MULTISCALE_TAPS, export_onnx
-
-    return export_onnx(Path(dest), taps=MULTISCALE_TAPS)
+    return export_onnx(Path(dest), taps=taps)
 
 
 FEATURE_SETS["effnet_lite0"] = FeatureSet(
@@ -346,15 +335,15 @@ FEATURE_SETS["effnet_lite0"] = FeatureSet(
 
 FEATURE_SETS["effnet_lite0_ms"] = FeatureSet(
     "effnet_lite0_ms",
-    1280 + 320 + 192 + 112,
+    1280 + 320 + 192 + 112,  # head + blocks 15, 14, 10 (memestream.effnet.MULTISCALE_TAPS)
     True,
     448,
     None,
     "EfficientNet-Lite0 multi-scale: global averages of the head (1280) and of blocks 15, 14 and 10 "
     "(320 + 192 + 112), 1904-d, one network pass (ONNX Runtime)",
-    extract_many=_effnet_ms_many,
+    extract_many=functools.partial(_effnet_many, name="effnet_lite0_ms"),
     asset="effnet_lite0_ms.onnx",
-    make_asset=_effnet_ms_asset,
+    make_asset=functools.partial(_effnet_asset, taps=MULTISCALE_TAPS),
     novelty_dims=1280,  # the head: OOD AUROC 0.91 with all 1904 columns (bench.ood)
 )
 
