@@ -6,7 +6,9 @@ nothing here loops over images on the driver.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import html
 import logging
 import math
 import os
@@ -143,3 +145,46 @@ def fingerprint_rows(rows: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
 
 def local_root_name(root: str) -> str:
     return os.path.basename(root.rstrip("/")) or root
+
+
+#: The titles file ``--titles auto`` looks for in the data folder (the scraper replay's layout).
+TITLES_FILE = "posts.csv"
+TITLE_COLUMNS = ("file", "title")
+
+
+def titles_path(root: str, option: str) -> Path | None:
+    """The titles CSV ``--titles`` names: None for ``none``, and for ``auto`` when the
+    (local) data folder has no :data:`TITLES_FILE`."""
+    if option == "none":
+        return None
+    if option == "auto":
+        if not _is_local(root):
+            return None
+        path = Path(root) / TITLES_FILE
+        return path if path.is_file() else None
+    path = Path(option)
+    if not path.is_file():
+        raise DataError(f"--titles {option}: no such file (expected a CSV with columns {', '.join(TITLE_COLUMNS)}, or auto/none)")
+    return path
+
+
+def read_titles(path: Path, rel_paths: Iterable[str], required: bool = True) -> list[str] | None:
+    """Per row of ``rel_paths``, the title the CSV gives its ``file`` ('' when none),
+    HTML entities decoded (Reddit titles carry ``&amp;``). None when the CSV lacks the
+    columns and ``required`` is false (an ``auto`` file that is something else)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            if not all(c in columns for c in TITLE_COLUMNS):
+                if not required:
+                    log.info("titles: %s has columns %s, not %s; not used", path, columns, list(TITLE_COLUMNS))
+                    return None
+                raise DataError(f"titles file {path} needs columns {', '.join(TITLE_COLUMNS)}, found {', '.join(columns) or 'none'}")
+            by_file = {row["file"].strip().removeprefix("./"): html.unescape(row["title"] or "").strip() for row in reader if row.get("file")}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"titles file {path} is unreadable: {type(exc).__name__}: {exc}") from None
+    titles = [by_file.get(r.replace(os.sep, "/"), "") for r in rel_paths]
+    found = sum(1 for t in titles if t)
+    log.info("titles: %d of %d training images have a post title in %s", found, len(titles), path)
+    return titles if found else None

@@ -57,6 +57,8 @@ class Ingested:
     cached_texts: int
     skipped: dict  # error summary of undecodable files
     ocr_run: int = 0  # images OCR'd by this run (the rest came from the cache)
+    #: post title per row ('' when the titles file has none for it); None: no titles file
+    titles: list[str] | None = None
 
 
 class FeatureCache:

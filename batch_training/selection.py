@@ -183,6 +183,31 @@ def image_cv(
     return ImageCV(best[0], best[1], scores, oof[_key(*best)])
 
 
+def neighbour_cv(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    classes: int,
+    pca_k: int,
+    neighbours: int,
+    temperature: float,
+) -> np.ndarray:
+    """Out-of-fold neighbour-vote probabilities ``(n, classes)``: per fold the same
+    standardisation and PCA(k) as :func:`image_cv`, then each held-out row's vote among
+    the fold's training rows (:func:`memestream.neighbours.vote`)."""
+    from memestream.neighbours import _unit_rows, vote
+
+    x = x.astype(np.float64)
+    out = np.zeros((len(y), classes))
+    for f in range(int(folds.max()) + 1):
+        tr, te = folds != f, folds == f
+        mean, scale = _standardize_fit(x[tr])
+        ztr, zte = (x[tr] - mean) * scale, (x[te] - mean) * scale
+        basis = _pca_basis(ztr, min(pca_k, ztr.shape[0] - 1, ztr.shape[1]))
+        out[te] = vote(_unit_rows(ztr @ basis), y[tr], zte @ basis, classes, neighbours, temperature)
+    return out
+
+
 @dataclass
 class TextCV:
     C: float
@@ -190,8 +215,11 @@ class TextCV:
     oof_logp: np.ndarray  # (n, classes)
 
 
-def text_cv(texts: Sequence[str], y: np.ndarray, folds: np.ndarray, classes: int, cs: Sequence[float] = DEFAULT_TEXT_CS, seed: int = 42) -> TextCV:
-    """Grouped CV of the character n-gram text classifier on the OCR text."""
+def text_cv(texts: Sequence[str], y: np.ndarray, folds: np.ndarray, classes: int, cs: Sequence[float] = DEFAULT_TEXT_CS, seed: int = 42,
+            extra: Sequence[str] | None = None) -> TextCV:
+    """Grouped CV of the character n-gram text classifier on the OCR text. ``extra``: one
+    more training document per row (its post title), added to each fold's training part
+    only: held-out rows are scored on their OCR text alone, as the stream scores them."""
     from memestream.text import TextModel
 
     n_folds = int(folds.max()) + 1
@@ -203,7 +231,10 @@ def text_cv(texts: Sequence[str], y: np.ndarray, folds: np.ndarray, classes: int
         out = np.zeros((len(y), classes))
         for f in range(n_folds):
             tr, te = folds != f, folds == f
-            model = TextModel.fit([texts[i] for i in np.flatnonzero(tr)], y[tr], classes, C=c, seed=seed)
+            docs, labels = [texts[i] for i in np.flatnonzero(tr)], y[tr]
+            if extra is not None:
+                docs, labels = docs + [extra[i] for i in np.flatnonzero(tr)], np.concatenate([labels, labels])
+            model = TextModel.fit(docs, labels, classes, C=c, seed=seed)
             out[te] = model.decision([texts[i] for i in np.flatnonzero(te)])
             sel = te & has
             scores.setdefault(key, []).append(float((out[sel].argmax(axis=1) == y[sel]).mean()) if sel.any() else 0.0)

@@ -39,6 +39,7 @@ from batch_training.selection import ALWAYS_OCR, DEFAULT_CASCADES, DEFAULT_OCR_B
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError, DataError, ModelError
 from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
+from memestream.neighbours import DEFAULT_NEIGHBOURS, DEFAULT_TEMPERATURE
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class TrainConfig:
     cascades: tuple[float, ...] = DEFAULT_CASCADES
     #: largest CV share of images the chosen cascade may OCR (the stream's cost)
     ocr_budget: float = DEFAULT_OCR_BUDGET
+    #: neighbours in the stacked model's neighbour vote (memestream.neighbours); 0 = none
+    neighbours: int = DEFAULT_NEIGHBOURS
+    #: post titles as extra text-branch training documents: "auto" (DATA/posts.csv when it
+    #: exists), "none", or a CSV path with ``file`` (relative to DATA) and ``title`` columns
+    titles: str = "auto"
     folds: int = 5
     dup_distance: int = 6
     seed: int = 42
@@ -104,6 +110,8 @@ class TrainConfig:
             raise ConfigError(f"--cascades must be thresholds in (0, {ALWAYS_OCR}], found {self.cascades}")
         if not (0 < self.ocr_budget <= 1):
             raise ConfigError(f"--ocr-budget must be a share in (0, 1], found {self.ocr_budget}")
+        if self.neighbours < 0:
+            raise ConfigError(f"--neighbours must be 0 (off) or more, found {self.neighbours}")
         if self.folds < 2:
             raise ConfigError(f"--folds must be at least 2, found {self.folds}")
         if not self.reg_params or any(r <= 0 for r in self.reg_params):
@@ -295,6 +303,11 @@ class Selection:
     #: '' for rows no candidate cascade would OCR (their text is never read)
     train_texts: list[str] | None = None
     ocr_training_images: int = 0  # training rows whose text was read (OCR or cache)
+    #: post titles of the training rows (extra text-branch documents), when given
+    train_titles: list[str] | None = None
+    #: out-of-fold image probabilities as the cascade and stacker see them (blended with
+    #: the neighbour vote when it is on)
+    image_view: np.ndarray | None = None
 
     @property
     def duplicate_groups(self) -> int:
@@ -321,13 +334,33 @@ def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int, read_texts: Ca
     image = sel.image_cv(data.features[tr], y[tr], folds, n_classes, ks, cfg.reg_params, cfg.seed)
     out = Selection(groups, test, folds, image)
     if cfg.text != "off":
+        from memestream.neighbours import blend
+
         cascades = (ALWAYS_OCR,) if cfg.text == "always" else tuple(sorted(set(cfg.cascades), reverse=True))
         rows = np.flatnonzero(tr)
-        asked = image.oof_probs.max(axis=1) < max(cascades)
+        view = image.oof_probs
+        if cfg.neighbours:
+            votes = sel.neighbour_cv(data.features[tr], y[tr], folds, n_classes, image.pca_k, cfg.neighbours, DEFAULT_TEMPERATURE)
+            view = blend(image.oof_probs, votes)
+            log.info("neighbour vote (%d neighbours): CV accuracy %.4f alone, %.4f blended with the image branch",
+                     cfg.neighbours, float((votes.argmax(axis=1) == y[tr]).mean()), float((view.argmax(axis=1) == y[tr]).mean()))
+        out.image_view = view
+        titles = getattr(data, "titles", None)
+        out.train_titles = [titles[i] for i in rows] if titles is not None else None
+        reach = max(cascades)
+        if out.train_titles is not None and cfg.text == "cascade":
+            # With titles the text model has documents of every training meme, and the OCR
+            # text of just the images the affordable cascades reach is as good as more of it
+            # (five split seeds); without titles a text model trained on fewer OCR texts
+            # loses ~0.006, so the largest candidate's reach is kept.
+            shares = {c: float((view.max(axis=1) < c).mean()) for c in cascades}
+            reach = max([c for c in cascades if shares[c] <= cfg.ocr_budget] or [min(cascades, key=shares.__getitem__)])
+        asked = view.max(axis=1) < reach
         if read_texts is not None:
             read_texts(rows[asked])
         texts = [(data.texts[i] or "") if a else "" for i, a in zip(rows, asked)]
-        if not asked.all() and not _text_in_every_fold(texts, y[tr], folds, n_classes):
+        probe = texts if out.train_titles is None else [f"{t}\n{ti}" for t, ti in zip(texts, out.train_titles)]
+        if not asked.all() and not _text_in_every_fold(probe, y[tr], folds, n_classes):
             # the text model of each fold needs text of every class; the unsure images alone
             # lacked some (a small or very easy set): read the text of every training image
             log.info("text branch: the unsure training images lack text of some class in some fold; OCR-ing all %d", len(rows))
@@ -335,11 +368,13 @@ def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int, read_texts: Ca
                 read_texts(rows[~asked])
             asked = np.ones(len(rows), dtype=bool)
             texts = [data.texts[i] or "" for i in rows]
-        log.info("text branch: OCR text of %d of %d training images (image confidence below %g)", int(asked.sum()), len(rows), max(cascades))
+        log.info("text branch: OCR text of %d of %d training images (image confidence below %g)%s", int(asked.sum()), len(rows), reach,
+                 ", plus their post titles" if out.train_titles is not None else "")
         out.train_texts, out.ocr_training_images = texts, int(asked.sum())
-        out.text = sel.text_cv(texts, y[tr], folds, n_classes, seed=cfg.seed)
+        out.text = sel.text_cv(texts, y[tr], folds, n_classes, seed=cfg.seed, extra=out.train_titles)
         has = np.array([bool(t.strip()) for t in texts])
-        out.cascade = sel.cascade_cv(image.oof_probs, out.text.oof_logp, has, y[tr], folds, cascades,
+        cascades = tuple(c for c in cascades if c <= reach)  # the others would read text training never read
+        out.cascade = sel.cascade_cv(view, out.text.oof_logp, has, y[tr], folds, cascades,
                                      ocr_budget=1.0 if cfg.text == "always" else cfg.ocr_budget)
     return out
 
@@ -408,16 +443,28 @@ def fit_prep(spark, features: np.ndarray, k: int):
     return scaler, pca, z @ basis
 
 
-def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n_classes: int):
+def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n_classes: int, reduced: np.ndarray):
+    """Text model (OCR texts, plus post titles when given), stacker on out-of-fold
+    predictions and, when on, the neighbour vote over the training rows' PCA coordinates
+    (``reduced``: as the saved scaler/PCA stages give them)."""
     from memestream import text as textmod
     from memestream.stacking import TextBranch
 
     tr = ~chosen.test
-    model = textmod.TextModel.fit(chosen.train_texts, y[tr], n_classes, C=chosen.text.C, seed=cfg.seed)
-    image_logp = np.log(np.clip(chosen.image.oof_probs, 1e-12, 1.0))
-    has = np.array([bool(t.strip()) for t in chosen.train_texts]) & (chosen.image.oof_probs.max(axis=1) < chosen.cascade.cascade)
+    docs, labels = list(chosen.train_texts), y[tr]
+    if chosen.train_titles is not None:
+        docs, labels = docs + list(chosen.train_titles), np.concatenate([labels, labels])
+    model = textmod.TextModel.fit(docs, labels, n_classes, C=chosen.text.C, seed=cfg.seed)
+    view = chosen.image_view if chosen.image_view is not None else chosen.image.oof_probs
+    image_logp = np.log(np.clip(view, 1e-12, 1.0))
+    has = np.array([bool(t.strip()) for t in chosen.train_texts]) & (view.max(axis=1) < chosen.cascade.cascade)
     stacker = textmod.Stacker.fit(image_logp, chosen.text.oof_logp, has.astype(np.float64), y[tr], C=chosen.cascade.stacker_c)
-    return TextBranch(model, stacker, float(chosen.cascade.cascade), textmod.OCR_VERSION)
+    neighbours = None
+    if cfg.neighbours:
+        from memestream.neighbours import NeighbourVote
+
+        neighbours = NeighbourVote.fit(reduced, y[tr], n_classes, cfg.neighbours, DEFAULT_TEMPERATURE)
+    return TextBranch(model, stacker, float(chosen.cascade.cascade), textmod.OCR_VERSION, neighbours)
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
@@ -434,15 +481,18 @@ def _score_saved(loaded, features: np.ndarray, texts_for: Callable[[np.ndarray],
     local = local_model(loaded)
     if local is None:
         return np.empty((0, 0)), {}
-    probs = local.predict_proba(features)
+    reduced = local.transform(features)
+    probs = local.head(reduced)
     info: dict[str, Any] = {}
     branch = loaded.text_branch
     mode = text_mode if branch is not None and texts_for is not None else "off"
+    if mode == "off" and branch is not None:
+        probs = branch.image_view(probs, reduced)
     if mode != "off":
         ok = np.ones(len(features), dtype=bool)
-        asked = np.flatnonzero(branch.needs_ocr(probs, ok, mode))
+        asked = np.flatnonzero(branch.needs_ocr(branch.image_view(probs, reduced), ok, mode))
         found = dict(zip(asked.tolist(), texts_for(asked)))
-        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=lambda i: found[i])
+        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=lambda i: found[i], reduced=reduced)
         probs = text.probs
         info = {"ocr_share": round(float(np.mean([bool(r) for r in text.ocr_ran])), 4),
                 "with_text": round(float(np.mean([bool(t and t.strip()) for t in text.ocr_text])), 4)}
@@ -475,6 +525,7 @@ def _train(spark, cfg: TrainConfig) -> TrainResult:
 
     from batch_training import selection as sel
     from batch_training.ingest import FeatureCache, ingest, ocr_rows
+    from batch_training.dataset import read_titles, titles_path
     from batch_training.metrics import calibration_metrics, classification_metrics, roc_curves
     from batch_training.progress import SparkProgress, phase
     from batch_training.report import summary_table, write_report
@@ -511,6 +562,9 @@ def _train(spark, cfg: TrainConfig) -> TrainResult:
         cache=cache, ocr=cfg.text != "off", progress=cfg.progress,
     )
     check_decodable(inputs, data)
+    titles_file = titles_path(cfg.data, cfg.titles) if cfg.text != "off" else None
+    if titles_file is not None:
+        data.titles = read_titles(titles_file, data.rel_path, required=cfg.titles != "auto")
     y = np.array([classes.index(c) for c in data.label], dtype=np.int64)
 
     def read_texts(rows: np.ndarray) -> None:
@@ -567,11 +621,15 @@ def _train(spark, cfg: TrainConfig) -> TrainResult:
         save_calibrators(vdir / "models" / "logreg", {"image": image_cal}, {"image": calibration["image"]})
         models_meta["logreg"]["calibration"] = image_cal.method
     if chosen.cascade is not None:
-        branch = _fit_text_branch(cfg, data, y, chosen, len(classes))
+        branch = _fit_text_branch(cfg, data, y, chosen, len(classes), reduced_np)
         branch.save(vdir / "models" / STACKED / "text_branch")
         stacked_cal, calibration["stacked"] = fit_calibration(chosen.cascade.oof_probs, y[tr], chosen.folds)
         cv_calibration[STACKED] = _summary(calibration_metrics(y[tr], stacked_cal.apply(chosen.cascade.oof_probs)))
-        save_calibrators(vdir / "models" / STACKED, {"image": image_cal, "stacked": stacked_cal}, calibration)
+        # the stacked model's output without OCR (--text off) is its image view: LR blended with the vote
+        view_cal, view_scores = image_cal, calibration["image"]
+        if chosen.image_view is not None and branch.neighbours is not None:
+            view_cal, view_scores = fit_calibration(chosen.image_view, y[tr], chosen.folds)
+        save_calibrators(vdir / "models" / STACKED, {"image": view_cal, "stacked": stacked_cal}, {"image": view_scores, "stacked": calibration["stacked"]})
         novelty.save(vdir / "models" / STACKED)
         pipelines[STACKED] = pipelines["logreg"]
         cv = sel.fold_summary(next(r for r in chosen.cascade.table if r["cascade"] == chosen.cascade.cascade)["fold_accuracy"])
@@ -580,6 +638,8 @@ def _train(spark, cfg: TrainConfig) -> TrainResult:
             "path": f"models/{STACKED}", "image_branch": "logreg", "text_branch": f"models/{STACKED}/text_branch",
             "cascade": branch.cascade, "text_C": chosen.text.C, "cv": cv, "calibration": stacked_cal.method,
             "ocr_training_images": chosen.ocr_training_images,
+            "neighbours": cfg.neighbours,
+            "title_documents": sum(1 for t in chosen.train_titles if t) if chosen.train_titles is not None else 0,
         }
     best = STACKED if STACKED in models_meta else ("logreg" if "logreg" in cfg.models else cfg.models[0])
     manifest: dict[str, Any] = {
@@ -687,6 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--ocr-budget", envvar="MEMESTREAM_OCR_BUDGET", type=float, default=DEFAULT_OCR_BUDGET,
              help="largest share of images the chosen cascade may OCR in CV (the stream's speed: ~0.3 CPU-s per OCR'd image); "
              "the most accurate threshold within it wins")
+    env_flag(parser, "--neighbours", envvar="MEMESTREAM_NEIGHBOURS", type=int, default=DEFAULT_NEIGHBOURS,
+             help="nearest training memes whose labels vote in the stacked model, blended with the image branch (0: off)")
+    env_flag(parser, "--titles", envvar="MEMESTREAM_TITLES", default="auto",
+             help="post titles as extra training text for the text branch: a CSV with 'file' (relative to --data) and 'title' "
+             "columns, 'none', or 'auto' (DATA/posts.csv when it exists). Training only: predictions read the image alone")
     env_flag(parser, "--pca-k", envvar="MEMESTREAM_PCA_K", type=positive_int, default=None, help="fixed PCA components (default: chosen by CV from --pca-ks)")
     env_flag(parser, "--pca-ks", envvar="MEMESTREAM_PCA_KS", default="256,512", help="PCA components to try in CV (clamped to the feature dim)")
     env_flag(parser, "--reg-params", envvar="MEMESTREAM_REG_PARAMS", default="0.03,0.1,0.3", help="logistic regression L2 strengths to try in CV")
@@ -721,6 +786,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         text=args.text,
         cascades=cascades,
         ocr_budget=float(args.ocr_budget),
+        neighbours=int(args.neighbours),
+        titles=str(args.titles),
         folds=int(args.folds),
         dup_distance=int(args.dup_distance),
         seed=int(args.seed),

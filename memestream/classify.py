@@ -90,7 +90,9 @@ def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = Fa
     if ood_mode is None:
         new = label_exprs(model.classes, err)
     else:
-        post = F.arrow_udf(_jvm_post(calibrator_for(model, "off"), model.novelty, check_ood_mode(ood_mode), tuple(model.classes)),
+        # a stacked model's "image" map calibrates its blended image view, not the bare regression the JVM runs
+        blended = getattr(model.text_branch, "neighbours", None) is not None
+        post = F.arrow_udf(_jvm_post(None if blended else calibrator_for(model, "off"), model.novelty, check_ood_mode(ood_mode), tuple(model.classes)),
                            _POST_SCHEMA).asNondeterministic()
         scored = scored.withColumn(_POSTED, post(vector_to_array(F.col(FEATURES), "float32"), vector_to_array(F.col(PROBABILITY), "float64")))
         new = label_exprs(model.classes, err, F.col(f"{_POSTED}.prediction"), F.col(f"{_POSTED}.probabilities"),
@@ -180,14 +182,15 @@ def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
         values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
         max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on,
     )
-    image_probs = spec.local.predict_proba(out.matrix)
-    text = apply_text_branch(spec.text, spec.text_mode, image_probs, out.images, out.ok)
+    reduced = spec.local.transform(out.matrix)
+    image_probs = spec.local.head(reduced)
+    text = apply_text_branch(spec.text, spec.text_mode, image_probs, out.images, out.ok, reduced=reduced)
     out.images = []  # free the decoded arrays early
     probs = text.probs
     if spec.calibrator is not None:
         probs = spec.calibrator.apply(probs)
     # the label is the most probable class of the probabilities the row reports
-    index = probs.argmax(axis=1).astype(np.int32) if (text_on or spec.calibrator is not None) else spec.local.head.predict(probs)
+    index = probs.argmax(axis=1).astype(np.int32) if (spec.text is not None or spec.calibrator is not None) else spec.local.head.predict(probs)
     novelty, ood, nearest = novelty_columns(spec.novelty, spec.ood_mode, spec.classes, out.matrix, out.ok, index, out.codes)
     return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
 
@@ -368,8 +371,9 @@ def score_paths(
             *keep, *[new[c] for c in ("label", "probabilities", "confidence", "error", "error_code", "model_version", *EXTRA_COLUMNS)],
             F.col(f"{SCORED}.probabilities").alias("probability_vector"),
         )
-    if model.text_branch is not None and text_mode != "off":
-        log.warning("model %s/%s: the JVM engine scores the image branch only (its text branch needs the Python engine)", model.version, model.name)
+    if model.text_branch is not None:
+        log.warning("model %s/%s: the JVM engine scores the logistic regression only (its text branch and neighbour vote need the "
+                    "Python engine)", model.version, model.name)
     read = read_files(df, path_col=path_col, max_bytes=max_bytes)
     out = classify(read, model, keep_prediction_index=True)
     err = F.coalesce(F.col("load_error"), F.col(ERROR))

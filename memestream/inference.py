@@ -88,11 +88,15 @@ class LocalModel:
     head: Any
     num_classes: int
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """The head's input: the features through the scaler/PCA stages."""
         x = np.asarray(features, dtype=np.float64)  # Spark vectors are doubles
         for t in self.transforms:
             x = t(x)
-        return self.head(x)
+        return x
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self.head(self.transform(features))
 
     def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities (n, classes), predicted index (n,))``."""

@@ -26,6 +26,7 @@ from memestream.errors import ConfigError, ModelError
 TEXT_MODES = ("off", "cascade", "always")
 DEFAULT_TEXT_MODE = "cascade"
 BRANCH_FILE = "branch.json"
+NEIGHBOURS_DIR = "neighbours"
 #: OCR text kept in a prediction row (characters); the model sees all of it.
 MAX_TEXT_CHARS = 300
 
@@ -42,6 +43,18 @@ class TextBranch:
     stacker: object  # memestream.text.Stacker
     cascade: float
     ocr_version: str
+    #: nearest-neighbour vote blended into the image branch's probabilities before the
+    #: cascade and the stacker (memestream.neighbours.NeighbourVote); None: the plain branch
+    neighbours: object = None
+
+    def image_view(self, image_probs: np.ndarray, reduced: np.ndarray | None) -> np.ndarray:
+        """The image branch as the cascade and the stacker see it: blended with the
+        neighbour vote when the model has one (``reduced``: the rows' PCA coordinates)."""
+        if self.neighbours is None:
+            return image_probs
+        if reduced is None:
+            raise ModelError("this model's text branch blends a neighbour vote: the PCA coordinates of the rows are needed")
+        return self.neighbours.apply(image_probs, reduced)  # type: ignore[attr-defined]
 
     def needs_ocr(self, image_probs: np.ndarray, ok: np.ndarray, mode: str) -> np.ndarray:
         """Rows to OCR: all decodable rows (``always``), or those the image branch is unsure of."""
@@ -63,7 +76,9 @@ class TextBranch:
         folder.mkdir(parents=True, exist_ok=True)
         textmod.save(self.text, folder / "text_model")
         textmod.save(self.stacker, folder / "stacker")
-        meta = {"cascade": self.cascade, "ocr_version": self.ocr_version}
+        if self.neighbours is not None:
+            self.neighbours.save(folder / NEIGHBOURS_DIR)  # type: ignore[attr-defined]
+        meta = {"cascade": self.cascade, "ocr_version": self.ocr_version, "neighbours": self.neighbours is not None}
         (folder / BRANCH_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -79,7 +94,12 @@ class TextBranch:
                 f"text branch in {folder} was trained with OCR {meta.get('ocr_version')!r}, this installation runs "
                 f"{textmod.OCR_VERSION!r}; retrain (meme-train) or pass --text off"
             )
-        return cls(textmod.load(folder / "text_model"), textmod.load(folder / "stacker"), float(meta["cascade"]), meta["ocr_version"])
+        neighbours = None
+        if meta.get("neighbours"):
+            from memestream.neighbours import NeighbourVote
+
+            neighbours = NeighbourVote.load(folder / NEIGHBOURS_DIR)
+        return cls(textmod.load(folder / "text_model"), textmod.load(folder / "stacker"), float(meta["cascade"]), meta["ocr_version"], neighbours)
 
 
 @dataclass
@@ -99,15 +119,23 @@ def apply_text_branch(
     images: Sequence[np.ndarray | None],
     ok: np.ndarray,
     read: Callable[[int], str] | None = None,
+    reduced: np.ndarray | None = None,
 ) -> TextResult:
     """Run OCR where the mode/cascade asks, then the stacker; an OCR failure on one image
     falls back to the image branch for that image and is recorded, never raised.
 
     ``read(i)`` gives row ``i``'s text; by default OCR of ``images[i]`` (training passes
-    the text its ingest already read, so its test metrics go through this same code)."""
+    the text its ingest already read, so its test metrics go through this same code).
+    ``reduced``: the rows' PCA coordinates, for a branch with a neighbour vote."""
     n = len(ok)
-    if branch is None or mode == "off":
+    if branch is None:
         return TextResult(image_probs, [None] * n, [None] * n, [None] * n)
+    plain = image_probs
+    image_probs = branch.image_view(image_probs, reduced)
+    if mode == "off":  # the stacked model without OCR: its image branch as the stack sees it
+        view = image_probs.copy()
+        view[~ok] = plain[~ok]
+        return TextResult(view, [None] * n, [None] * n, [None] * n)
     from memestream.text import OcrError, ocr_text
 
     if read is None:
@@ -134,5 +162,5 @@ def apply_text_branch(
         shown[i] = found[:MAX_TEXT_CHARS]
         has[i] = 1.0 if found.strip() else 0.0
     probs = branch.combine(image_probs, texts, has)
-    probs[~ok] = image_probs[~ok]
+    probs[~ok] = plain[~ok]
     return TextResult(probs, ran, shown, errors)

@@ -59,9 +59,9 @@ def score(
         from_path = "content" not in frame.columns
         call, projection = _local_projection(model, local, from_path, max_bytes, tuple(frame.columns), text, ood)
         return frame.withColumn(SCORED, call).select(*projection)
-    if model.text_branch is not None and text != "off":
-        log.warning("model %s/%s: --scoring spark runs the image branch only (the OCR text branch needs the Python engine)",
-                    model.version, model.name)
+    if model.text_branch is not None:
+        log.warning("model %s/%s: --scoring spark runs the logistic regression only (the OCR text branch and the neighbour "
+                    "vote need the Python engine)", model.version, model.name)
     extra = {"processing_time": F.current_timestamp(), "date": F.date_format(F.col("event_time"), "yyyy-MM-dd")}
     out = classify(with_content(frame, max_bytes), model, ood_mode=ood)
     err = F.coalesce(F.col("load_error"), F.col("error"))

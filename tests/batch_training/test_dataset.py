@@ -54,3 +54,30 @@ def test_list_labelled_labels_nested_and_skips_hidden(spark, tmp_path):
 def test_missing_folder_is_data_error(spark, tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list_labelled(spark, str(tmp_path / "nope"))
+
+
+def test_titles_file_is_matched_by_relative_path_and_decoded(tmp_path):
+    from batch_training.dataset import read_titles, titles_path
+    from memestream.errors import DataError
+
+    (tmp_path / "posts.csv").write_text(
+        "label,file,title\n"
+        "doom,doom/a.png,Rip &amp; tear\n"
+        "doom,./doom/b.jpg,  until it is done  \n"
+        "animal_crossing,animal_crossing/c.png,\n",
+        encoding="utf-8",
+    )
+    assert titles_path(str(tmp_path), "auto") == tmp_path / "posts.csv"
+    assert titles_path(str(tmp_path), "none") is None
+    assert titles_path(str(tmp_path / "nowhere"), "auto") is None
+    with pytest.raises(DataError, match="no such file"):
+        titles_path(str(tmp_path), str(tmp_path / "missing.csv"))
+    got = read_titles(tmp_path / "posts.csv", ["doom/a.png", "doom/b.jpg", "animal_crossing/c.png", "doom/unknown.png"])
+    assert got == ["Rip & tear", "until it is done", "", ""]
+    # a CSV without the columns: one clear error when asked for, ignored under auto
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="needs columns file, title"):
+        read_titles(tmp_path / "other.csv", ["doom/a.png"])
+    assert read_titles(tmp_path / "other.csv", ["doom/a.png"], required=False) is None
+    # no row matched: nothing to add
+    assert read_titles(tmp_path / "posts.csv", ["cats/x.png"]) is None

@@ -76,3 +76,82 @@ def test_cascade_cv_prefers_fewer_ocr_calls_at_equal_accuracy():
 def test_fold_summary():
     s = sel.fold_summary([0.9, 0.8, 1.0])
     assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(0.1) and s["folds"] == [0.9, 0.8, 1.0]
+
+
+def test_neighbour_cv_scores_each_row_from_the_other_folds_only():
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1], 30)
+    x = rng.normal(0, 0.3, (60, 12)) + np.where(y[:, None] == 0, 1.0, -1.0) * (np.arange(12) < 8)
+    # one mislabelled-looking row: a class-1 label sitting in class 0's cluster, alone in its fold
+    x[0] = x[1]
+    y = y.copy()
+    y[0] = 1
+    folds = np.arange(60) % 5
+    folds[0] = 4
+    folds[1] = 3  # its twin is in another fold
+    out = sel.neighbour_cv(x, y, folds, 2, pca_k=5, neighbours=5, temperature=0.1)
+    assert out.shape == (60, 2) and np.allclose(out.sum(axis=1), 1)
+    # row 0 never votes for itself: its neighbourhood (class 0) decides
+    assert out[0, 0] > 0.9
+    assert (out[1:].argmax(axis=1) == y[1:]).mean() > 0.9
+
+
+def test_text_cv_learns_from_the_extra_documents_but_scores_ocr_text_only():
+    rng = np.random.default_rng(6)
+    y = np.repeat([0, 1], 40)
+    words = {0: ["villager island nook", "turnip bells nook"], 1: ["slayer demons rip", "chainsaw demons hell"]}
+    # OCR text: the class words only on the even rows; titles: the class words on every row
+    texts = [words[c][i % 2] if i % 2 == 0 else "" for i, c in enumerate(y)]
+    titles = [words[c][(i + 1) % 2] + " post" for i, c in enumerate(y)]
+    folds = np.arange(80) % 4
+    plain = sel.text_cv(texts, y, folds, 2, cs=(10.0,))
+    extra = sel.text_cv(texts, y, folds, 2, cs=(10.0,), extra=titles)
+    assert np.mean(extra.scores["C=10"]) >= np.mean(plain.scores["C=10"])
+    # rows without OCR text get their fold model's empty-text output: their title is never read
+    empty = [i for i, t in enumerate(texts) if not t]
+    for f in (1, 3):  # the odd rows (no OCR text) sit in these folds
+        rows = [i for i in empty if folds[i] == f]
+        assert len(rows) == 20 and np.allclose(extra.oof_logp[rows], extra.oof_logp[rows[0]])
+    with_text = [i for i, t in enumerate(texts) if t]
+    assert (extra.oof_logp[with_text].argmax(axis=1) == y[with_text]).mean() == 1.0
+
+
+def _fake_ingest(n=160, seed=7, titles=True):
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 16)) + np.where(y[:, None] == 1, 0.6, -0.6) * (np.arange(16) < 4)
+    words = ("nook villager turnip", "slayer demon chainsaw")
+    return SimpleNamespace(
+        features=x.astype(np.float32),
+        dhash=[int(v) for v in rng.integers(0, 2**62, n)],
+        sha256=[f"{i:064x}" for i in range(n)],
+        texts=[words[c] if i % 3 else "" for i, c in enumerate(y)],
+        titles=[f"my {words[c].split()[i % 3]} post" for i, c in enumerate(y)] if titles else None,
+    ), y
+
+
+@pytest.mark.parametrize("with_titles", [True, False])
+def test_select_reads_the_text_only_the_affordable_cascades_reach_when_titles_help(with_titles):
+    from batch_training.train import TrainConfig, select
+
+    data, y = _fake_ingest(titles=with_titles)
+    cfg = TrainConfig(data="unused", model_dir="unused", pca_ks=(8,), neighbours=5, cascades=(0.99, 0.9, 0.8), ocr_budget=0.35)
+    read: list[int] = []
+    out = select(cfg, data, y, 2, read_texts=lambda rows: read.extend(int(r) for r in rows))
+    view = out.image_view
+    assert view is not None and view.shape == (int((~out.test).sum()), 2)
+    assert not np.allclose(view, out.image.oof_probs)  # the vote moved the probabilities
+    top = view.max(axis=1)
+    shares = {c: float((top < c).mean()) for c in cfg.cascades}
+    if with_titles:
+        assert out.train_titles is not None and len(out.train_titles) == len(top)
+        reach = max([c for c in cfg.cascades if shares[c] <= cfg.ocr_budget] or [min(cfg.cascades, key=shares.get)])
+        assert reach < 0.99  # the data makes the budget bite
+    else:
+        assert out.train_titles is None
+        reach = 0.99
+    rows = np.flatnonzero(~out.test)
+    assert sorted(read) == sorted(rows[top < reach].tolist())
+    assert out.cascade.cascade <= reach and all(r["cascade"] <= reach for r in out.cascade.table)

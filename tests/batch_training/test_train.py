@@ -243,3 +243,32 @@ def test_prep_built_on_the_driver_equals_spark_mls_own_fit(spark, tmp_path):
         assert again.stages[0].getWithMean() and again.stages[1].getK() == k
         loaded = np.array([r[0] for r in again.transform(df).select(vector_to_array(REDUCED)).collect()])
         assert np.array_equal(loaded, got)
+
+
+def test_stacked_neighbour_vote_holds_the_training_rows_as_the_stream_projects_them(trained_model_dir, sample_dataset):
+    """The vote's stored coordinates come from the driver's PCA; the stream computes a
+    row's coordinates with the saved stages. A training image must find itself (cosine 1)."""
+    import numpy as np
+
+    from memestream.classify import featurizer_of, local_model
+    from memestream.features import featurize_inputs
+
+    loaded = load_model(trained_model_dir)
+    vdir = Path(trained_model_dir) / loaded.version
+    m = json.loads((vdir / "manifest.json").read_text())
+    nv = loaded.text_branch.neighbours
+    assert nv is not None and m["models"]["stacked"]["neighbours"] == nv.neighbours
+    assert nv.vectors.shape == (sum(m["split"]["sizes"]["train"].values()), m["pca_k"])
+    split = json.loads((vdir / "report" / "split.json").read_text())
+    feat = featurizer_of(loaded)
+    paths = [str(Path(sample_dataset) / r) for r in split["train"][:6]]
+    out = featurize_inputs(paths, get_feature_set(feat.getFeatureSet()), from_path=True, max_bytes=feat.getMaxBytes(),
+                           max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath())
+    reduced = local_model(loaded).transform(out.matrix)
+    unit = reduced / np.linalg.norm(reduced, axis=1, keepdims=True)
+    best = (unit @ nv.vectors.T).max(axis=1)
+    assert np.all(best > 0.9999), best
+    classes = m["classes"]
+    want = [classes.index(Path(r).parts[0]) for r in split["train"][:6]]
+    nearest = (unit @ nv.vectors.T).argmax(axis=1)
+    assert nv.labels[nearest].tolist() == want
