@@ -155,6 +155,14 @@ def _tail(path: Path, n: int = 15) -> str:
         return ""
 
 
+def stream_args(source: str, root: Path, output: Path, model: Path, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """``meme-stream`` flags of a stream scenario. No ``--trigger``: the benchmark measures the
+    stream's own default (``streaming.config.DEFAULT_TRIGGER_S``), what a user gets; compare
+    another interval with ``--stream-arg=--trigger --stream-arg=S`` (``extra`` comes last)."""
+    return ["--source", source, "--data-dir", str(root), "--output", str(output), "--checkpoint", str(root / "checkpoint"),
+            "--model", str(model), *extra]
+
+
 def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
     cfg = ctx.config
     n_light = max(1, int(cfg.stream_rate * cfg.stream_seconds))
@@ -164,8 +172,7 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
     model = ctx.model_dir()
     root = ctx.tmp / f"stream-{source}"
     output = root / "output"
-    args = ["--source", source, "--data-dir", str(root), "--output", str(output), "--checkpoint", str(root / "checkpoint"),
-            "--model", str(model), "--trigger", str(0.5), *cfg.stream_args]
+    args = stream_args(source, root, output, model, cfg.stream_args)
     broker = None
     if source == "folder":
         args += ["--inbox", str(root / "inbox"), "--max-files-per-trigger", "1000"]

@@ -141,6 +141,10 @@ class BatchProcessor:
         self.summary = summary
         self.on_stage = on_stage
         self._last: BatchMarker | None = None
+        #: ``time.monotonic()`` when the last batch started or ended, and whether one is running:
+        #: how long the Python workers have been idle (``streaming.query.WorkerKeeper``)
+        self.last_active = time.monotonic()
+        self.running = False
 
     def _stage(self, stage: str, batch_id: int) -> None:
         if self.on_stage is not None:
@@ -193,6 +197,13 @@ class BatchProcessor:
                 log.warning("could not move processed input %s: %s", src, exc)
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        self.running, self.last_active = True, time.monotonic()
+        try:
+            self._process(batch_df, batch_id)
+        finally:
+            self.running, self.last_active = False, time.monotonic()
+
+    def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         if self.tables.is_committed(batch_id):
             log.info("batch %d was committed before a restart; skipping its replay", batch_id)
             if self.cfg.source == "folder":

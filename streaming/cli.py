@@ -24,7 +24,7 @@ from memestream.modelstore import resolve_version_dir
 from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, build_spark, ui_url
-from streaming.config import KafkaSourceConfig, StreamConfig
+from streaming.config import DEFAULT_TRIGGER_S, KafkaSourceConfig, StreamConfig
 from streaming.counts import WindowSpec, parse_duration
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--checkpoint", envvar="MEMESTREAM_CHECKPOINT", default=None, help="checkpoint folder (default: DATA_DIR/checkpoints/SOURCE)")
     env_flag(parser, "--model", envvar="MEMESTREAM_MODEL", default=None, help="model directory from meme-train (default: DATA_DIR/models)")
     env_flag(parser, "--model-version", envvar="MEMESTREAM_MODEL_VERSION", default=None, help="pin one model version (default: follow CURRENT)")
-    env_flag(parser, "--trigger", envvar="MEMESTREAM_TRIGGER", type=positive_float, default=0.5, help="seconds between micro-batches")
+    env_flag(parser, "--trigger", envvar="MEMESTREAM_TRIGGER", type=positive_float, default=DEFAULT_TRIGGER_S,
+             help=f"seconds between micro-batch starts (default {DEFAULT_TRIGGER_S}; a batch that takes longer is followed at once)")
     env_flag(parser, "--max-files-per-trigger", envvar="MEMESTREAM_MAX_FILES", type=positive_int, default=1000, help="folder rate limit per batch")
     env_flag(parser, "--window", envvar="MEMESTREAM_WINDOW", type=_duration, default=600, help="class-count window, e.g. '10 minutes'")
     env_flag(parser, "--slide", envvar="MEMESTREAM_SLIDE", type=_duration, default=60, help="class-count window slide, e.g. '1 minute'")

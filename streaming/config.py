@@ -29,6 +29,12 @@ PROCESSED = ("archive", "delete", "keep")
 FOLDER_IMPLS = ("spool", "binaryfile")
 #: python: our Data Source (kafka-python); spark: Spark's built-in connector (its jar must be on the classpath).
 KAFKA_IMPLS = ("python", "spark")
+#: Seconds between micro-batch starts (``--trigger``). A file that lands while the stream is
+#: idle waits up to this long before a batch picks it up, so it bounds light-load latency from
+#: below; when batches take longer than this they run back to back anyway. An idle stream
+#: lists the spool (one lock, one ``scandir``) once per interval: at 0.1 s that measured 0.026
+#: of a core for the whole process tree against 0.016 at 0.5 s.
+DEFAULT_TRIGGER_S = 0.1
 
 
 #: Data-source option name -> KafkaSecurity field.
@@ -151,7 +157,7 @@ class StreamConfig:
     archive: Path | None = None
     quarantine_dir: Path | None = None
     model_version: str | None = None
-    trigger_seconds: float = 0.5
+    trigger_seconds: float = DEFAULT_TRIGGER_S
     available_now: bool = False
     max_files_per_trigger: int = 1000
     processed: str = "archive"

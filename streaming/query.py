@@ -78,7 +78,7 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
     if cfg.source == "folder":
         assert cfg.spool is not None  # StreamConfig checks it
         cfg.spool.mkdir(parents=True, exist_ok=True)
-        source = folder_source(cfg.spool, cfg.max_files_per_trigger, cfg.folder_impl, _listing_partitions(spark),
+        source = folder_source(cfg.spool, cfg.max_files_per_trigger, cfg.folder_impl, folder_tasks(spark),
                                keep_processed=cfg.processed == "keep")
         if cfg.folder_impl == "spool":
             from streaming.spool_source import register
@@ -97,13 +97,51 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
     return open_stream(spark, topic_source(spark, cfg.kafka)).transform(kafka_frame)
 
 
-def _listing_partitions(spark: SparkSession) -> int:
-    """Spark tasks per folder batch: one per core. Each task reads, decodes and scores its files;
-    more tasks than cores only add per-task cost (a spool-source task costs ~0.1-0.2 s)."""
+def folder_tasks(spark: SparkSession) -> int:
+    """Spark tasks per folder batch: one per core (fewer when the batch has fewer files), cut by
+    count. Each task reads, decodes and scores its files and pays a fixed cost (two Python
+    runners, the source's read and the scorer: ~0.1 s on a loaded machine). Four tasks per core
+    with OCR, so cores could share OCR'd images, measured worse: cascade light-load p50 2.43 s
+    against 1.57 s with one per core, back to back (docs/benchmarks.md)."""
     try:
         return max(1, int(spark.sparkContext.defaultParallelism))
     except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
         return 2
+
+
+#: Spark stops every idle Python worker of a pool that has handed out no worker for a minute
+#: (``PythonWorkerFactory``'s idle clean-up; no setting changes it). The first image after a quiet
+#: minute then waits for new workers: fork, imports, the ONNX sessions (an empty UDF took 1.7 s
+#: instead of 0.2 s here; the scorer loads more). So an idle stream scores the warm-up image again
+#: every ``KEEP_WARM_S`` (~0.2 CPU-s: ~0.5 % of a core).
+KEEP_WARM_S = 40.0
+
+
+class WorkerKeeper:
+    """Keep the Python workers alive through quiet spells: ``warm()`` once the last batch (and the
+    last warm-up) are ``every_s`` old. Called from the run loop between its waits."""
+
+    def __init__(self, warm: Callable[[], None], every_s: float = KEEP_WARM_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.warm = warm
+        self.every_s = every_s
+        self.clock = clock
+        self._last = clock()
+        self.runs = 0
+
+    def tick(self, last_batch: float, busy: bool = False) -> bool:
+        """Warm the workers if they have been idle ``every_s`` (``last_batch``: when the last batch
+        started or ended; ``busy``: one is running); True when it did. A failure is logged, never
+        raised: the stream itself must not stop for it."""
+        now = self.clock()
+        if busy or now - max(last_batch, self._last) < self.every_s:
+            return False
+        self._last = now
+        self.runs += 1
+        try:
+            self.warm()
+        except Exception as exc:  # noqa: BLE001 - the next batch starts its workers itself
+            log.warning("keeping the Python workers warm failed: %s", str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__)
+        return True
 
 
 class StopFlag:
@@ -199,6 +237,7 @@ def run_stream(
     query = start_query(spark, cfg, processor)
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
     compactor = start_compactor(cfg, tables)
+    keeper = None if cfg.available_now else WorkerKeeper(lambda: warm_up(spark, processor.models.model, cfg))
     drained = False
     try:
         while query.isActive:
@@ -208,6 +247,8 @@ def run_stream(
                 log.info("%s: stopping after the current batch", f"{stop.signal_name} received" if stop.signal_name else "done")
                 _graceful_stop(query)
                 break
+            if keeper is not None:
+                keeper.tick(processor.last_active, processor.running)
             query.awaitTermination(0.5)
         drained = not stop.event.is_set() and query.exception() is None
     finally:

@@ -214,3 +214,18 @@ def test_meme_bench_longrun_scenario_passes_its_flags_and_reports_rows(tmp_path,
     assert result["rows"][1]["case"] == "longrun delivery: PASS (300 rows, 300 distinct, 300 fed)"
     assert json.loads((tmp_path / "longrun-20261129T190000Z.json").read_text())["config"]["images"] == 300
     assert (tmp_path / "longrun-20261129T190000Z.png").stat().st_size > 10_000
+
+
+def test_stream_scenarios_run_the_streams_default_trigger_and_pass_extra_flags_last(tmp_path, monkeypatch):
+    """The light-load latency is the default stream's: no hard-coded --trigger; a --stream-arg
+    can still set one (it comes last, so it wins)."""
+    from bench.stream import stream_args
+    from streaming.cli import build_parser as stream_parser
+    from streaming.config import DEFAULT_TRIGGER_S
+
+    monkeypatch.delenv("MEMESTREAM_TRIGGER", raising=False)
+    args = stream_args("folder", tmp_path, tmp_path / "out", tmp_path / "model")
+    assert "--trigger" not in args
+    assert stream_parser().parse_args(args).trigger == DEFAULT_TRIGGER_S
+    args = stream_args("folder", tmp_path, tmp_path / "out", tmp_path / "model", ("--text", "off", "--trigger", "0.5"))
+    assert args[-4:] == ["--text", "off", "--trigger", "0.5"] and stream_parser().parse_args(args).trigger == 0.5

@@ -59,3 +59,17 @@ def test_output_upkeep_flags_and_their_env_fallbacks(monkeypatch):
     monkeypatch.setenv("MEMESTREAM_KEEP_COMMITS", "7")
     cfg = config_from_args(build_parser().parse_args([]))
     assert not cfg.compacts and cfg.keep_commits == 7
+
+
+def test_default_trigger_is_short_and_the_cli_uses_the_config_default(monkeypatch):
+    """The trigger bounds light-load latency from below (a file landing while the stream idles
+    waits for the next trigger); the CLI and StreamConfig share one default."""
+    from streaming.cli import build_parser
+    from streaming.config import DEFAULT_TRIGGER_S
+
+    assert DEFAULT_TRIGGER_S <= 0.2
+    assert _cfg().trigger_seconds == DEFAULT_TRIGGER_S
+    monkeypatch.delenv("MEMESTREAM_TRIGGER", raising=False)
+    assert build_parser().parse_args([]).trigger == DEFAULT_TRIGGER_S
+    monkeypatch.setenv("MEMESTREAM_TRIGGER", "0.5")  # still overridable
+    assert build_parser().parse_args([]).trigger == 0.5

@@ -201,3 +201,40 @@ def test_long_running_bookkeeping_stays_bounded_and_in_stream_compaction_changes
         entries = sorted(int(p.name) for p in (spark_ck / log_dir).iterdir() if p.name.isdigit())
         assert entries[-1] == newest and len(entries) <= 4, (log_dir, entries)
     assert not (spark_ck / "state").exists()  # windowed counts are Python (markers): no Spark state store
+
+
+def test_folder_batches_get_one_task_per_core(spark):
+    from streaming.query import folder_tasks
+
+    assert folder_tasks(spark) == spark.sparkContext.defaultParallelism
+
+
+def test_worker_keeper_warms_only_after_a_quiet_spell_and_never_raises(caplog):
+    """Spark stops idle Python workers after a minute without tasks; the keeper scores a warm-up
+    image once the last batch and the last warm-up are ``every_s`` old, not more often."""
+    from streaming.query import WorkerKeeper
+
+    now = [100.0]
+    calls = []
+    keeper = WorkerKeeper(lambda: calls.append(now[0]), every_s=40, clock=lambda: now[0])
+    last_batch = 100.0
+    now[0] = 130.0
+    assert not keeper.tick(last_batch) and calls == []
+    last_batch = 125.0  # a batch ran: the quiet spell starts again
+    now[0] = 150.0
+    assert not keeper.tick(last_batch)
+    now[0] = 166.0
+    assert not keeper.tick(last_batch, busy=True)  # a long batch is running: its workers are busy
+    assert keeper.tick(last_batch) and calls == [166.0]
+    now[0] = 200.0
+    assert not keeper.tick(last_batch)  # 34 s since the warm-up
+    now[0] = 207.0
+    assert keeper.tick(last_batch) and calls == [166.0, 207.0]
+
+    def broken() -> None:
+        raise RuntimeError("session stopped\nstack")
+
+    failing = WorkerKeeper(broken, every_s=1, clock=lambda: now[0])
+    now[0] = 300.0
+    assert failing.tick(0.0) and failing.runs == 1
+    assert "keeping the Python workers warm failed: session stopped" in caplog.text

@@ -15,7 +15,7 @@ from producers.folder import InboxMover
 from producers.spool import parse_seq, seq_name
 from streaming.query import CHECKPOINT_IDENTITY, run_stream
 from streaming.schema import read_table
-from streaming.spool_source import SpoolStreamReader
+from streaming.spool_source import SpoolStreamReader, split_even
 from tests.streaming.conftest import make_config
 
 
@@ -184,3 +184,25 @@ def test_checkpoint_of_one_folder_source_is_refused_by_the_other(stream_root, tm
     (cfg.checkpoint / CHECKPOINT_IDENTITY).write_text(json.dumps({**legacy, "writer": "folder_abc123"}))
     with pytest.raises(CheckpointError, match="checkpoint has 'binaryfile', this run has 'spool'"):
         run_stream(None, cfg)
+
+
+@pytest.mark.parametrize("n, parts, sizes", [
+    (10, 4, [3, 3, 2, 2]),
+    (9, 8, [2, 1, 1, 1, 1, 1, 1, 1]),  # rounding the size up gave 5 tasks of 2 (and one of 1)
+    (3, 8, [1, 1, 1]),  # a small batch: one file per task
+    (1, 2, [1]),
+    (1000, 2, [500, 500]),
+])
+def test_split_even_keeps_order_and_gives_every_task_a_fair_share(n, parts, sizes):
+    names = [f"{i:03d}" for i in range(n)]
+    chunks = split_even(names, parts)
+    assert [len(c) for c in chunks] == sizes
+    assert [x for c in chunks for x in c] == names
+
+
+def test_partitions_use_as_many_tasks_as_asked_when_there_are_files_for_them(tmp_path):
+    spool, _ = _spool(tmp_path, 9)
+    reader = SpoolStreamReader(spool, max_files=100, num_partitions=8, keep_processed=False)
+    end = reader.latestOffset({"seq": 0}, ReadAllAvailable())
+    parts = reader.partitions({"seq": 0}, end)
+    assert len(parts) == 8 and sorted(len(p.names) for p in parts) == [1] * 7 + [2]
