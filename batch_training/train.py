@@ -251,7 +251,9 @@ def list_inputs(spark, cfg: TrainConfig) -> Inputs:
     # one Spark job: the listing is small (a row per file), the checks below run on the driver
     cols = ("path", ds.REL_PATH, ds.LABEL, "length", "modificationTime")
     rows = [tuple(r) for r in listing.select(*cols[:-1], F.col("modificationTime").cast("long").alias("mtime"), F.col("modificationTime")).collect()]
-    loose = sorted(r[1] for r in rows if r[2] is None)[:5]
+    # the titles file (--titles auto) sits there by design: not worth a warning
+    titles_file = ds.TITLES_FILE if cfg.titles == "auto" and cfg.text != "off" else None
+    loose = sorted(r[1] for r in rows if r[2] is None and r[1] != titles_file)[:5]
     if loose:
         log.warning("skipping files directly under %s (not in a class folder), e.g. %s", root, ", ".join(str(r) for r in loose))
     rows = [r for r in rows if r[2] is not None]

@@ -272,3 +272,31 @@ def test_stacked_neighbour_vote_holds_the_training_rows_as_the_stream_projects_t
     want = [classes.index(Path(r).parts[0]) for r in split["train"][:6]]
     nearest = (unit @ nv.vectors.T).argmax(axis=1)
     assert nv.labels[nearest].tolist() == want
+
+
+def test_post_titles_in_the_data_folder_train_the_text_branch(spark, trained_model_dir, sample_dataset, tmp_path):
+    """``--titles auto``: DATA/posts.csv (file, title) adds one text document per training meme;
+    the file is not reported as a stray file, and the manifest says how many titles were used."""
+    import csv
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset, data)
+    files = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))
+    with (data / "posts.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "file", "title"])
+        for i, f in enumerate(files):
+            if i % 4:  # a few memes have no title
+                w.writerow([f.split("/")[0], f, f"my {f.split('/')[0]} post &amp; more"])
+    root = tmp_path / "models"
+    shutil.copytree(trained_model_dir, root)  # warm caches: embeddings and OCR text
+    cfg = TrainConfig(data=str(data), model_dir=str(root), pca_k=8, models=("logreg",), progress=False, plots=False)
+    result = train(spark, cfg)
+    stacked = result.manifest["models"]["stacked"]
+    split = json.loads((Path(result.version_dir) / "report" / "split.json").read_text())
+    titled = {f for i, f in enumerate(files) if i % 4}
+    assert stacked["title_documents"] == len([r for r in split["train"] if r in titled]) > 0
+    assert result.manifest["data"]["fingerprint"]["count"] == 72  # posts.csv is not an input image
+    # the same data with --titles none: no title documents
+    off = train(spark, TrainConfig(data=str(data), model_dir=str(root), pca_k=8, models=("logreg",), titles="none", progress=False, plots=False))
+    assert off.manifest["models"]["stacked"]["title_documents"] == 0
