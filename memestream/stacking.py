@@ -120,13 +120,15 @@ def apply_text_branch(
     ok: np.ndarray,
     read: Callable[[int], str] | None = None,
     reduced: np.ndarray | None = None,
+    wide_ocr: bool = False,
 ) -> TextResult:
     """Run OCR where the mode/cascade asks, then the stacker; an OCR failure on one image
     falls back to the image branch for that image and is recorded, never raised.
 
     ``read(i)`` gives row ``i``'s text; by default OCR of ``images[i]`` (training passes
     the text its ingest already read, so its test metrics go through this same code).
-    ``reduced``: the rows' PCA coordinates, for a branch with a neighbour vote."""
+    ``reduced``: the rows' PCA coordinates, for a branch with a neighbour vote; ``wide_ocr``:
+    OCR on the multi-threaded engine (a small batch: the machine has idle cores)."""
     n = len(ok)
     if branch is None:
         return TextResult(image_probs, [None] * n, [None] * n, [None] * n)
@@ -140,7 +142,7 @@ def apply_text_branch(
 
     if read is None:
         def read(i: int) -> str:
-            return ocr_text(images[i])  # type: ignore[arg-type]
+            return ocr_text(images[i], wide=wide_ocr)  # type: ignore[arg-type]
 
     todo = branch.needs_ocr(image_probs, ok, mode)
     texts = [""] * n

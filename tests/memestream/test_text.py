@@ -1,6 +1,7 @@
 """OCR, char n-grams, the text model and the stacker (memestream.text): fast, no Spark."""
 from __future__ import annotations
 
+import os
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -339,3 +340,59 @@ def test_stacker_rejects_mismatched_inputs():
     three = np.log(np.full((5, 3), 1 / 3))
     with pytest.raises(DataError):
         stacker.predict_proba(three, three, np.ones(5))
+
+
+def test_wide_engine_reads_the_same_text_and_falls_back_to_one_thread(monkeypatch):
+    img = _meme("NOOK MILES", (0, 0, 0), (255, 255, 255))
+    assert mt.ocr_text(img, wide=True) == mt.ocr_text(img)
+    if (os.cpu_count() or 1) >= 2:
+        assert mt._wide_engine() is not mt._engine()
+
+    def failing_factory(threads=1):
+        raise mt.OcrError("OCR engine failed to load: no threads")
+
+    monkeypatch.setattr(mt, "_WIDE_ENGINE", None)
+    monkeypatch.setattr(mt, "_create_engine", failing_factory)
+    assert mt._wide_engine() is mt._engine()  # the one-thread engine, already built
+    assert _squash(mt.ocr_text(img, wide=True)) == _squash(mt.ocr_text(img))
+
+
+def test_scorer_ocrs_small_calls_on_the_wide_engine_only_when_asked(monkeypatch, image_bytes):
+    """The stream's tasks hold a few rows only at light load: those use the two-thread engine;
+    a spec with ``wide_ocr_rows=0`` (the benchmark's one-core limit) never does."""
+    from memestream.classify import ScoringSpec, score_values
+
+    seen = []
+
+    def fake_ocr(image, wide=False):
+        seen.append(wide)
+        return "nook miles"
+
+    monkeypatch.setattr(mt, "ocr_text", fake_ocr)
+
+    class Branch:
+        cascade = 2.0  # every row is OCR'd
+        neighbours = None
+
+        def image_view(self, probs, reduced):
+            return probs
+
+        def needs_ocr(self, probs, ok, mode):
+            return ok.copy()
+
+        def combine(self, probs, texts, has):
+            return probs
+
+    class Local:
+        def transform(self, x):
+            return x
+
+        def head(self, x):
+            return np.tile([0.5, 0.5], (len(x), 1))
+
+    payload = image_bytes()
+    for rows, wide_rows, want in ((2, 4, True), (6, 4, False), (2, 0, False)):
+        seen.clear()
+        spec = ScoringSpec("gray32", 10**7, 10**7, 10**8, None, Local(), Branch(), "cascade", False, classes=("a", "b"), wide_ocr_rows=wide_rows)
+        score_values(spec, [payload] * rows)
+        assert seen == [want] * rows, (rows, wide_rows)
