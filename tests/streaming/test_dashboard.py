@@ -140,7 +140,9 @@ def _browser(tmp_path: Path, url: str, *mode: str) -> subprocess.CompletedProces
 def test_page_in_headless_chromium(streamed, running, tmp_path, monkeypatch):
     monkeypatch.chdir(streamed)  # relative paths, as a user types them (and no machine path in the screenshot)
     url = running(Path("output"), Path("."))
-    dom = _browser(tmp_path, url, "--dump-dom").stdout.decode()
+    # the virtual-time budget lets pending fetches (thumbnails from a server busy with other
+    # tests) finish before the dump: without it a loaded machine dumped before any thumbnail
+    dom = _browser(tmp_path, url, "--virtual-time-budget=20000", "--dump-dom").stdout.decode()
     assert 'data-state="ready"' in dom, dom[:3000]
     # the chart: Plotly drew one SVG point per (window, label) row of class_counts
     points = int(re.search(r'id="counts-chart"[^>]*data-points="(\d+)"', dom).group(1))
