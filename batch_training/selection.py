@@ -121,6 +121,14 @@ def _pca_basis(z: np.ndarray, k: int) -> np.ndarray:
     return pca_axes(z, k)[0]
 
 
+def _fold_prep(x: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fold's standardised rows and PCA axes, fitted on its training part:
+    ``(z_train, z_test, basis)`` with ``basis`` clamped to the fold's rank."""
+    mean, scale = _standardize_fit(x[tr])
+    ztr, zte = (x[tr] - mean) * scale, (x[te] - mean) * scale
+    return ztr, zte, _pca_basis(ztr, min(k, ztr.shape[0] - 1, ztr.shape[1]))
+
+
 def _logreg(x: np.ndarray, y: np.ndarray, reg: float, seed: int):
     from sklearn.linear_model import LogisticRegression
 
@@ -161,10 +169,8 @@ def image_cv(
     oof: dict[str, np.ndarray] = {}
     for f in range(n_folds):
         tr, te = folds != f, folds == f
-        mean, scale = _standardize_fit(x[tr])
-        ztr, zte = (x[tr] - mean) * scale, (x[te] - mean) * scale
-        kmax = min(max(pca_ks), ztr.shape[0] - 1, ztr.shape[1])
-        basis = _pca_basis(ztr, kmax)
+        ztr, zte, basis = _fold_prep(x, tr, te, max(pca_ks))
+        kmax = basis.shape[1]
         for k in pca_ks:
             kk = min(k, kmax)
             ptr, pte = ztr @ basis[:, :kk], zte @ basis[:, :kk]
@@ -205,9 +211,7 @@ def neighbour_cv(
     out = np.zeros((len(y), classes))
     for f in range(int(folds.max()) + 1):
         tr, te = folds != f, folds == f
-        mean, scale = _standardize_fit(x[tr])
-        ztr, zte = (x[tr] - mean) * scale, (x[te] - mean) * scale
-        basis = _pca_basis(ztr, min(pca_k, ztr.shape[0] - 1, ztr.shape[1]))
+        ztr, zte, basis = _fold_prep(x, tr, te, pca_k)
         out[te] = vote(_unit_rows(ztr @ basis), y[tr], zte @ basis, classes, neighbours, temperature)
     return out
 

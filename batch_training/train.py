@@ -347,8 +347,7 @@ def select(cfg: TrainConfig, data, y: np.ndarray, n_classes: int, read_texts: Ca
             log.info("neighbour vote (%d neighbours): CV accuracy %.4f alone, %.4f blended with the image branch",
                      cfg.neighbours, float((votes.argmax(axis=1) == y[tr]).mean()), float((view.argmax(axis=1) == y[tr]).mean()))
         out.image_view = view
-        titles = getattr(data, "titles", None)
-        out.train_titles = [titles[i] for i in rows] if titles is not None else None
+        out.train_titles = [data.titles[i] for i in rows] if data.titles is not None else None
         reach = max(cascades)
         if out.train_titles is not None and cfg.text == "cascade":
             # With titles the text model has documents of every training meme, and the OCR
@@ -457,7 +456,7 @@ def _fit_text_branch(cfg: TrainConfig, data, y: np.ndarray, chosen: Selection, n
     if chosen.train_titles is not None:
         docs, labels = docs + list(chosen.train_titles), np.concatenate([labels, labels])
     model = textmod.TextModel.fit(docs, labels, n_classes, C=chosen.text.C, seed=cfg.seed)
-    view = chosen.image_view if chosen.image_view is not None else chosen.image.oof_probs
+    view = chosen.image_view  # set by select() whenever the text branch is on
     image_logp = np.log(np.clip(view, 1e-12, 1.0))
     has = np.array([bool(t.strip()) for t in chosen.train_texts]) & (view.max(axis=1) < chosen.cascade.cascade)
     stacker = textmod.Stacker.fit(image_logp, chosen.text.oof_logp, has.astype(np.float64), y[tr], C=chosen.cascade.stacker_c)
@@ -488,16 +487,17 @@ def _score_saved(loaded, features: np.ndarray, texts_for: Callable[[np.ndarray],
     info: dict[str, Any] = {}
     branch = loaded.text_branch
     mode = text_mode if branch is not None and texts_for is not None else "off"
-    if mode == "off" and branch is not None:
-        probs = branch.image_view(probs, reduced)
-    if mode != "off":
+    if branch is not None:  # also with mode "off": the stacked model's image view
         ok = np.ones(len(features), dtype=bool)
-        asked = np.flatnonzero(branch.needs_ocr(branch.image_view(probs, reduced), ok, mode))
-        found = dict(zip(asked.tolist(), texts_for(asked)))
-        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=lambda i: found[i], reduced=reduced)
+        found: dict[int, str] = {}
+        if mode != "off":  # read (OCR) the texts the cascade asks for in one pass, before scoring
+            asked = np.flatnonzero(branch.needs_ocr(branch.image_view(probs, reduced), ok, mode))
+            found = dict(zip(asked.tolist(), texts_for(asked)))
+        text = apply_text_branch(branch, mode, probs, [None] * len(features), ok, read=found.__getitem__, reduced=reduced)
         probs = text.probs
-        info = {"ocr_share": round(float(np.mean([bool(r) for r in text.ocr_ran])), 4),
-                "with_text": round(float(np.mean([bool(t and t.strip()) for t in text.ocr_text])), 4)}
+        if mode != "off":
+            info = {"ocr_share": round(float(np.mean([bool(r) for r in text.ocr_ran])), 4),
+                    "with_text": round(float(np.mean([bool(t and t.strip()) for t in text.ocr_text])), 4)}
     if loaded.novelty is not None:
         scores, _ = loaded.novelty.score(features)
         info["ood_flagged_share"] = round(float((scores > loaded.novelty.threshold).mean()), 4)
@@ -629,7 +629,7 @@ def _train(spark, cfg: TrainConfig) -> TrainResult:
         cv_calibration[STACKED] = _summary(calibration_metrics(y[tr], stacked_cal.apply(chosen.cascade.oof_probs)))
         # the stacked model's output without OCR (--text off) is its image view: LR blended with the vote
         view_cal, view_scores = image_cal, calibration["image"]
-        if chosen.image_view is not None and branch.neighbours is not None:
+        if branch.neighbours is not None:
             view_cal, view_scores = fit_calibration(chosen.image_view, y[tr], chosen.folds)
         save_calibrators(vdir / "models" / STACKED, {"image": view_cal, "stacked": stacked_cal}, {"image": view_scores, "stacked": calibration["stacked"]})
         novelty.save(vdir / "models" / STACKED)

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import math
+import os
 import re
 import threading
 import unicodedata
@@ -143,11 +143,11 @@ def _wide_engine() -> Any:
     """The :data:`OCR_WIDE_THREADS` engine, created on first use; the one-thread engine when
     it cannot be built (or the machine has one core)."""
     global _WIDE_ENGINE
+    if (os.cpu_count() or 1) < 2 or OCR_WIDE_THREADS < 2:
+        return _engine()
     if _WIDE_ENGINE is None:
-        with _ENGINE_LOCK:
+        with _ENGINE_LOCK:  # not reentrant: _engine() is only called outside it
             if _WIDE_ENGINE is None:
-                if (os.cpu_count() or 1) < 2 or OCR_WIDE_THREADS < 2:
-                    return _engine()
                 try:
                     _WIDE_ENGINE = _create_engine(OCR_WIDE_THREADS)
                 except OcrError as exc:

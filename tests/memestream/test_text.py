@@ -355,6 +355,11 @@ def test_wide_engine_reads_the_same_text_and_falls_back_to_one_thread(monkeypatc
     monkeypatch.setattr(mt, "_create_engine", failing_factory)
     assert mt._wide_engine() is mt._engine()  # the one-thread engine, already built
     assert _squash(mt.ocr_text(img, wide=True)) == _squash(mt.ocr_text(img))
+    # one core: the one-thread engine, built on demand (the creation lock is not reentrant)
+    monkeypatch.setattr(mt.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(mt, "_ENGINE", None)
+    monkeypatch.setattr(mt, "_create_engine", lambda threads=1: ("engine", threads))
+    assert mt._wide_engine() == ("engine", 1)
 
 
 def test_scorer_ocrs_small_calls_on_the_wide_engine_only_when_asked(monkeypatch, image_bytes):
