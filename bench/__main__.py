@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.common import environment, loadavg
+from bench.common import environment, loadavg, portable_paths
 from bench.context import OPTIONAL_SCENARIOS, SCENARIOS, BenchConfig, BenchContext
 from memestream.cli import add_common_flags, env_flag, positive_float, positive_int, run_main
 from memestream.errors import ConfigError
@@ -164,7 +164,7 @@ def write_report(report: dict[str, Any], results_dir: str | os.PathLike[str]) ->
     while path.exists():
         path = out / f"{stamp}-{i}.json"
         i += 1
-    path.write_text(json.dumps(report, indent=2, default=_json_default, allow_nan=False))
+    path.write_text(json.dumps(portable_paths(report), indent=2, default=_json_default, allow_nan=False))
     return path
 
 

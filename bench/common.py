@@ -343,3 +343,31 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or a != a or b != b:
         return None
     return round(a / b, 3)
+
+
+def portable_paths(obj: Any, cwd: str | None = None) -> Any:
+    """``obj`` (JSON-like) with this machine's absolute paths made portable, for result files
+    kept in the repository: under the temp dir -> ``$TMPDIR/...``, under home -> ``~/...``,
+    near the working directory -> relative (``../shared/...``). Other strings unchanged."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+    tmp = os.path.abspath(tempfile.gettempdir())
+    home = os.path.expanduser("~")
+
+    def one(s: str) -> str:
+        if not os.path.isabs(s):
+            return s
+        for root, name in ((tmp, "$TMPDIR"), (home, "~")):
+            if s == root or s.startswith(root.rstrip("/") + "/"):
+                return name + s[len(root.rstrip("/")):]
+        if not os.path.exists(s):  # not a path of this machine (a URL path, say)
+            return s
+        rel = os.path.relpath(s, cwd)
+        return rel if not rel.startswith("../../..") else s
+
+    if isinstance(obj, str):
+        return one(obj)
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, cwd) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v, cwd) for v in obj]
+    return obj

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from bench.common import portable_paths
 from bench.soak import jvm_live_heap_mib, jvm_pid, tree_memory
 from memestream.cli import add_common_flags, positive_float, positive_int, run_main
 from memestream.errors import ConfigError, MemestreamError
@@ -598,7 +599,7 @@ def write_result(result: dict[str, Any], results_dir: str | os.PathLike[str], pl
     path = out / f"longrun-{stamp}.json"
     png = Path(plot) if plot else path.with_suffix(".png")
     result["plot"] = str(png)
-    path.write_text(json.dumps(_clean(result), indent=2, default=_json_default, allow_nan=False))
+    path.write_text(json.dumps(portable_paths(_clean(result)), indent=2, default=_json_default, allow_nan=False))
     env = result["environment"]
     title = (f"{result['config']['images']} images, {env.get('cpu_count')} cores, "
              f"stream args: {' '.join(result['config']['stream_args']) or 'none'}")

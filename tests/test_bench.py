@@ -229,3 +229,24 @@ def test_stream_scenarios_run_the_streams_default_trigger_and_pass_extra_flags_l
     assert stream_parser().parse_args(args).trigger == DEFAULT_TRIGGER_S
     args = stream_args("folder", tmp_path, tmp_path / "out", tmp_path / "model", ("--text", "off", "--trigger", "0.5"))
     assert args[-4:] == ["--text", "off", "--trigger", "0.5"] and stream_parser().parse_args(args).trigger == 0.5
+
+
+def test_result_files_name_no_machine_paths(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from bench.common import portable_paths
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "t"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    project = tmp_path / "proj" / "main"
+    data = tmp_path / "proj" / "shared" / "datasets"
+    project.mkdir(parents=True)
+    data.mkdir(parents=True)
+    doc = {"model": str(tmp_path / "t" / "m1"), "python": str(tmp_path / "home" / ".pyenv" / "bin" / "python"),
+           "data": str(data), "url": "/thumb/archive/x.png", "n": 3, "runs": [str(tmp_path / "t" / "r")]}
+    out = portable_paths(doc, cwd=str(project))
+    assert out["model"] == "$TMPDIR/m1" and out["runs"] == ["$TMPDIR/r"] and out["n"] == 3
+    assert out["python"] == "~/.pyenv/bin/python"
+    assert out["data"] == os.path.join("..", "shared", "datasets")
+    assert out["url"] == "/thumb/archive/x.png"  # not a path of this machine
