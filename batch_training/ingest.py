@@ -312,8 +312,9 @@ def ocr_rows(
     if not todo:
         return
     udf = F.arrow_udf(_ocr_arrow(fs.name, max_bytes, max_pixels), _OCR_SCHEMA).asNondeterministic()
-    # small tasks: OCR time varies a lot per image (a tweet screenshot has dozens of lines)
-    tasks = max(1, min(len(todo), spark.sparkContext.defaultParallelism * 4))
+    # small tasks (~8 images): OCR time varies a lot per image (a tweet screenshot has dozens
+    # of lines), and with a few long tasks the last one runs while the other cores wait
+    tasks = max(1, min(-(-len(todo) // 8), spark.sparkContext.defaultParallelism * 32))
     df = spark.createDataFrame([(data.path[i], i) for i in todo], "path string, row int").repartition(tasks)
     df = df.select("row", udf(F.col("path")).alias("r")).select("row", "r.*")
     with SparkProgress(spark, f"OCR of {len(todo)} images ({len(rows) - len(todo)} cached)", progress):

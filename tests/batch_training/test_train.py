@@ -258,7 +258,8 @@ def test_stacked_neighbour_vote_holds_the_training_rows_as_the_stream_projects_t
     m = json.loads((vdir / "manifest.json").read_text())
     nv = loaded.text_branch.neighbours
     assert nv is not None and m["models"]["stacked"]["neighbours"] == nv.neighbours
-    assert nv.vectors.shape == (sum(m["split"]["sizes"]["train"].values()), m["pca_k"])
+    # the final fit: every labelled row, the test split's too
+    assert nv.vectors.shape == (sum(m["split"]["sizes"]["train"].values()) + sum(m["split"]["sizes"]["test"].values()), m["pca_k"])
     split = json.loads((vdir / "report" / "split.json").read_text())
     feat = featurizer_of(loaded)
     paths = [str(Path(sample_dataset) / r) for r in split["train"][:6]]
@@ -300,3 +301,33 @@ def test_post_titles_in_the_data_folder_train_the_text_branch(spark, trained_mod
     # the same data with --titles none: no title documents
     off = train(spark, TrainConfig(data=str(data), model_dir=str(root), pca_k=8, models=("logreg",), titles="none", progress=False, plots=False))
     assert off.manifest["models"]["stacked"]["title_documents"] == 0
+
+
+def test_final_fit_refits_the_shipped_model_on_every_row_after_the_test_is_scored(spark, trained_model_dir, sample_dataset, tmp_path):
+    """Default ``--final-fit all`` (the session model) against ``--final-fit train`` on the same
+    data and seed: the same test figures (scored before the refit), but the saved logreg/stacked
+    models learned from all 72 images; the forest, a comparison model, keeps its training-part fit."""
+    import numpy as np
+
+    root = tmp_path / "models"
+    shutil.copytree(trained_model_dir, root)
+    kept = train(spark, TrainConfig(data=str(sample_dataset), model_dir=str(root), pca_k=8, models=("logreg", "random_forest"),
+                                    num_trees=5, max_depth=5, final_fit="train", progress=False, plots=False))
+    full = ModelStore(trained_model_dir).manifest(ModelStore(trained_model_dir).current())
+    n_train = sum(full["split"]["sizes"]["train"].values())
+    assert "final_fit" not in kept.manifest
+    assert full["final_fit"]["rows"] == 72 and full["final_fit"]["models"] == ["logreg", "stacked"]
+    assert full["models"]["logreg"]["fit_rows"] == full["models"]["stacked"]["fit_rows"] == 72
+    assert full["models"]["random_forest"]["fit_rows"] == kept.manifest["models"]["logreg"]["fit_rows"] == n_train < 72
+    for name in ("logreg", "stacked"):
+        assert full["models"][name]["test"]["accuracy"] == pytest.approx(kept.manifest["models"][name]["test"]["accuracy"])
+        assert full["models"][name]["test"]["log_loss"] == pytest.approx(kept.manifest["models"][name]["test"]["log_loss"], abs=1e-6)
+
+    a, b = load_model(trained_model_dir, which="stacked"), load_model(root, which="stacked")
+    assert len(a.novelty.labels) == 72 and len(b.novelty.labels) == n_train
+    assert a.text_branch.neighbours.vectors.shape[0] == 72 and b.text_branch.neighbours.vectors.shape[0] == n_train
+    mean_a, mean_b = (np.array(m.pipeline.stages[1].mean.toArray()) for m in (a, b))
+    assert not np.allclose(mean_a, mean_b), "the saved scaler should have seen the test images too"
+    # the stacker and the calibration maps come from the training part's out-of-fold predictions in both
+    assert np.allclose(a.text_branch.stacker.coef, b.text_branch.stacker.coef)
+    assert (Path(a.path) / "models/stacked/calibration.json").read_text() == (Path(b.path) / "models/stacked/calibration.json").read_text()
