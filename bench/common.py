@@ -255,9 +255,11 @@ class TreeCpu:
 
 
 def tree_rss(root_pid: int) -> dict[str, int]:
-    """RSS in bytes of ``root_pid`` and all descendants, split into jvm / python / other."""
+    """RSS in bytes of ``root_pid`` and all descendants, split into jvm / python / other;
+    ``python_worker_max``: the largest single Spark Python worker (forked by ``pyspark.daemon``),
+    which the per-worker memory target is about (not summed into the total)."""
     kids = _children_map()
-    out = {"jvm": 0, "python": 0, "other": 0}
+    out = {"jvm": 0, "python": 0, "other": 0, "python_worker_max": 0}
     stack = [root_pid]
     while stack:
         pid = stack.pop()
@@ -266,6 +268,8 @@ def tree_rss(root_pid: int) -> dict[str, int]:
         cmd = _cmd(pid)
         kind = "jvm" if "java" in cmd.split(" ")[0] else ("python" if "python" in cmd else "other")
         out[kind] += rss
+        if kind == "python" and "pyspark.daemon" in cmd:
+            out["python_worker_max"] = max(out["python_worker_max"], rss)
     return out
 
 
@@ -277,6 +281,7 @@ class MemorySampler:
     interval: float = 0.2
     peak_total: int = 0
     peak_parts: dict[str, int] = field(default_factory=dict)
+    peak_worker: int = 0  # the largest single Python worker seen in any sample
     samples: int = 0
     cpu: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -285,6 +290,7 @@ class MemorySampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             parts = tree_rss(self.root_pid)
+            self.peak_worker = max(self.peak_worker, parts.pop("python_worker_max"))
             total = sum(parts.values())
             for pid, sec in tree_cpu(self.root_pid).items():  # last value seen per pid
                 self.cpu[pid] = max(sec, self.cpu.get(pid, 0.0))
@@ -309,6 +315,7 @@ class MemorySampler:
             "peak_rss_mib": round(self.peak_total / mib, 1),
             "peak_jvm_mib": round(self.peak_parts.get("jvm", 0) / mib, 1),
             "peak_python_mib": round(self.peak_parts.get("python", 0) / mib, 1),
+            "peak_python_worker_mib": round(self.peak_worker / mib, 1),
             "memory_samples": self.samples,
             "cpu_s": round(sum(self.cpu.values()), 2),
         }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -250,3 +251,86 @@ def test_result_files_name_no_machine_paths(tmp_path, monkeypatch):
     assert out["python"] == "~/.pyenv/bin/python"
     assert out["data"] == os.path.join("..", "shared", "datasets")
     assert out["url"] == "/thumb/archive/x.png"  # not a path of this machine
+
+
+def test_holdout_keeps_near_duplicates_together_and_titles_of_the_training_part_only(tmp_path, image_bytes):
+    """``bench.holdout``'s split: reposts (same bytes, or a re-encode) of a held-back meme are
+    held back with it, the training folder's posts.csv lists only training files, and the two
+    symlink trees partition the inputs."""
+    import csv
+
+    import numpy as np
+
+    from batch_training import selection as sel
+    from bench.holdout import _groups, _link_tree, _split_titles
+
+    root = tmp_path / "data"
+    rel = []
+    for label in ("doom", "animal_crossing"):
+        for i in range(10):
+            data = image_bytes(label=label, seed=i)
+            for copy in ("a", "b"):  # every meme posted twice: the same bytes
+                r = f"{label}/{i}{copy}.jpg"
+                (root / label).mkdir(parents=True, exist_ok=True)
+                (root / r).write_bytes(data)
+                rel.append(r)
+    with (root / "posts.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "title"])
+        w.writerows([(r, f"title of {r}") for r in rel])
+    files = [root / r for r in rel]
+    groups, shas = _groups(files, "gray32")
+    assert len(set(groups.tolist())) <= 20 and all(groups[i] == groups[i + 1] for i in range(0, len(rel), 2))
+    y = np.array([0 if r.startswith("doom") else 1 for r in rel])
+    held = sel.grouped_split(groups, y, 0.2, 1042)
+    assert 0 < held.sum() < len(rel) and all(held[i] == held[i + 1] for i in range(0, len(rel), 2))
+    train_rel = [r for r, h in zip(rel, held) if not h]
+    _link_tree(root, train_rel, tmp_path / "train")
+    _link_tree(root, [r for r, h in zip(rel, held) if h], tmp_path / "held")
+    _split_titles(root, set(train_rel), tmp_path / "train")
+    linked = {p.relative_to(tmp_path / d).as_posix() for d in ("train", "held") for p in (tmp_path / d).rglob("*.jpg")}
+    assert linked == set(rel)
+    with (tmp_path / "train" / "posts.csv").open() as fh:
+        titled = [row["file"] for row in csv.DictReader(fh)]
+    assert sorted(titled) == sorted(train_rel)
+
+
+@pytest.mark.slow  # two console scripts as subprocesses (meme-train, meme-evaluate): ~1 min idle
+def test_holdout_trains_on_the_rest_and_scores_the_held_back_fifth(sample_dataset, tmp_path):
+    import json
+
+    from bench.holdout import main as holdout_main
+
+    out = tmp_path / "holdout.json"
+    assert holdout_main(["--data", str(sample_dataset), "--work-dir", str(tmp_path / "w"), "--seeds", "3", "--out", str(out),
+                         "--train-arg=--text", "--train-arg=off", "--train-arg=--models", "--train-arg=logreg"]) == 0
+    doc = json.loads(out.read_text())
+    (row,) = doc["seeds"]
+    assert row["train_images"] + row["held_images"] == 72 and 8 <= row["held_images"] <= 20
+    assert 0.8 <= row["accuracy"] <= 1.0 and doc["mean"]["accuracy"] == round(row["accuracy"], 4)
+    assert not row["ocr_share"] and not doc["mean"]["ocr_share"]  # --text off: nothing OCR'd
+
+
+def test_memory_sampler_reports_the_largest_single_python_worker(tmp_path):
+    """The per-worker memory target needs the biggest Spark Python worker on its own, not the
+    sum of the tree: a child whose command line is a pyspark.daemon worker holding ~80 MB."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.common import MemorySampler
+
+    ready = tmp_path / "ready"
+    code = "import sys, time, pathlib; x = bytearray(80_000_000); x[::4096] = b'1' * len(x[::4096]); pathlib.Path(sys.argv[1]).touch(); time.sleep(5)"
+    child = subprocess.Popen([sys.executable, "-c", code, str(ready), "pyspark.daemon"])
+    try:
+        with MemorySampler(os.getpid(), interval=0.05) as sampler:
+            deadline = time.monotonic() + 20
+            while not ready.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+        result = sampler.result()
+    finally:
+        child.kill()
+        child.wait()
+    assert 75 <= result["peak_python_worker_mib"] < result["peak_python_mib"], result

@@ -53,6 +53,21 @@ def test_ocr_reading_order_lines_top_to_bottom_words_left_to_right():
     assert lines[1].index("left") < lines[1].index("right")
 
 
+def test_ocr_reads_each_line_at_its_own_width_on_both_engines():
+    """One line per recogniser call (``OCR_REC_BATCH``): a short word under a long line is not
+    padded to the long line's width; both engines are configured alike and read the same."""
+    image = np.full((300, 600, 3), 255, np.uint8)
+    cv2.putText(image, "IS IT TIME FOR NOOK MILES", (20, 90), cv2.FONT_HERSHEY_DUPLEX, 1.0, (0, 0, 0), 2, cv2.LINE_AA)
+    cv2.putText(image, "DOOM", (260, 220), cv2.FONT_HERSHEY_DUPLEX, 1.0, (0, 0, 0), 2, cv2.LINE_AA)
+    assert mt.OCR_REC_BATCH == 1 and "rec1" in mt.OCR_VERSION
+    assert mt._engine().text_rec.rec_batch_num == mt.OCR_REC_BATCH
+    narrow = mt.ocr_text(image)
+    assert "nookmiles" in _squash(narrow) and _squash(narrow.split("\n")[-1]) == "doom", narrow
+    if mt._wide_engine() is not mt._engine():  # a one-core machine has no second engine
+        assert mt._wide_engine().text_rec.rec_batch_num == mt.OCR_REC_BATCH
+        assert mt.ocr_text(image, wide=True) == narrow
+
+
 def test_ocr_accepts_bgra_and_large_images():
     image = _meme("NOOK MILES", (0, 0, 0), (255, 255, 255))
     bgra = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
