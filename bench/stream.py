@@ -41,6 +41,10 @@ class PredictionsWatcher:
     seen_files: set[str] = field(default_factory=set)
     first_seen: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    #: rows whose OCR ran / failed: a broken OCR engine falls back to the image branch and
+    #: would otherwise look like a fast cascade
+    ocr_rows: int = 0
+    ocr_errors: int = 0
 
     def poll(self) -> int:
         new = 0
@@ -49,13 +53,14 @@ class PredictionsWatcher:
             if key in self.seen_files:
                 continue
             try:
-                table = pq.read_table(part, columns=[self.column, "error"])
+                table = pq.read_table(part, columns=[self.column, "error", "ocr_ran", "ocr_error"])
             except Exception as exc:  # noqa: BLE001 - a file replaced while we read it: retry next poll
                 log.debug("cannot read %s yet: %s", part, exc)
                 continue
             self.seen_files.add(key)
             now = time.monotonic()
-            for value, err in zip(table.column(self.column).to_pylist(), table.column("error").to_pylist()):
+            columns = (table.column(c).to_pylist() for c in (self.column, "error", "ocr_ran", "ocr_error"))
+            for value, err, ocr_ran, ocr_err in zip(*columns):
                 if value is None:
                     continue
                 name = Path(value).name if self.column == "origin" else value
@@ -63,6 +68,8 @@ class PredictionsWatcher:
                     self.first_seen[name] = now
                     new += 1
                     self.errors += err is not None
+                    self.ocr_rows += bool(ocr_ran)
+                    self.ocr_errors += ocr_err is not None
         return new
 
     def wait_for(self, keys: list[str], timeout: float, tick: Callable[[], None] | None = None) -> bool:
@@ -252,6 +259,10 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
             }
         result.update(mem.result())
         result["error_rows"] = watcher.errors
+        result["ocr_rows"], result["ocr_error_rows"] = watcher.ocr_rows, watcher.ocr_errors
+        if watcher.ocr_errors:
+            log.warning("%d of the streamed images had an OCR error (image branch only): the cascade's speed is not representative",
+                        watcher.ocr_errors)
         result["output_files"] = len(watcher.seen_files)
     finally:
         feeder.close()

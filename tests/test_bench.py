@@ -334,3 +334,29 @@ def test_memory_sampler_reports_the_largest_single_python_worker(tmp_path):
         child.kill()
         child.wait()
     assert 75 <= result["peak_python_worker_mib"] < result["peak_python_mib"], result
+
+
+def test_predictions_watcher_counts_rows_errors_and_ocr_failures_once(tmp_path):
+    """The stream benchmark's reader of the predictions table: a row counts once even when its
+    file is read again, and OCR runs and OCR failures are counted (a broken OCR engine falls
+    back to the image branch and would otherwise pass for a fast cascade)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.stream import PredictionsWatcher
+
+    part = tmp_path / "predictions" / "date=2026-11-30"
+    part.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "origin": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
+        "error": [None, None, "not_an_image", None],
+        "ocr_ran": [True, False, None, True],
+        "ocr_error": [None, None, None, "ocr_failed: boom"],
+    }), part / "part-0.parquet")
+    watcher = PredictionsWatcher(tmp_path, "origin")
+    assert watcher.poll() == 4 and watcher.poll() == 0
+    pq.write_table(pa.table({"origin": ["a.jpg", "e.jpg"], "error": [None, None], "ocr_ran": [True, False], "ocr_error": [None, None]}),
+                   part / "part-1.parquet")
+    assert watcher.poll() == 1
+    assert (watcher.errors, watcher.ocr_rows, watcher.ocr_errors) == (1, 2, 1)
+    assert set(watcher.first_seen) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"}
