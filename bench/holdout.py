@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 TITLES = "posts.csv"
 
 
-def _groups(files: list[Path], feature_set: str) -> tuple[np.ndarray, list[str]]:
+def _groups(files: list[Path], feature_set: str) -> np.ndarray:
     """Near-duplicate groups as training forms them: dHash of the image as the feature set
     decodes it, and equal sha256."""
+    from batch_training.train import TrainConfig
     from memestream.decode import BadImage
     from memestream.dedup import dhash, near_duplicate_groups
     from memestream.features import _decode_for, get_feature_set
@@ -49,7 +50,7 @@ def _groups(files: list[Path], feature_set: str) -> tuple[np.ndarray, list[str]]
             hashes.append(dhash(_decode_for(data, fs, feat.getMaxBytes(), feat.getMaxPixels())))
         except BadImage:
             hashes.append(0)  # training skips it anyway; its own group by sha256 unless equal
-    return near_duplicate_groups(hashes, shas, 6), shas
+    return near_duplicate_groups(hashes, shas, TrainConfig.dup_distance)  # meme-train's default
 
 
 def _link_tree(root: Path, rel: list[str], out: Path) -> None:
@@ -72,15 +73,15 @@ def _split_titles(root: Path, train_rel: set[str], out: Path) -> None:
                 writer.writerow(row)
 
 
-def _run(cmd: list[str]) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def _checked(done: subprocess.CompletedProcess, what: str) -> str:
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:2])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout
 
 
 def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train_args: Sequence[str], cache_from: Path | None) -> dict[str, Any]:
     from batch_training import selection as sel
+    from bench.model import run_meme_train
     from memestream.features import DEFAULT_FEATURE_SET
 
     root = data.resolve()
@@ -89,7 +90,7 @@ def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train
     classes = sorted({r.split("/")[0] for r in rel})
     y = np.array([classes.index(r.split("/")[0]) for r in rel])
     started = time.monotonic()
-    groups, _ = _groups(files, DEFAULT_FEATURE_SET)
+    groups = _groups(files, DEFAULT_FEATURE_SET)
     log.info("%d files, %d classes, %d near-duplicate groups of 2+ (%.1f s)", len(files), len(classes),
              int((np.unique(groups, return_counts=True)[1] > 1).sum()), time.monotonic() - started)
     rows = []
@@ -106,9 +107,10 @@ def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train
         if cache_from is not None and (cache_from / "_cache").is_dir():
             shutil.copytree(cache_from / "_cache", models / "_cache")  # embeddings/OCR by sha256: a warm start
         t0 = time.monotonic()
-        _run(["meme-train", "--data", str(base / "train"), "--model-dir", str(models), "-q", "--no-plots", *train_args])
+        _checked(run_meme_train(base / "train", models, ["-q", "--no-plots", *train_args]), "meme-train")
         train_s = time.monotonic() - t0
-        doc = json.loads(_run(["meme-evaluate", "--model", str(models), "--data", str(base / "held"), "--json", "-q"]))
+        evaluate = [sys.executable, "-m", "batch_training.evaluate", "--model", str(models), "--data", str(base / "held"), "--json", "-q"]
+        doc = json.loads(_checked(subprocess.run(evaluate, capture_output=True, text=True), "meme-evaluate"))
         row = {"seed": seed, "train_images": len(train_rel), "held_images": int(held.sum()), "accuracy": doc.get("accuracy"),
                "ece": doc.get("ece"), "ocr_share": doc.get("ocr_share"), "train_seconds": round(train_s, 1)}
         rows.append(row)

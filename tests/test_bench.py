@@ -279,7 +279,7 @@ def test_holdout_keeps_near_duplicates_together_and_titles_of_the_training_part_
         w.writerow(["file", "title"])
         w.writerows([(r, f"title of {r}") for r in rel])
     files = [root / r for r in rel]
-    groups, shas = _groups(files, "gray32")
+    groups = _groups(files, "gray32")
     assert len(set(groups.tolist())) <= 20 and all(groups[i] == groups[i + 1] for i in range(0, len(rel), 2))
     y = np.array([0 if r.startswith("doom") else 1 for r in rel])
     held = sel.grouped_split(groups, y, 0.2, 1042)
