@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from memestream.errors import DataError
+from memestream.hidden import is_reader_hidden, walk_visible
 from memestream.load import list_image_files
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,7 @@ def check_folder(root: str) -> str:
 
 
 def _has_file(folder: Path) -> bool:
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith((".", "_"))]
-        if any(not f.startswith((".", "_")) for f in filenames):
-            return True
-    return False
+    return next(walk_visible(folder, is_reader_hidden), None) is not None
 
 
 def precheck_classes(root: str, min_classes: int = 2) -> list[str]:
@@ -62,7 +59,7 @@ def precheck_classes(root: str, min_classes: int = 2) -> list[str]:
     root = check_folder(root)
     if not _is_local(root):
         return []
-    classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith((".", "_")) and _has_file(p))
+    classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not is_reader_hidden(p.name) and _has_file(p))
     if not classes:
         raise DataError(f"data folder {root} holds no files in class sub-folders (expected {root}/<class>/<image files>)")
     if len(classes) < min_classes:

@@ -20,6 +20,8 @@ from typing import Any, Iterable, Sequence
 import cv2
 import numpy as np
 
+from memestream.hidden import is_reader_hidden
+
 log = logging.getLogger(__name__)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "doom-crossing"
@@ -48,10 +50,10 @@ def list_labelled(root: str | os.PathLike[str], generated: bool = False) -> Labe
     root = Path(root)
     files: list[Path] = []
     labels: list[str] = []
-    for cls in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    for cls in sorted(p for p in root.iterdir() if p.is_dir() and not is_reader_hidden(p.name)):
         for path in sorted(cls.rglob("*")):
             rel = path.relative_to(root).parts
-            if path.is_file() and path.suffix.lower() in IMAGE_EXTS and not any(p.startswith((".", "_")) for p in rel):
+            if path.is_file() and path.suffix.lower() in IMAGE_EXTS and not any(map(is_reader_hidden, rel)):
                 files.append(path)
                 labels.append(cls.name)
     return LabelledImages(root, tuple(files), tuple(labels), generated)

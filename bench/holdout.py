@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from memestream.hidden import is_dot_hidden
+
 log = logging.getLogger(__name__)
 
 TITLES = "posts.csv"
@@ -85,7 +87,7 @@ def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train
     from memestream.features import DEFAULT_FEATURE_SET
 
     root = data.resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.parent != root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not is_dot_hidden(p.name) and p.parent != root)
     rel = [p.relative_to(root).as_posix() for p in files]
     classes = sorted({r.split("/")[0] for r in rel})
     y = np.array([classes.index(r.split("/")[0]) for r in rel])

@@ -49,6 +49,7 @@ from bench.common import portable_paths
 from bench.soak import jvm_live_heap_mib, jvm_pid, tree_memory
 from memestream.cli import add_common_flags, positive_float, positive_int, run_main
 from memestream.errors import ConfigError, MemestreamError
+from memestream.hidden import is_inbox_ignored, is_reader_hidden
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +137,13 @@ def train_fast_model(work: Path, cfg: LongrunConfig) -> Path:
 
 
 # -- cheap file-system measurements --------------------------------------------------------------
-def _visible(name: str) -> bool:
-    return not name.startswith((".", "_", "~$"))
-
-
 def count_waiting(folder: Path) -> int:
     """Visible files directly in ``folder`` or below it (what the mover or the stream still has to take)."""
     n = 0
     try:
         with os.scandir(folder) as it:
             for e in it:
-                if not _visible(e.name):
+                if is_inbox_ignored(e.name):  # what the mover leaves alone is not waiting
                     continue
                 if e.is_dir(follow_symlinks=False):
                     n += count_waiting(Path(e.path))
@@ -342,7 +339,7 @@ def read_origins(output: Path, table: str) -> pa.Table:
     import pyarrow.parquet as pq
 
     parts = sorted((output / table).glob("date=*/*.parquet"))
-    tables = [pq.read_table(p, columns=["origin"]) for p in parts if _visible(p.name)]
+    tables = [pq.read_table(p, columns=["origin"]) for p in parts if not is_reader_hidden(p.name)]
     return pa.concat_tables(tables) if tables else pa.table({"origin": pa.array([], pa.string())})
 
 

@@ -120,7 +120,7 @@ def source_only(impl: str, work: Path, n: int, max_files: int) -> dict[str, Any]
     import os
 
     from memestream.spark import build_spark
-    from producers.folder import InboxMover
+    from memestream.inbox import InboxMover
     from streaming.query import open_stream
     from streaming.sources import folder_frame, folder_source
     from streaming.spool_source import register

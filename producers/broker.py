@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 from memestream.cli import add_common_flags, env_flag, run_main
 from memestream.errors import BrokerError, EnvironmentProblem
 from memestream.jars import KAFKA_VERSION, java_binary, kafka_broker_jars, resolve
+from memestream.libc import parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,6 @@ logger.config.level = WARN
 logger.utils.name = org.apache.kafka.common.utils
 logger.utils.level = WARN
 """
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the Python process that started the broker dies (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: the broker may outlive a crashed parent
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -193,7 +184,7 @@ def _launch(broker, cmd: list[str], cwd: Path | None = None) -> None:
     it answers; on failure stop it and say why with the tail of its log."""
     with open(broker.log_path, "ab") as out:
         broker._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
     try:
         wait_for_broker(broker.bootstrap, broker.ready_timeout_s, broker._proc)
     except BrokerError as exc:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import BrokerError, ConfigError, DataError
+from memestream.hidden import is_dot_hidden, walk_visible
 from memestream.kafka import (
     DEFAULT_MAX_MESSAGE_BYTES,
     RECORD_OVERHEAD_BYTES,
@@ -219,11 +220,9 @@ def iter_image_files(inputs: Iterable[str | os.PathLike], all_files: bool = Fals
         if root.is_file():
             yield root, root.parent
         elif root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if not name.startswith(".") and (all_files or Path(name).suffix.lower() in IMAGE_SUFFIXES):
-                        yield Path(dirpath) / name, root
+            for path in walk_visible(root, is_dot_hidden):
+                if all_files or path.suffix.lower() in IMAGE_SUFFIXES:
+                    yield path, root
         else:
             raise DataError(f"expected an image file or a folder, found nothing at {root}")
 

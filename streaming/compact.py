@@ -27,9 +27,6 @@ a hidden name under the lock before deleting it, so readers never see half a fol
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import errno
 import logging
 import os
 import shutil
@@ -46,14 +43,12 @@ import pyarrow.parquet as pq
 
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError
+from memestream.hidden import is_reader_hidden
+from memestream.libc import exchange_paths
 from streaming.schema import TABLES, batch_of, check_output_dir, date_dirs
 from streaming.sinks import OutputTables
 
 log = logging.getLogger(__name__)
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
 
 @dataclass(frozen=True)
 class CompactConfig:
@@ -102,36 +97,9 @@ def batches_of(name: str) -> tuple[str, int, int] | None:
     return None
 
 
-def _exchange_fn():
-    libc_name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError, TypeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = _exchange_fn()
-
-
-def exchange_dirs(a: Path, b: Path) -> bool:
-    """Atomically swap two folders; False when the platform or file system cannot."""
-    if _RENAMEAT2 is None:
-        return False
-    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"renameat2(RENAME_EXCHANGE) {a} <-> {b}: {os.strerror(err)}")
-
-
 def swap_in(live: Path, staged: Path) -> Path:
     """Put ``staged`` at ``live``; returns where the old folder now is (to delete)."""
-    if exchange_dirs(live, staged):
+    if exchange_paths(live, staged):
         return staged
     old = live.with_name(f".{live.name}.old-{uuid.uuid4().hex[:8]}")
     os.rename(live, old)  # from here until the next rename the folder is missing
@@ -144,7 +112,7 @@ def _visible_parquet(folder: Path) -> dict[str, os.stat_result]:
     return {
         e.name: e.stat()
         for e in os.scandir(folder)
-        if e.is_file() and not e.name.startswith((".", "_")) and e.name.endswith(".parquet")
+        if e.is_file() and not is_reader_hidden(e.name) and e.name.endswith(".parquet")
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from pyspark.sql import DataFrame, SparkSession
 
 from memestream.errors import CheckpointError, ConfigError, MemestreamError
-from producers.folder import InboxMover
+from memestream.inbox import InboxMover
 from streaming.batch import BatchProcessor, LiveSummary, StageHook
 from streaming.compact import CompactConfig, StreamCompactor
 from streaming.config import StreamConfig

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from memestream.errors import DataError
+from memestream.hidden import is_reader_hidden, walk_visible
 
 PREDICTIONS = "predictions"
 QUARANTINE = "quarantine"
@@ -136,20 +137,12 @@ def table_dir(output: str | os.PathLike[str], table: str) -> Path:
     return Path(output) / table
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith((".", "_"))
-
-
 def data_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Parquet files a reader would see under ``folder`` (hidden/staging names skipped)."""
     root = Path(folder)
-    found: list[Path] = []
     if not root.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _visible(f) and f.endswith(".parquet"))
-    return found
+        return []
+    return [p for p in walk_visible(root, is_reader_hidden) if p.name.endswith(".parquet")]
 
 
 def date_dirs(folder: str | os.PathLike[str]) -> list[Path]:

@@ -20,7 +20,7 @@ from memestream.load import read_files
 from streaming.config import KafkaSourceConfig
 
 BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
-#: The inbox mover names spooled files ``<sequence number>-<original name>`` (producers.spool).
+#: The inbox mover names spooled files ``<sequence number>-<original name>`` (memestream.spool).
 SPOOL_PREFIX_RE = r"^[0-9]{19,}-"
 
 

@@ -3,7 +3,7 @@
 Why not Spark's ``binaryFile`` file source: it remembers every file it has ever seen (driver
 heap, ~0.4 KB per file, and its checkpoint log, ~100 B per file, never pruned), because file
 names there carry no order. Here they do: the inbox mover names each spooled file with a
-strictly increasing sequence number under the spool's lock (:mod:`producers.spool`). So an
+strictly increasing sequence number under the spool's lock (:mod:`memestream.spool`). So an
 offset is one number, ``{"seq": N}``, a micro-batch is the range ``(start, end]`` and the
 checkpoint holds two numbers per batch whatever the history.
 
@@ -38,8 +38,8 @@ from pyspark.sql.streaming.datasource import (
 )
 
 from memestream.errors import ConfigError
-from producers.folder import is_ignored
-from producers.spool import SpoolSequence, parse_seq, seq_name
+from memestream.hidden import is_inbox_ignored
+from memestream.spool import SpoolSequence, parse_seq, seq_name
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def scan(spool: Path, after: int, upto: int | None = None) -> Listing:
         with os.scandir(spool) as it:
             for entry in it:
                 name = entry.name
-                if is_ignored(name):
+                if is_inbox_ignored(name):
                     continue
                 n = parse_seq(name)
                 if n is None:

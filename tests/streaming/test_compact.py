@@ -9,8 +9,9 @@ from datetime import date
 import pyarrow as pa
 import pytest
 
+from memestream.libc import exchange_paths
 from streaming import compact as compact_mod
-from streaming.compact import CompactConfig, batches_of, compact, exchange_dirs
+from streaming.compact import CompactConfig, batches_of, compact
 from streaming.schema import read_table
 from streaming.sinks import BatchMarker, OutputTables
 
@@ -100,7 +101,7 @@ def test_exchange_is_atomic_swap_and_names_parse(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     (a / "x").write_text("a"), (b / "y").write_text("b")
-    if not exchange_dirs(a, b):
+    if not exchange_paths(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) not supported here; the two-rename fallback is used")
     assert (a / "y").exists() and (b / "x").exists()
     assert batches_of("part-main-0000000007.parquet") == ("main", 7, 7)

@@ -11,8 +11,8 @@ import pytest
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxFiles
 
 from memestream.errors import CheckpointError
-from producers.folder import InboxMover
-from producers.spool import parse_seq, seq_name
+from memestream.inbox import InboxMover
+from memestream.spool import parse_seq, seq_name
 from streaming.query import CHECKPOINT_IDENTITY, run_stream
 from streaming.schema import read_table
 from streaming.spool_source import SpoolStreamReader, split_even

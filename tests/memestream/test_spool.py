@@ -6,9 +6,9 @@ import time
 
 from pyspark.sql.streaming.datasource import ReadAllAvailable
 
-from producers import spool as spool_mod
-from producers.folder import InboxMover
-from producers.spool import SpoolSequence, parse_seq, seq_name
+from memestream import spool as spool_mod
+from memestream.inbox import InboxMover
+from memestream.spool import SpoolSequence, parse_seq, seq_name
 from streaming.spool_source import SpoolStreamReader
 
 
@@ -85,28 +85,3 @@ def test_concurrent_movers_and_a_listing_reader_never_skip_or_repeat_a_file(tmp_
     assert sorted(planned) == spooled, "a file was skipped"
     seqs = [parse_seq(n) for n in spooled]
     assert len(set(seqs)) == len(seqs)
-
-
-def test_mover_spools_empty_files_and_cross_device_copies_under_sequence_names(tmp_path, monkeypatch):
-    import errno
-    import os
-
-    inbox, spool = tmp_path / "inbox", tmp_path / "spool"
-    mover = InboxMover(inbox, spool, settle=0)
-    (inbox / "e.png").write_bytes(b"")
-    (inbox / "x.png").write_bytes(b"data")
-    real_rename = os.rename
-
-    def exdev(src, dst):  # noqa: ANN001
-        if str(src).startswith(str(inbox)):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", exdev)
-    assert mover.sweep(settle=0) == 2
-    names = sorted(p.name for p in spool.iterdir())
-    assert [n.split("-", 1)[1] for n in names] == ["e.png", "x.png"]
-    assert all(parse_seq(n) for n in names)
-    assert list(inbox.iterdir()) == []
-    # nothing hidden left behind by the copy path
-    assert not [p for p in spool.iterdir() if p.name.startswith(".")]

@@ -11,8 +11,9 @@ the sequence file itself, so they keep increasing even if the clock steps back.
 The sequence file sits *beside* the spool (``.<spool name>.seq`` in its parent folder), so the
 spool holds nothing but input files: it is empty when everything is processed.
 
-Names are ``<19+ digit number>-<original name>``. No Spark import: the mover and the reader's
-driver side both use it.
+Names are ``<19+ digit number>-<original name>``. No Spark import: the inbox mover
+(:mod:`memestream.inbox`) and the reader's driver side both use it; which names the listing
+skips is :func:`memestream.hidden.is_inbox_ignored`.
 """
 from __future__ import annotations
 
