@@ -177,7 +177,7 @@ def _ocr_arrow(feature_set: str, max_bytes: int, max_pixels: int):
     def run(paths: pa.Array) -> pa.Array:
         from memestream.decode import decode
         from memestream.inputs import local_path, read_capped
-        from memestream.text import ocr_text
+        from memestream.ocr import ocr_text
 
         fs = get_feature_set(feature_set)
         shas, texts, errors = [], [], []

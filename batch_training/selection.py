@@ -228,7 +228,7 @@ def text_cv(texts: Sequence[str], y: np.ndarray, folds: np.ndarray, classes: int
     """Grouped CV of the character n-gram text classifier on the OCR text. ``extra``: one
     more training document per row (its post title), added to each fold's training part
     only: held-out rows are scored on their OCR text alone, as the stream scores them."""
-    from memestream.text import TextModel
+    from memestream.text_model import TextModel
 
     n_folds = int(folds.max()) + 1
     has = np.array([bool(t.strip()) for t in texts])
@@ -281,7 +281,7 @@ def cascade_cv(
     would not OCR get ``has_text = 0``, as in the stream). Among the thresholds whose CV OCR
     share fits ``ocr_budget`` (or the cheapest, if none does), picks the one with the fewest
     OCR calls whose accuracy is within ``tolerance`` of the best of them."""
-    from memestream.text import Stacker
+    from memestream.stacking import Stacker
 
     image_logp = np.log(np.clip(image_probs, 1e-12, 1.0))
     n_folds = int(folds.max()) + 1

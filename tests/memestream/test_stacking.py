@@ -1,0 +1,96 @@
+"""The stacker and the text branch (memestream.stacking): fast, no Spark."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memestream import ocr
+from memestream.errors import DataError
+from memestream.stacking import Stacker, stack_features
+
+
+def _branch_scores(k: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    image = rng.normal(0, 1.0, (n, k)) + 1.5 * np.eye(k)[y]
+    text = rng.normal(0, 1.0, (n, k)) + 2.5 * np.eye(k)[y]
+    to_logp = lambda z: z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    has = rng.random(n) < 0.7
+    return to_logp(image), to_logp(text), has, y
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_stacker_matches_sklearn_and_uses_text(k):
+    image, text, has, y = _branch_scores(k, 400, seed=k)
+    stacker = Stacker.fit(image, text, has, y, C=1.0)
+    proba = stacker.predict_proba(image, text, has)
+    X = stack_features(image, text, has)
+    np.testing.assert_allclose(proba, stacker._sklearn.predict_proba(X), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(np.exp(stacker.predict_log_proba(image, text, has)), proba, rtol=0, atol=1e-12)
+    acc_stack = (proba.argmax(axis=1) == y)[has].mean()
+    acc_image = (image.argmax(axis=1) == y)[has].mean()
+    assert acc_stack > acc_image + 0.05  # the text branch helps where there is text
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_stacker_without_text_depends_on_image_only(k, tmp_path):
+    image, text, has, y = _branch_scores(k, 300, seed=10 + k)
+    stacker = Stacker.fit(image, text, has, y)
+    none = np.zeros(len(y))
+    a = stacker.predict_proba(image, text, none)
+    b = stacker.predict_proba(image, np.roll(text, 7, axis=0) * 3.0 - 1.0, none)
+    np.testing.assert_array_equal(a, b)
+    loaded = Stacker.load(stacker.save(tmp_path / "stacker"))
+    assert isinstance(loaded, Stacker)
+    np.testing.assert_array_equal(loaded.predict_proba(image, text, has), stacker.predict_proba(image, text, has))
+
+
+def test_stacker_rejects_mismatched_inputs():
+    image, text, has, y = _branch_scores(2, 50, seed=1)
+    with pytest.raises(DataError):
+        Stacker.fit(image, text[:10], has, y)
+    stacker = Stacker.fit(image, text, has, y)
+    three = np.log(np.full((5, 3), 1 / 3))
+    with pytest.raises(DataError):
+        stacker.predict_proba(three, three, np.ones(5))
+
+
+def test_scorer_ocrs_small_calls_on_the_wide_engine_only_when_asked(monkeypatch, image_bytes):
+    """The stream's tasks hold a few rows only at light load: those use the two-thread engine;
+    a spec with ``wide_ocr_rows=0`` (the benchmark's one-core limit) never does."""
+    from memestream.classify import ScoringSpec, score_values
+
+    seen = []
+
+    def fake_ocr(image, wide=False):
+        seen.append(wide)
+        return "nook miles"
+
+    monkeypatch.setattr(ocr, "ocr_text", fake_ocr)
+
+    class Branch:
+        cascade = 2.0  # every row is OCR'd
+        neighbours = None
+
+        def image_view(self, probs, reduced):
+            return probs
+
+        def needs_ocr(self, probs, ok, mode):
+            return ok.copy()
+
+        def combine(self, probs, texts, has):
+            return probs
+
+    class Local:
+        def transform(self, x):
+            return x
+
+        def head(self, x):
+            return np.tile([0.5, 0.5], (len(x), 1))
+
+    payload = image_bytes()
+    for rows, wide_rows, want in ((2, 4, True), (6, 4, False), (2, 0, False)):
+        seen.clear()
+        spec = ScoringSpec("gray32", 10**7, 10**7, 10**8, None, Local(), Branch(), "cascade", False, classes=("a", "b"), wide_ocr_rows=wide_rows)
+        score_values(spec, [payload] * rows)
+        assert seen == [want] * rows, (rows, wide_rows)
