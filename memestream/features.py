@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 
 from memestream.decode import CORRUPT, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_ERROR, BadImage, decode
-from memestream.effnet import MULTISCALE_TAPS
 
 
 @dataclass(frozen=True)
@@ -291,7 +290,7 @@ _register(
 
 def _effnet_many(images: Sequence[np.ndarray], asset: str | None, name: str = "effnet_lite0") -> np.ndarray:
     """Embeddings through the set's ONNX graph (``name`` picks the default graph outside a saved model)."""
-    from memestream.effnet import get_embedder
+    from memestream.effnet.runtime import get_embedder
 
     return get_embedder(asset or default_asset(name)).embed(images)
 
@@ -311,12 +310,14 @@ def default_asset(name: str) -> str:
     return str(path)
 
 
-def _effnet_asset(dest: str, taps: tuple[int, ...] = ()) -> object:
+def _effnet_asset(dest: str, multiscale: bool = False) -> object:
+    """Build the set's ONNX graph (the graph builder and ``onnx`` are imported only here:
+    a worker that embeds images imports :mod:`memestream.effnet.runtime` alone)."""
     from pathlib import Path
 
-    from memestream.effnet import export_onnx
+    from memestream.effnet.graph import MULTISCALE_TAPS, export_onnx
 
-    return export_onnx(Path(dest), taps=taps)
+    return export_onnx(Path(dest), taps=MULTISCALE_TAPS if multiscale else ())
 
 
 FEATURE_SETS["effnet_lite0"] = FeatureSet(
@@ -335,7 +336,7 @@ FEATURE_SETS["effnet_lite0"] = FeatureSet(
 
 FEATURE_SETS["effnet_lite0_ms"] = FeatureSet(
     "effnet_lite0_ms",
-    1280 + 320 + 192 + 112,  # head + blocks 15, 14, 10 (memestream.effnet.MULTISCALE_TAPS)
+    1280 + 320 + 192 + 112,  # head + blocks 15, 14, 10 (memestream.effnet.graph.MULTISCALE_TAPS)
     True,
     448,
     None,
@@ -343,7 +344,7 @@ FEATURE_SETS["effnet_lite0_ms"] = FeatureSet(
     "(320 + 192 + 112), 1904-d, one network pass (ONNX Runtime)",
     extract_many=functools.partial(_effnet_many, name="effnet_lite0_ms"),
     asset="effnet_lite0_ms.onnx",
-    make_asset=functools.partial(_effnet_asset, taps=MULTISCALE_TAPS),
+    make_asset=functools.partial(_effnet_asset, multiscale=True),
     novelty_dims=1280,  # the head: OOD AUROC 0.91 with all 1904 columns (bench.ood)
 )
 

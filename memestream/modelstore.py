@@ -143,7 +143,7 @@ def _check_assets(pipeline: Any, where: Path) -> None:
     stage = pipeline.stages[0] if pipeline.stages else None
     asset = stage.getAssetPath() if hasattr(stage, "getAssetPath") else None
     if asset:
-        from memestream.effnet import get_embedder
+        from memestream.effnet.runtime import get_embedder
 
         get_embedder(asset)
 

@@ -1,16 +1,19 @@
-"""EfficientNet-Lite0 embeddings: the torch-free legacy .pth reader, the ONNX graph, the Embedder."""
+"""EfficientNet-Lite0 embeddings (memestream.effnet): the torch-free legacy .pth reader, the ONNX graph, the Embedder."""
 from __future__ import annotations
 
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from memestream import effnet
+from memestream.effnet import graph, runtime
+from memestream.effnet import weights as weights_mod
 from memestream.errors import DataError, ModelError
 
 # ---------------------------------------------------------------------------------------
@@ -110,7 +113,7 @@ def test_legacy_reader_round_trip_with_strides_offsets_and_shared_storage(tmp_pa
     }
     path = _write_legacy(tmp_path / "w.pth", _object_pickle(state), {"10": s_float, "20": s_perm, "30": s_long})
 
-    got = effnet.read_legacy_torch(path)
+    got = weights_mod.read_legacy_torch(path)
 
     assert list(got) == list(state)  # file order kept
     m = s_float.reshape(3, 4)
@@ -135,7 +138,7 @@ def test_legacy_reader_refuses_a_forbidden_global_without_running_it(tmp_path):
     path = _write_legacy(tmp_path / "evil.pth", _object_pickle({"x": evil}), {})
 
     with pytest.raises(ModelError, match=r"refusing to load global os\.system") as err:
-        effnet.read_legacy_torch(path)
+        weights_mod.read_legacy_torch(path)
     assert str(path) in str(err.value)
     assert not marker.exists()
 
@@ -152,7 +155,7 @@ def test_legacy_reader_refuses_a_build_opcode_that_rewrites_a_tensor(tmp_path):
     obj += b"sbu."  # SETITEM into the state dict, BUILD on the tensor, SETITEMS
     path = _write_legacy(tmp_path / "w.pth", bytes(obj), {"1": np.arange(6, dtype=np.float32)})
     with pytest.raises(ModelError, match="is not a tensor|malformed|not a readable"):
-        effnet.read_legacy_torch(path)
+        weights_mod.read_legacy_torch(path)
 
 
 @pytest.mark.parametrize(
@@ -178,7 +181,7 @@ def test_legacy_reader_rejects_malformed_files(tmp_path, case, match):
         path = tmp_path / "w.pth"
         path.write_bytes(os.urandom(64))
     with pytest.raises(ModelError, match=match):
-        effnet.read_legacy_torch(path)
+        weights_mod.read_legacy_torch(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,17 +191,17 @@ def test_legacy_reader_rejects_malformed_files(tmp_path, case, match):
 
 @pytest.fixture(scope="module")
 def weights() -> dict[str, np.ndarray]:
-    return effnet.read_legacy_torch(effnet.find_weights())
+    return weights_mod.read_legacy_torch(weights_mod.find_weights())
 
 
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory) -> Path:
-    return effnet.export_onnx(tmp_path_factory.mktemp("effnet") / "lite0.onnx", with_logits=True)
+    return graph.export_onnx(tmp_path_factory.mktemp("effnet") / "lite0.onnx", with_logits=True)
 
 
 @pytest.fixture(scope="module")
-def embedder(onnx_path) -> effnet.Embedder:
-    return effnet.Embedder(onnx_path)
+def embedder(onnx_path) -> runtime.Embedder:
+    return runtime.Embedder(onnx_path)
 
 
 def _images(seed: int = 3) -> list[np.ndarray]:
@@ -227,20 +230,20 @@ def test_real_weights_have_the_lite0_layout(weights):
 
 
 def test_graph_bytes_are_deterministic(weights):
-    first = effnet.build_onnx(weights)
-    assert first == effnet.build_onnx(weights)
-    assert first != effnet.build_onnx(weights, with_logits=True)
+    first = graph.build_onnx(weights)
+    assert first == graph.build_onnx(weights)
+    assert first != graph.build_onnx(weights, with_logits=True)
 
 
 def test_find_weights_points_into_the_package():
-    path = effnet.find_weights()
-    assert path.name == effnet.WEIGHTS_FILE and path.stat().st_size > 10_000_000
+    path = weights_mod.find_weights()
+    assert path.name == weights_mod.WEIGHTS_FILE and path.stat().st_size > 10_000_000
 
 
 def test_preprocess_accepts_bgr_gray_and_bgra():
     bgr = np.zeros((50, 70, 3), dtype=np.uint8)
     bgr[..., 0] = 255  # pure blue in BGR
-    x = effnet.preprocess([bgr, bgr[..., 0], cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)])
+    x = runtime.preprocess([bgr, bgr[..., 0], cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)])
     assert x.shape == (3, 3, 224, 224) and x.dtype == np.float32
     np.testing.assert_array_equal(x[0, 2], 1.0)  # blue is the last RGB plane: (255-127)/128
     np.testing.assert_array_equal(x[0, 0], -127 / 128)
@@ -253,22 +256,22 @@ def test_preprocess_accepts_bgr_gray_and_bgra():
 )
 def test_preprocess_refuses_what_it_cannot_read(bad):
     with pytest.raises(DataError, match="image 0"):
-        effnet.preprocess([bad])
+        runtime.preprocess([bad])
 
 
 def test_embedding_shape_determinism_and_batch_independence(embedder, onnx_path):
     images = _images()
     emb = embedder.embed(images)
-    assert emb.shape == (5, effnet.EMBED_DIM) and emb.dtype == np.float32
+    assert emb.shape == (5, runtime.EMBED_DIM) and emb.dtype == np.float32
     assert np.all(np.isfinite(emb)) and np.all(emb >= 0)  # a mean over ReLU6 outputs
     assert np.all(emb.std(axis=1) > 0) and not np.allclose(emb[0], emb[1])
     np.testing.assert_array_equal(embedder.embed(images), emb)
-    np.testing.assert_array_equal(effnet.Embedder(onnx_path).embed(images), emb)
+    np.testing.assert_array_equal(runtime.Embedder(onnx_path).embed(images), emb)
     for i in (0, 3):
         np.testing.assert_allclose(embedder.embed([images[i]])[0], emb[i], rtol=1e-5, atol=1e-5)
-    chunked = effnet.Embedder(onnx_path, chunk=2).embed(images)
+    chunked = runtime.Embedder(onnx_path, chunk=2).embed(images)
     np.testing.assert_allclose(chunked, emb, rtol=1e-5, atol=1e-5)
-    assert embedder.embed([]).shape == (0, effnet.EMBED_DIM)
+    assert embedder.embed([]).shape == (0, runtime.EMBED_DIM)
 
 
 def test_pretrained_head_names_skimage_photos(embedder):
@@ -282,8 +285,8 @@ def test_pretrained_head_names_skimage_photos(embedder):
 
 def test_logits_need_a_graph_exported_with_them(tmp_path, weights):
     path = tmp_path / "plain.onnx"
-    path.write_bytes(effnet.build_onnx(weights))
-    emb = effnet.Embedder(path)
+    path.write_bytes(graph.build_onnx(weights))
+    emb = runtime.Embedder(path)
     assert not emb.has_logits
     with pytest.raises(ModelError, match="without logits"):
         emb.logits([_images()[0]])
@@ -293,29 +296,29 @@ def test_logits_need_a_graph_exported_with_them(tmp_path, weights):
 def test_corrupt_or_missing_graph_is_one_clear_model_error(tmp_path, content):
     path = tmp_path / "broken.onnx"
     path.write_bytes(content)
-    for make in (effnet.Embedder, effnet.get_embedder):
+    for make in (runtime.Embedder, runtime.get_embedder):
         with pytest.raises(ModelError) as err:
             make(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ModelError, match="not found"):
-        effnet.get_embedder(tmp_path / "missing.onnx")
+        runtime.get_embedder(tmp_path / "missing.onnx")
 
 
 def test_get_embedder_is_cached_until_the_file_changes(tmp_path, onnx_path):
     path = tmp_path / "copy.onnx"
     path.write_bytes(onnx_path.read_bytes())
-    first = effnet.get_embedder(path)
-    assert effnet.get_embedder(str(path)) is first
+    first = runtime.get_embedder(path)
+    assert runtime.get_embedder(str(path)) is first
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-    second = effnet.get_embedder(path)
-    assert second is not first and effnet.get_embedder(path) is second
+    second = runtime.get_embedder(path)
+    assert second is not first and runtime.get_embedder(path) is second
 
 
 def test_cli_exports_a_graph(tmp_path, capsys):
     dest = tmp_path / "sub" / "cli.onnx"
-    assert effnet.main([str(dest)]) == 0
-    assert dest.is_file() and not effnet.Embedder(dest).has_logits
+    assert graph.main([str(dest)]) == 0
+    assert dest.is_file() and not runtime.Embedder(dest).has_logits
     assert not list(dest.parent.glob(".*.tmp"))
 
 
@@ -328,7 +331,7 @@ def test_an_onnx_graph_of_another_model_is_refused(tmp_path):
     path = tmp_path / "other.onnx"
     path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString())
     with pytest.raises(ModelError, match="not an EfficientNet graph"):
-        effnet.Embedder(path)
+        runtime.Embedder(path)
 
 
 def test_multiscale_embedding_extends_the_head_embedding(weights, embedder, tmp_path):
@@ -337,17 +340,33 @@ def test_multiscale_embedding_extends_the_head_embedding(weights, embedder, tmp_
     images = _images()
     plain = embedder.embed(images)
     path = tmp_path / "ms.onnx"
-    path.write_bytes(effnet.build_onnx(weights, taps=effnet.MULTISCALE_TAPS))
-    ms = effnet.Embedder(path)
+    path.write_bytes(graph.build_onnx(weights, taps=graph.MULTISCALE_TAPS))
+    ms = runtime.Embedder(path)
     got = ms.embed(images)
     extra = {15: 320, 14: 192, 10: 112}
-    assert got.shape == (len(images), effnet.EMBED_DIM + sum(extra[t] for t in effnet.MULTISCALE_TAPS))
-    np.testing.assert_allclose(got[:, : effnet.EMBED_DIM], plain, rtol=1e-5, atol=1e-5)
-    assert np.all(np.isfinite(got)) and not np.allclose(got[0, effnet.EMBED_DIM :], got[1, effnet.EMBED_DIM :])
+    assert got.shape == (len(images), runtime.EMBED_DIM + sum(extra[t] for t in graph.MULTISCALE_TAPS))
+    np.testing.assert_allclose(got[:, : runtime.EMBED_DIM], plain, rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(got)) and not np.allclose(got[0, runtime.EMBED_DIM :], got[1, runtime.EMBED_DIM :])
     assert ms.dim == got.shape[1]
 
 
 def test_tapping_a_block_that_does_not_exist_is_a_model_error(weights):
     with pytest.raises(ModelError, match="cannot tap block 16"):
-        effnet.build_onnx(weights, taps=(16,))
+        graph.build_onnx(weights, taps=(16,))
 
+
+def test_a_worker_embeds_without_onnx_or_the_weights_reader(onnx_path):
+    """Spark's Python workers import the scorer, the feature sets and the runtime, and embed:
+    ``onnx``, the graph builder and the weights reader stay out of their process."""
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "import memestream.classify, memestream.features, memestream.featurizer, memestream.stacking\n"
+        "from memestream.effnet.runtime import get_embedder\n"
+        f"assert get_embedder({str(onnx_path)!r}).embed([np.zeros((300, 300, 3), np.uint8)]).shape == (1, 1280)\n"
+        "heavy = ('onnx', 'memestream.effnet.graph', 'memestream.effnet.weights', 'sklearn')\n"
+        "print(sorted(m for m in sys.modules if m in heavy or m.startswith(('onnx.', 'sklearn.'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
