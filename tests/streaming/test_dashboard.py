@@ -102,6 +102,30 @@ def test_page_escapes_whatever_the_tables_hold(tmp_path):
     assert "alert(1)" in page and "<script>alert" not in page and "<!--" not in page.split('id="initial"')[1]
 
 
+def test_page_files_are_package_data_served_by_exact_name(tmp_path, running):
+    import fnmatch
+    import tomllib
+
+    from streaming import dashboard
+
+    static = Path(dashboard.__file__).parent / "static"
+    names = sorted(p.name for p in static.iterdir())
+    assert names == ["dashboard.css", "dashboard.html", "dashboard.js"]
+    pyproject = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["streaming"]
+    assert all(any(fnmatch.fnmatch(f"static/{n}", p) for p in patterns) for n in names), "not shipped in the wheel"
+    url = running(tmp_path / "output")
+    status, body = _get(url)
+    page = body.decode()
+    assert status == 200 and "__TITLE__" not in page and "__REFRESH_MS__" not in page and 'data-refresh-ms="200"' in page
+    for name, kind in (("dashboard.css", "text/css"), ("dashboard.js", "text/javascript")):
+        assert f'"/static/{name}"' in page
+        with urllib.request.urlopen(url + "static/" + name, timeout=30) as resp:
+            assert resp.headers["Content-Type"].startswith(kind) and resp.read() == (static / name).read_bytes()
+    assert _get(url + "static/dashboard.html")[0] == 404  # the template is served only filled in, at /
+    assert _get(url + "static/plotly.min.js")[0] == 200
+
+
 def test_missing_and_broken_tables_are_a_message_not_a_stack_trace(tmp_path, running):
     url = running(tmp_path / "not-yet")
     status, body = _get(url + "api/data")
