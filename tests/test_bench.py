@@ -84,7 +84,8 @@ def test_longrun_delivery_check_fails_on_duplicate_missing_and_extra_rows():
     """The exactly-once count itself: each way of being wrong is caught, the right table passes."""
     import pyarrow as pa
 
-    from bench.longrun import NAME_FORMAT, check_delivery
+    from bench.longrun import NAME_FORMAT
+    from bench.longrun_checks import check_delivery
 
     fed = [NAME_FORMAT.format(i) for i in range(5)]
     good = check_delivery(fed, pa.table({"origin": fed}), pa.table({"origin": [fed[2]]}))
@@ -124,7 +125,7 @@ def _synthetic_samples(n_images: int, grow: bool, slow_down: bool) -> tuple[list
 
 
 def test_longrun_targets_pass_when_flat_and_fail_when_growing_or_slowing():
-    from bench.longrun import compute_targets, format_report, window_rate
+    from bench.longrun_checks import compute_targets, format_report, window_rate
 
     assert window_rate([(0.0, 0), (10.0, 1000), (20.0, 2000)], 500, 2000) == 100.0
     assert window_rate([(0.0, 0), (10.0, 1000)], 500, 5000) is None  # never reached: no number, not a guess
@@ -194,6 +195,7 @@ def test_meme_bench_longrun_scenario_passes_its_flags_and_reports_rows(tmp_path,
     """The registry path (no stream: the run itself is replaced by a crafted result)."""
     import bench.longrun as longrun
     from bench.context import BenchContext
+    from bench.longrun_checks import compute_targets
 
     seen = {}
     samples, progress = _synthetic_samples(300, grow=False, slow_down=False)
@@ -203,7 +205,7 @@ def test_meme_bench_longrun_scenario_passes_its_flags_and_reports_rows(tmp_path,
         return {"started_utc": "2026-11-29T19:00:00Z", "environment": {"cpu_count": 2},
                 "config": {"images": cfg.images, "stream_args": list(cfg.stream_args)}, "samples": samples,
                 "progress": progress, "run": {"images_per_s": 50.0, "seconds": 6.0},
-                "targets": longrun.compute_targets(samples, progress, cfg.images),
+                "targets": compute_targets(samples, progress, cfg.images),
                 "delivery": {"ok": True, "rows": 300, "distinct_origins": 300, "fed": 300}}
 
     monkeypatch.setattr(longrun, "run_longrun_config", fake_run)
