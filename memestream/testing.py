@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
 #: Lines of output a failure or a stop reports.
-TAIL_LINES = 20
+TAIL_LINES = 30
 
 
 class CommandFailed(RuntimeError):
