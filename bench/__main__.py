@@ -1,4 +1,8 @@
-"""``meme-bench`` / ``python -m bench``: run benchmark scenarios, print a table, write JSON.
+"""``python -m bench`` (from the repository root): run benchmark scenarios, print a table, write JSON.
+
+The benchmarks live in the repository, not in the installed package (a console script would
+point into a package the wheel does not carry); ``python -m`` finds ``bench/`` in the
+working directory.
 
 Results go to ``bench/results/<timestamp>.json`` (gitignored) with the machine's core
 count, library versions, and per scenario images/second, latency percentiles and
@@ -8,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
-import math
 import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.common import environment, loadavg, portable_paths
+from bench.common import environment, finite, loadavg, result_json
 from bench.context import OPTIONAL_SCENARIOS, SCENARIOS, BenchConfig, BenchContext
 from memestream.cli import add_common_flags, env_flag, positive_float, positive_int, run_main
 from memestream.errors import ConfigError
@@ -39,14 +41,14 @@ _MODULES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="meme-bench",
+        prog="python -m bench",
         description="Benchmark memestream: single-core limit, notebook vs project ingest, training, streaming, scaling.",
         epilog=(
-            "examples:\n  meme-bench --only limit,notebook --quick\n"
-            "  meme-bench --only scale --scale-sizes 1000,10000,50000\n"
-            "  meme-bench --only query              # meme-query cold start, DuckDB vs Spark, 330 and 100k rows\n"
-            "  meme-bench --only longrun --quick    # the month-long folder run, 300 images (python -m bench.longrun for all flags)\n"
-            "  MEMESTREAM_BENCH_DATA=/data/memes meme-bench --only limit"
+            "examples:\n  python -m bench --only limit,notebook --quick\n"
+            "  python -m bench --only scale --scale-sizes 1000,10000,50000\n"
+            "  python -m bench --only query              # meme-query cold start, DuckDB vs Spark, 330 and 100k rows\n"
+            "  python -m bench --only longrun --quick    # the month-long folder run, 300 images (python -m bench.longrun for all flags)\n"
+            "  MEMESTREAM_BENCH_DATA=/data/memes python -m bench --only limit"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -164,27 +166,8 @@ def write_report(report: dict[str, Any], results_dir: str | os.PathLike[str]) ->
     while path.exists():
         path = out / f"{stamp}-{i}.json"
         i += 1
-    path.write_text(json.dumps(portable_paths(report), indent=2, default=_json_default, allow_nan=False))
+    path.write_text(result_json(report))
     return path
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return str(obj)
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf -> None so the JSON stays strict."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 _COLUMNS = (
@@ -219,7 +202,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    report = _clean(run_benchmark(config))
+    report = finite(run_benchmark(config))
     path = write_report(report, config.results_dir)
     print(format_table(report))
     print(f"\nresults written to {path}")

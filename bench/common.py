@@ -6,7 +6,9 @@ measured in the same run; this module only provides the measuring tools.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -352,6 +354,26 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or not b or a != a or b != b:
         return None
     return round(a / b, 3)
+
+
+def finite(obj: Any) -> Any:
+    """``obj`` (JSON-like) with NaN and infinities as None, so the JSON stays strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    return obj.item() if hasattr(obj, "item") else str(obj)  # numpy scalars; Path and the rest as text
+
+
+def result_json(result: dict[str, Any]) -> str:
+    """A result file's text: strict JSON (NaN/inf as null, numpy scalars as numbers), machine paths portable."""
+    return json.dumps(portable_paths(finite(result)), indent=2, default=_json_default, allow_nan=False)
 
 
 def portable_paths(obj: Any, cwd: str | None = None) -> Any:

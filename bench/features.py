@@ -10,28 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import Timer, rate
 from bench.context import BenchContext
+from memestream.testing import run_meme_train
 
 log = logging.getLogger(__name__)
 
 
 def _train(ctx: BenchContext, out: Path, feature_set: str, text: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-c", "import sys; from batch_training.train import main; sys.exit(main())",
-           "--data", str(ctx.base().root), "--model-dir", str(out), "--feature-set", feature_set, "--text", text,
-           "--models", "logreg", "--no-plots", "-q"]
+    extra = ["--feature-set", feature_set, "--text", text, "--models", "logreg", "--no-plots", "-q"]
     if not feature_set.startswith("effnet"):
-        cmd += ["--pca-ks", "32,50,100"]  # the hand-made sets have 400-1000 dims; their old default was 50
+        extra += ["--pca-ks", "32,50,100"]  # the hand-made sets have 400-1000 dims; their old default was 50
     with Timer() as t:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"meme-train --feature-set {feature_set} failed: {proc.stderr.strip().splitlines()[-3:]}")
+        run_meme_train(ctx.base().root, out, extra, timeout=None)
     current = (out / "CURRENT").read_text().strip()
     manifest = json.loads((out / current / "manifest.json").read_text())
     best = manifest["models"][manifest["best"]]

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from memestream.hidden import is_dot_hidden
+from memestream.testing import CommandFailed, run_command, run_meme_train, script_command
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _groups(files: list[Path], feature_set: str) -> np.ndarray:
     from batch_training.train import TrainConfig
     from memestream.decode import BadImage
     from memestream.dedup import dhash, near_duplicate_groups
-    from memestream.features import _decode_for, get_feature_set
+    from memestream.features import decode_for, get_feature_set
     from memestream.featurizer import ImageFeaturizer
 
     fs = get_feature_set(feature_set)
@@ -49,7 +49,7 @@ def _groups(files: list[Path], feature_set: str) -> np.ndarray:
         data = f.read_bytes()
         shas.append(hashlib.sha256(data).hexdigest())
         try:
-            hashes.append(dhash(_decode_for(data, fs, feat.getMaxBytes(), feat.getMaxPixels())))
+            hashes.append(dhash(decode_for(data, fs, feat.getMaxBytes(), feat.getMaxPixels())))
         except BadImage:
             hashes.append(0)  # training skips it anyway; its own group by sha256 unless equal
     return near_duplicate_groups(hashes, shas, TrainConfig.dup_distance)  # meme-train's default
@@ -75,15 +75,8 @@ def _split_titles(root: Path, train_rel: set[str], out: Path) -> None:
                 writer.writerow(row)
 
 
-def _checked(done: subprocess.CompletedProcess, what: str) -> str:
-    if done.returncode != 0:
-        raise SystemExit(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
 def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train_args: Sequence[str], cache_from: Path | None) -> dict[str, Any]:
     from batch_training import selection as sel
-    from bench.model import run_meme_train
     from memestream.features import DEFAULT_FEATURE_SET
 
     root = data.resolve()
@@ -109,10 +102,10 @@ def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train
         if cache_from is not None and (cache_from / "_cache").is_dir():
             shutil.copytree(cache_from / "_cache", models / "_cache")  # embeddings/OCR by sha256: a warm start
         t0 = time.monotonic()
-        _checked(run_meme_train(base / "train", models, ["-q", "--no-plots", *train_args]), "meme-train")
+        run_meme_train(base / "train", models, ["-q", "--no-plots", *train_args])
         train_s = time.monotonic() - t0
-        evaluate = [sys.executable, "-m", "batch_training.evaluate", "--model", str(models), "--data", str(base / "held"), "--json", "-q"]
-        doc = json.loads(_checked(subprocess.run(evaluate, capture_output=True, text=True), "meme-evaluate"))
+        evaluate = script_command("meme-evaluate", "--model", str(models), "--data", str(base / "held"), "--json", "-q")
+        doc = json.loads(run_command(evaluate, "meme-evaluate").stdout)
         row = {"seed": seed, "train_images": len(train_rel), "held_images": int(held.sum()), "accuracy": doc.get("accuracy"),
                "ece": doc.get("ece"), "ocr_share": doc.get("ocr_share"), "train_seconds": round(train_s, 1)}
         rows.append(row)
@@ -146,7 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="memestream-holdout-"))
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    result = holdout(Path(args.data), work, seeds, args.fraction, args.train_arg, Path(args.cache_from) if args.cache_from else None)
+    try:
+        result = holdout(Path(args.data), work, seeds, args.fraction, args.train_arg, Path(args.cache_from) if args.cache_from else None)
+    except CommandFailed as exc:
+        raise SystemExit(str(exc)) from None
     print(f"mean over {len(seeds)} seeds: " + ", ".join(f"{k} {v:.4f}" for k, v in result["mean"].items() if v is not None)
           + f"  (cores: {os.cpu_count()})")
     out = Path(args.out) if args.out else work / "holdout.json"

@@ -28,13 +28,11 @@ through unchanged with ``--stream-arg=--flag`` (repeatable); nothing is detected
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -44,11 +42,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench.common import portable_paths
 from bench.longrun_checks import check_delivery, compute_targets, format_report, plot_samples, read_origins, window_rate
 from bench.longrun_sample import Layout, dir_stats, take_sample
 from memestream.cli import add_common_flags, positive_float, positive_int, run_main
 from memestream.errors import ConfigError, MemestreamError
+from memestream.testing import CommandFailed, file_tail, run_meme_train, script_command, start_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +109,6 @@ def train_fast_model(work: Path, cfg: LongrunConfig) -> Path:
     on the 96 px ones alone Spark's L-BFGS gave up ("line search zoom failed") and saved
     all-zero coefficients, a model that names one class for everything.
     """
-    from bench.model import run_meme_train
     from memestream.sample import write_dataset
 
     data = work / "train-data"
@@ -120,10 +117,10 @@ def train_fast_model(work: Path, cfg: LongrunConfig) -> Path:
     extra = ["--feature-set", cfg.feature_set, "--text", "off", "--models", "logreg", "--pca-k", "16",
              "--reg-params", "0.1", "--folds", "2", "--no-plots", "--quiet"]
     t0 = time.monotonic()
-    proc = run_meme_train(data, model, extra, timeout=1800)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise LongrunFailed(f"meme-train failed (exit {proc.returncode}): {tail}")
+    try:
+        run_meme_train(data, model, extra, timeout=1800)
+    except CommandFailed as exc:
+        raise LongrunFailed(str(exc)) from None
     log.info("trained a %s model in %.0f s: %s", cfg.feature_set, time.monotonic() - t0, model)
     return model
 
@@ -131,40 +128,12 @@ def train_fast_model(work: Path, cfg: LongrunConfig) -> Path:
 # -- the run --------------------------------------------------------------------------------------
 def stream_command(layout: Layout, model: Path, cfg: LongrunConfig) -> list[str]:
     """``meme-stream`` on the folder path; ``cfg.stream_args`` last, so they can override."""
-    return [sys.executable, "-m", "streaming.cli", "--source", "folder", "--data-dir", str(layout.root),
-            "--inbox", str(layout.inbox), "--spool", str(layout.spool), "--output", str(layout.output),
-            "--checkpoint", str(layout.checkpoint), "--model", str(model), "--processed", "delete",
-            "--text", "off", "--trigger", str(cfg.trigger), "--max-files-per-trigger", str(cfg.max_files_per_trigger),
-            "--driver-memory", cfg.driver_memory, *cfg.stream_args]
-
-
-def _tail(path: Path, n: int = 12) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def stop_stream(proc: subprocess.Popen, timeout: float = 180.0) -> dict[str, Any]:
-    """SIGINT (the stream stops after the current batch), wait; SIGKILL its process group if it hangs."""
-    t0 = time.monotonic()
-    graceful = True
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            graceful = False
-            log.warning("meme-stream pid %d did not stop within %.0f s of SIGINT; killing it", proc.pid, timeout)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # JVM and Python workers left behind, if any
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        code = proc.wait(10)
-    except subprocess.TimeoutExpired:
-        code = None
-    return {"exit_code": code, "graceful": graceful, "stop_seconds": round(time.monotonic() - t0, 1)}
+    return script_command(
+        "meme-stream", "--source", "folder", "--data-dir", str(layout.root),
+        "--inbox", str(layout.inbox), "--spool", str(layout.spool), "--output", str(layout.output),
+        "--checkpoint", str(layout.checkpoint), "--model", str(model), "--processed", "delete",
+        "--text", "off", "--trigger", str(cfg.trigger), "--max-files-per-trigger", str(cfg.max_files_per_trigger),
+        "--driver-memory", cfg.driver_memory, *cfg.stream_args)
 
 
 def feed_and_sample(layout: Layout, proc: subprocess.Popen, pool: list[bytes], cfg: LongrunConfig,
@@ -188,7 +157,7 @@ def feed_and_sample(layout: Layout, proc: subprocess.Popen, pool: list[bytes], c
     while True:
         if proc.poll() is not None:
             raise LongrunFailed(f"meme-stream exited with code {proc.returncode} after {fed} fed, {processed} "
-                                f"processed; log {layout.log}:\n{_tail(layout.log)}")
+                                f"processed; log {layout.log}:\n{file_tail(layout.log, 12)}")
         waiting = layout.waiting()
         now = time.monotonic()
         done = fed - waiting
@@ -210,7 +179,7 @@ def feed_and_sample(layout: Layout, proc: subprocess.Popen, pool: list[bytes], c
             break
         if waiting > 0 and now - last_change > cfg.stall_seconds:
             raise LongrunFailed(f"no image processed for {cfg.stall_seconds:.0f} s ({processed} of {fed} fed); "
-                                f"log {layout.log}:\n{_tail(layout.log)}")
+                                f"log {layout.log}:\n{file_tail(layout.log, 12)}")
         room = min(cfg.backlog - waiting, cfg.images - fed, 500)  # small chunks: the samples stay on time
         for _ in range(max(0, room)):
             name = NAME_FORMAT.format(fed)
@@ -256,8 +225,7 @@ def run_longrun_config(cfg: LongrunConfig) -> dict[str, Any]:
         cmd = stream_command(layout, model, cfg)
         result["stream_command"] = cmd[3:]
         log.info("starting meme-stream (log: %s) and feeding %d images", layout.log, cfg.images)
-        with open(layout.log, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = start_group(cmd, log_path=layout.log)
         try:
             def show(s: dict[str, Any]) -> None:
                 log.info("%d/%d images, %s img/s, live heap %s MiB, JVM %s MiB, output %d files, checkpoint %d files",
@@ -271,7 +239,11 @@ def run_longrun_config(cfg: LongrunConfig) -> dict[str, Any]:
         except LongrunFailed as exc:
             result["error"] = str(exc)
         finally:
-            result["stop"] = stop_stream(proc)
+            # SIGINT: the stream stops after the current batch
+            stopped = stop_group(proc, 180.0, signal.SIGINT)
+            if not stopped.graceful:
+                log.warning("meme-stream pid %d did not stop within 180 s of SIGINT; killed it", proc.pid)
+            result["stop"] = {"exit_code": stopped.exit_code, "graceful": stopped.graceful, "stop_seconds": stopped.seconds}
         if "error" not in result:
             expected = [NAME_FORMAT.format(i) for i in range(cfg.images)]
             result["delivery"] = check_delivery(expected, read_origins(layout.output, "predictions"),
@@ -301,7 +273,7 @@ def passed(result: dict[str, Any]) -> bool:
 
 def write_result(result: dict[str, Any], results_dir: str | os.PathLike[str], plot: str | None = None) -> tuple[Path, Path]:
     """``<results_dir>/longrun-<time>.json`` and the PNG (``plot``, default next to the JSON)."""
-    from bench.__main__ import _clean, _json_default
+    from bench.common import result_json
 
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -309,7 +281,7 @@ def write_result(result: dict[str, Any], results_dir: str | os.PathLike[str], pl
     path = out / f"longrun-{stamp}.json"
     png = Path(plot) if plot else path.with_suffix(".png")
     result["plot"] = str(png)
-    path.write_text(json.dumps(portable_paths(_clean(result)), indent=2, default=_json_default, allow_nan=False))
+    path.write_text(result_json(result))
     env = result["environment"]
     title = (f"{result['config']['images']} images, {env.get('cpu_count')} cores, "
              f"stream args: {' '.join(result['config']['stream_args']) or 'none'}")
@@ -318,7 +290,7 @@ def write_result(result: dict[str, Any], results_dir: str | os.PathLike[str], pl
 
 
 def run_longrun(ctx) -> dict[str, Any]:
-    """``meme-bench --only longrun``: the same run with the bench's flags (quick: 300 images)."""
+    """``python -m bench --only longrun``: the same run with the bench's flags (quick: 300 images)."""
     c = ctx.config
     cfg = LongrunConfig(images=300 if c.quick else c.longrun_images, model=c.model,
                         sample_seconds=5.0 if c.quick else 30.0, stream_args=tuple(c.stream_args))

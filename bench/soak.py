@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from memestream.sample import STYLES, sample_image_bytes
+from memestream.testing import script_command, start_group, stop_group
 
 
 def _children() -> dict[int, list[int]]:
@@ -84,10 +84,6 @@ def tree_memory(pid: int) -> dict[str, float]:
     if heap is not None:
         out["jvm_heap_used_mib"] = heap
     return {k: round(v, 1) for k, v in out.items()}
-
-
-def tree_rss_mib(pid: int) -> float:
-    return tree_memory(pid)["rss_mib"]
 
 
 def jvm_live_heap_mib(pid: int) -> float | None:
@@ -162,11 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     inbox = work / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     images = [sample_image_bytes(label, seed) for label, seed in itertools.product(STYLES, range(20))]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli", "--data-dir", str(work), "--model", args.model, "--quiet",
-         "--processed", "delete", "--driver-memory", args.driver_memory],
-        stdout=subprocess.DEVNULL, stderr=open(work / "meme-stream.log", "w"),
-    )
+    proc = start_group(script_command("meme-stream", "--data-dir", str(work), "--model", args.model, "--quiet",
+                                      "--processed", "delete", "--driver-memory", args.driver_memory),
+                       log_path=work / "meme-stream.log")
     samples: list[dict[str, float]] = []
     start = time.monotonic()
     next_sample = start + args.interval
@@ -193,11 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             time.sleep(max(0.0, start + sent / args.rate - time.monotonic()))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_group(proc, 120)
     steady = samples[len(samples) // 4:] or samples
     if len(steady) >= 2:
         slope = (steady[-1]["rss_mib"] - steady[0]["rss_mib"]) / max(1.0, steady[-1]["t_s"] - steady[0]["t_s"]) * 600

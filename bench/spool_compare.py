@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 
 from bench.soak import count_rows, jvm_live_heap_mib, jvm_pid
 from memestream.sample import STYLES, sample_image_bytes, write_dataset
+from memestream.testing import run_meme_train, script_command, start_group, stop_group
 
 IMPLS = ("spool", "binaryfile")
 
@@ -41,9 +41,8 @@ def ensure_model(models: Path, work: Path) -> None:
         return
     data = work / "train-data"
     write_dataset(data, per_class=30, seed=7)
-    subprocess.run([sys.executable, "-m", "batch_training.train", "--data", str(data), "--model-dir", str(models),
-                    "--feature-set", "colorcooc", "--text", "off", "--models", "logreg", "--pca-k", "16",
-                    "--reg-params", "1.0", "--folds", "2", "--no-plots"], check=True)
+    run_meme_train(data, models, ["--feature-set", "colorcooc", "--text", "off", "--models", "logreg", "--pca-k", "16",
+                                  "--reg-params", "1.0", "--folds", "2", "--no-plots"])
 
 
 def live_heap(root_pid: int) -> float | None:
@@ -66,11 +65,10 @@ def run_one(impl: str, model: Path, work: Path, n: int, max_files: int, timeout_
     images = [sample_image_bytes(label, seed) for label in STYLES for seed in range(20)]
     for i in range(n):
         (inbox / f"c{i:06d}.jpg").write_bytes(images[i % len(images)])
-    cmd = [sys.executable, "-m", "streaming.cli", "--data-dir", str(root), "--model", str(model), "--quiet", "--no-ui",
-           "--processed", "delete", "--folder-source", impl, "--max-files-per-trigger", str(max_files),
-           "--driver-memory", "1g"]
-    log = open(root / "meme-stream.log", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    cmd = script_command("meme-stream", "--data-dir", str(root), "--model", str(model), "--quiet", "--no-ui",
+                         "--processed", "delete", "--folder-source", impl, "--max-files-per-trigger", str(max_files),
+                         "--driver-memory", "1g")
+    proc = start_group(cmd, log_path=root / "meme-stream.log")
     out: dict[str, Any] = {"impl": impl, "files": n}
     started = time.monotonic()
     t_first = rows_first = None
@@ -105,12 +103,7 @@ def run_one(impl: str, model: Path, work: Path, n: int, max_files: int, timeout_
         out["sources_files"], out["sources_bytes"] = tree_stats(ck / "sources")
         out["offsets_bytes"] = tree_stats(ck / "offsets")[1]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_group(proc, 120)
     return out
 
 

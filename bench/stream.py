@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ import pyarrow.parquet as pq
 
 from bench.common import MemorySampler, augmented_dataset, percentiles, rate, ratio
 from bench.context import BenchContext
+from memestream.testing import file_tail, script_command, start_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -130,38 +129,6 @@ class KafkaFeeder:
         self.pub.close()
 
 
-def _start_stream(args: list[str], log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "import sys; from streaming.cli import main; sys.exit(main())", *args]
-    log.info("starting meme-stream %s (log: %s)", " ".join(args), log_path)
-    fh = open(log_path, "w")
-    return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop_stream(proc: subprocess.Popen, timeout: float = 30.0) -> int | None:
-    """SIGTERM the stream (it stops after the current batch), then SIGKILL its process group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("meme-stream pid %d did not stop in %.0f s; killing its process group", proc.pid, timeout)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the JVM and Python workers we started with it
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        return proc.wait(10)
-    except subprocess.TimeoutExpired:
-        return None
-
-
-def _tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
 def stream_args(source: str, root: Path, output: Path, model: Path, extra: tuple[str, ...] | list[str] = ()) -> list[str]:
     """``meme-stream`` flags of a stream scenario. No ``--trigger``: the benchmark measures the
     stream's own default (``streaming.config.DEFAULT_TRIGGER_S``), what a user gets; compare
@@ -199,7 +166,8 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
     log_path = root / "meme-stream.log"
     root.mkdir(parents=True, exist_ok=True)
     t_launch = time.monotonic()
-    proc = _start_stream(args, log_path)
+    log.info("starting meme-stream %s (log: %s)", " ".join(args), log_path)
+    proc = start_group(script_command("meme-stream", *args), log_path=log_path)
     result: dict[str, Any] = {"source": source}
     try:
         with MemorySampler(proc.pid, interval=0.5) as mem:
@@ -209,7 +177,7 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
             ext, path = payloads[0]
             feeder.send(f"warm{ext}", path.read_bytes())
             if not watcher.wait_for([f"warm{ext}"], 300, alive):
-                raise TimeoutError(f"the warm-up image did not reach {output}/predictions within 300 s; log:\n{_tail(log_path)}")
+                raise TimeoutError(f"the warm-up image did not reach {output}/predictions within 300 s; log:\n{file_tail(log_path, 15)}")
             result["first_row_after_launch_s"] = round(time.monotonic() - t_launch, 2)
 
             # 2. light load: a steady trickle, latency per image
@@ -266,7 +234,7 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
         result["output_files"] = len(watcher.seen_files)
     finally:
         feeder.close()
-        result["stream_exit_code"] = _stop_stream(proc)
+        result["stream_exit_code"] = stop_group(proc).exit_code
         if broker is not None:
             broker.close()
     limit = ctx.results.get("limit", {})
@@ -291,7 +259,7 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
 
 def _check_alive(proc: subprocess.Popen, log_path: Path) -> None:
     if proc.poll() is not None:
-        raise RuntimeError(f"meme-stream exited with code {proc.returncode}; log tail:\n{_tail(log_path)}")
+        raise RuntimeError(f"meme-stream exited with code {proc.returncode}; log tail:\n{file_tail(log_path, 15)}")
 
 
 def run_stream_folder(ctx: BenchContext) -> dict[str, Any]:

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from typing import Any
 
 from bench.common import MemorySampler, Timer, augmented_dataset, rate, ratio
 from bench.context import BenchContext
 from bench.model import meme_train_available
+from memestream.testing import meme_train_command, tail
 
 log = logging.getLogger(__name__)
 
 
 def _train_once(ctx: BenchContext, images, label: str, out=None) -> dict[str, Any]:
     out = out or ctx.tmp / f"train-{label}"
-    cmd = [sys.executable, "-c", "import sys; from batch_training.train import main; sys.exit(main())",
-           "--data", str(images.root), "--model-dir", str(out), *ctx.config.train_args]
+    cmd = meme_train_command(images.root, out, *ctx.config.train_args)
     log.info("train %s: meme-train on %d images", label, len(images))
     with Timer() as t:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -31,7 +30,7 @@ def _train_once(ctx: BenchContext, images, label: str, out=None) -> dict[str, An
                            "images_per_s": rate(len(images), t.seconds), "exit_code": proc.returncode, **mem.result()}
     row["images_per_cpu_s"] = rate(row["images"], row["cpu_s"])
     if proc.returncode != 0:
-        row["error_tail"] = output.strip().splitlines()[-5:]
+        row["error_tail"] = tail(output, 5).splitlines()
     return row
 
 

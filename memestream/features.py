@@ -360,7 +360,8 @@ def get_feature_set(name: str) -> FeatureSet:
         raise ConfigError(f"unknown feature set {name!r}; expected one of: {', '.join(sorted(FEATURE_SETS))}") from None
 
 
-def _decode_for(data: bytes | None, fs: FeatureSet, max_bytes: int, max_pixels: int) -> np.ndarray:
+def decode_for(data: bytes | None, fs: FeatureSet, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """The image as ``fs`` sees it (colour, smallest side); :class:`BadImage` when it is not one."""
     img, _ = decode(data, color=fs.color, min_side=fs.min_side, max_bytes=max_bytes, max_pixels=max_pixels)
     return img
 
@@ -441,7 +442,7 @@ def featurize_inputs(
         if errors[i] is not None:
             continue
         try:
-            images[i] = _decode_for(data, feature_set, max_bytes, max_pixels)
+            images[i] = decode_for(data, feature_set, max_bytes, max_pixels)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not fail a stream batch
             errors[i] = _bad(exc)
     out = np.zeros((n, feature_set.dim), dtype=np.float32)

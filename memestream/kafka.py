@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from memestream.abspath import absolute_fields
 from memestream.cli import env_flag
 from memestream.errors import ConfigError
 
@@ -31,6 +32,9 @@ class KafkaSecurity:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        absolute_fields(self, "ssl_cafile", "ssl_certfile", "ssl_keyfile")
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for kafka-python clients (unset values left out)."""

@@ -1,6 +1,6 @@
 """Run a real Apache Kafka broker (single-node KRaft) for demos, tests and benchmarks.
 
-Why a wrapper: tests, the demo and meme-bench need a broker on a local port that is *ready*
+Why a wrapper: tests, the demo and the benchmarks need a broker on a local port that is *ready*
 (answers a metadata request) before anything publishes; restart tests need the same port and
 the same records after a crash. The broker is Apache Kafka itself (``KAFKA_VERSION``, the same
 release as docker-compose.yml's ``apache/kafka`` image), so every client (kafka-python,
@@ -30,13 +30,16 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from memestream.abspath import absolute, absolute_fields
 from memestream.cli import add_common_flags, env_flag, run_main
-from memestream.errors import BrokerError, EnvironmentProblem
+from memestream.errors import BrokerError, ConfigError, EnvironmentProblem
 from memestream.jars import KAFKA_VERSION, java_binary, kafka_broker_jars, resolve
 from memestream.libc import parent_death_signal
+from memestream.testing import free_port, start_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +105,6 @@ logger.utils.level = WARN
 """
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_broker(bootstrap: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
@@ -182,9 +180,8 @@ def server_properties(port: int, controller_port: int, log_dirs: Path,
 def _launch(broker, cmd: list[str], cwd: Path | None = None) -> None:
     """Start a broker process (own session, dies with us, output to its log) and wait until
     it answers; on failure stop it and say why with the tail of its log."""
-    with open(broker.log_path, "ab") as out:
-        broker._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                        start_new_session=True, preexec_fn=parent_death_signal(signal.SIGTERM))
+    broker._proc = start_group(cmd, log_path=broker.log_path, append=True, cwd=cwd,
+                               preexec_fn=parent_death_signal(signal.SIGTERM))
     try:
         wait_for_broker(broker.bootstrap, broker.ready_timeout_s, broker._proc)
     except BrokerError as exc:
@@ -210,7 +207,7 @@ class KafkaBroker:
                  controller_port: int | None = None, extra_listeners: Mapping[str, int] | None = None,
                  scram_users: Mapping[str, str] | None = None) -> None:
         self.port = port
-        self.data_dir = Path(data_dir)
+        self.data_dir = absolute(Path(data_dir))  # the JVM runs inside it: a relative path would not resolve there
         self.ready_timeout_s = ready_timeout_s
         self.heap = heap
         self.extra_properties = dict(extra_properties or {})
@@ -290,12 +287,9 @@ class KafkaBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stopped = stop_group(proc, timeout_s)
+        if not stopped.graceful:
+            log.warning("Kafka broker at %s did not stop within %.0f s of SIGTERM; killed", self.bootstrap, timeout_s)
         log.info("Kafka broker at %s stopped", self.bootstrap)
 
     def kill(self) -> None:
@@ -365,7 +359,7 @@ class TansuBroker:
 
     def __init__(self, port: int, data_dir: Path, ready_timeout_s: float = 20.0, owns_data_dir: bool = False) -> None:
         self.port = port
-        self.data_dir = Path(data_dir)
+        self.data_dir = absolute(Path(data_dir))
         self.ready_timeout_s = ready_timeout_s
         self._owns_data_dir = owns_data_dir
         self._proc: subprocess.Popen | None = None
@@ -426,6 +420,38 @@ def start_broker(
         raise
 
 
+@dataclass(frozen=True)
+class BrokerConfig:
+    """One ``meme-broker`` run, built from flags in :func:`main`; ``data_dir`` absolute from here on."""
+
+    port: int
+    data_dir: Path
+    impl: str = "kafka"
+    heap: str = DEFAULT_HEAP
+    #: (name, partitions) created once the broker answers.
+    create_topics: tuple[tuple[str, int], ...] = ()
+    fetch_jars: bool = False
+
+    def __post_init__(self) -> None:
+        absolute_fields(self)
+        if self.impl not in IMPLS:
+            raise ConfigError(f"--impl must be one of {', '.join(IMPLS)}, found {self.impl!r}")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"--port expects 0-65535 (0: any free port), found {self.port}")
+
+
+def _topic_spec(spec: str) -> tuple[str, int]:
+    name, _, parts = spec.partition(":")
+    if not name or not (parts or "1").isdigit() or int(parts or 1) < 1:
+        raise ConfigError(f"--create-topic expects NAME or NAME:PARTITIONS (a positive number), found {spec!r}")
+    return name, int(parts or 1)
+
+
+def config_from_args(args: argparse.Namespace) -> BrokerConfig:
+    return BrokerConfig(port=int(args.port), data_dir=Path(args.data_dir), impl=args.impl, heap=args.heap,
+                        create_topics=tuple(_topic_spec(s) for s in args.create_topic), fetch_jars=bool(args.fetch_jars))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-broker",
@@ -455,19 +481,19 @@ def _interrupt(signum, frame) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from producers.kafka import ensure_topic
 
-    if args.fetch_jars:
+    cfg = config_from_args(args)
+    if cfg.fetch_jars:
         jars = resolve(kafka_broker_jars())
         print(f"Apache Kafka {KAFKA_VERSION}: {len(jars)} jars cached in {jars[0].parent}", flush=True)
         return 0
     # Ctrl-C and SIGTERM both stop the broker cleanly (SIGINT may arrive ignored from a background job).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    what = f"Apache Kafka {KAFKA_VERSION}" if args.impl == "kafka" else "tansu (in-memory, kafka-python clients only)"
+    what = f"Apache Kafka {KAFKA_VERSION}" if cfg.impl == "kafka" else "tansu (in-memory, kafka-python clients only)"
     try:
-        with start_broker(port=int(args.port), data_dir=args.data_dir, impl=args.impl, heap=args.heap) as broker:
-            for spec in args.create_topic:
-                name, _, parts = spec.partition(":")
-                ensure_topic(broker.bootstrap, name, int(parts or 1))
+        with start_broker(port=cfg.port, data_dir=cfg.data_dir, impl=cfg.impl, heap=cfg.heap) as broker:
+            for name, partitions in cfg.create_topics:
+                ensure_topic(broker.bootstrap, name, partitions)
             print(f"broker ready: {what}, bootstrap servers {broker.bootstrap}, data {broker.data_dir}; "
                   "Ctrl-C to stop", flush=True)
             while broker.running:

@@ -13,9 +13,11 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from memestream.abspath import absolute_fields
 from memestream.cli import add_common_flags, env_flag, positive_float, run_main
 from memestream.errors import ConfigError, DataError
 from memestream.hidden import is_inbox_ignored
@@ -49,6 +51,28 @@ def drop_files(sources: Sequence[str | os.PathLike[str]], inbox: str | os.PathLi
     return out
 
 
+@dataclass(frozen=True)
+class DropConfig:
+    """One ``meme-drop`` run, built from flags in :func:`main`; its folders absolute from here on
+    (the files to drop are read at once and named as typed)."""
+
+    inbox: Path
+    spool: Path
+    files: tuple[str, ...] = ()
+    watch: bool = False
+    settle: float = 0.5
+
+    def __post_init__(self) -> None:
+        absolute_fields(self)
+
+
+def config_from_args(args: argparse.Namespace) -> DropConfig:
+    data = Path(args.data_dir)
+    return DropConfig(inbox=Path(args.inbox) if args.inbox else data / "inbox",
+                      spool=Path(args.spool) if args.spool else data / "spool",
+                      files=tuple(args.files), watch=bool(args.watch), settle=float(args.settle))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-drop",
@@ -71,14 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    data = Path(args.data_dir)
-    inbox = Path(args.inbox) if args.inbox else data / "inbox"
-    if args.watch:
-        spool = Path(args.spool) if args.spool else data / "spool"
-        mover = InboxMover(inbox, spool, settle=args.settle)
+    cfg = config_from_args(args)
+    if cfg.watch:
+        mover = InboxMover(cfg.inbox, cfg.spool, settle=cfg.settle)
         mover.sweep()
         mover.start()
-        print(f"watching {inbox} -> {spool} (Ctrl-C to stop)")
+        print(f"watching {cfg.inbox} -> {cfg.spool} (Ctrl-C to stop)")
         try:
             while True:
                 time.sleep(1)
@@ -88,10 +110,10 @@ def _run(args: argparse.Namespace) -> int:
             mover.stop()
         print(f"moved {mover.moved} file(s)")
         return 0
-    if not args.files:
+    if not cfg.files:
         raise ConfigError("nothing to drop: give image files or folders (or --watch to run the folder producer)")
-    dropped = drop_files(args.files, inbox)
-    print(f"dropped {len(dropped)} file(s) into {inbox}")
+    dropped = drop_files(cfg.files, cfg.inbox)
+    print(f"dropped {len(dropped)} file(s) into {cfg.inbox}")
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from memestream.abspath import absolute_fields
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import BrokerError, ConfigError, DataError
 from memestream.hidden import is_dot_hidden, walk_visible
@@ -332,6 +333,32 @@ def _parse_headers(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class PublishRun:
+    """One ``meme-publish`` run, built from flags in :func:`main`; ``posts_csv`` (and the
+    security files) absolute from here on; the inputs are read at once and named as typed."""
+
+    publisher: PublisherConfig
+    inputs: tuple[str, ...]
+    posts_csv: Path | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    all_files: bool = False
+    create_topic: bool = False
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        absolute_fields(self)
+
+
+def config_from_args(args: argparse.Namespace) -> PublishRun:
+    publisher = PublisherConfig(
+        bootstrap_servers=args.bootstrap_servers, topic=args.topic, max_message_bytes=int(args.max_message_bytes),
+        security=security_from_args(args), timeout_s=float(args.timeout),
+    )
+    return PublishRun(publisher, tuple(args.inputs), Path(args.posts_csv) if args.posts_csv else None,
+                      _parse_headers(args.header), bool(args.all_files), bool(args.create_topic), int(args.partitions))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-publish",
@@ -360,28 +387,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    security = security_from_args(args)
-    config = PublisherConfig(
-        bootstrap_servers=args.bootstrap_servers, topic=args.topic, max_message_bytes=int(args.max_message_bytes),
-        security=security, timeout_s=float(args.timeout),
-    )
-    headers = _parse_headers(args.header)
-    posts = PostsIndex(args.posts_csv) if args.posts_csv else None
+    run = config_from_args(args)
+    config = run.publisher
+    posts = PostsIndex(run.posts_csv) if run.posts_csv else None
     if args.verbose < 2:  # kafka-python logs every reconnect attempt; we report failures ourselves
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    files = list(iter_image_files(args.inputs, args.all_files))
+    files = list(iter_image_files(run.inputs, run.all_files))
     if not files:
-        raise DataError(f"expected image files under {', '.join(args.inputs)}, found none")
-    if args.create_topic:
-        ensure_topic(args.bootstrap_servers, args.topic, args.partitions, security, timeout_s=float(args.timeout))
+        raise DataError(f"expected image files under {', '.join(run.inputs)}, found none")
+    if run.create_topic:
+        ensure_topic(config.bootstrap_servers, config.topic, run.partitions, config.security, timeout_s=config.timeout_s)
     with ImagePublisher(config) as publisher:
-        report = publish_paths(publisher, files, headers, posts, progress=not args.quiet and len(files) >= 20)
+        report = publish_paths(publisher, files, run.headers, posts, progress=not args.quiet and len(files) >= 20)
     for path, reason in report.failed:
         print(f"meme-publish: failed: {path}: {reason}", file=sys.stderr)
     mb = report.bytes_sent / 1e6
     rate = report.sent / report.seconds if report.seconds else 0.0
     log.info("published %d image(s), %.1f MB to %s in %.1f s (%.0f img/s, %.1f MB/s); %d failed",
-             report.sent, mb, args.topic, report.seconds, rate, mb / report.seconds if report.seconds else 0.0,
+             report.sent, mb, config.topic, report.seconds, rate, mb / report.seconds if report.seconds else 0.0,
              len(report.failed))
     return 1 if report.failed else 0
 

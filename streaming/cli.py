@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from memestream.abspath import absolute
 from memestream.cli import (
     add_common_flags,
     env_flag,
@@ -214,7 +215,7 @@ def _demo(args: argparse.Namespace) -> int:
     with demo_broker() if kafka_broker else contextlib.nullcontext(args.bootstrap_servers) as bootstrap:
         kafka = kafka_config_from_args(args, bootstrap, args.topic or DEMO_TOPIC) if args.source == "kafka" else None
         cfg = config_from_args(args, kafka)
-        return run_demo(_spark(args, "meme-stream-demo"), cfg, sample_dir=Path(args.data_dir) / "sample")
+        return run_demo(_spark(args, "meme-stream-demo"), cfg, sample_dir=absolute(Path(args.data_dir)) / "sample")
 
 
 def _run(args: argparse.Namespace) -> int:

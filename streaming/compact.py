@@ -41,6 +41,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memestream.abspath import absolute_fields
 from memestream.cli import add_common_flags, env_flag, positive_int, run_main
 from memestream.errors import ConfigError
 from memestream.hidden import is_reader_hidden
@@ -64,6 +65,9 @@ class CompactConfig:
     #: A merged file this big is final: later runs start a new one beside it instead of
     #: rewriting it, so a run's work stays bounded however long a day's folder grows.
     max_file_bytes: int = 128 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        absolute_fields(self)
 
 
 @dataclass(frozen=True)
@@ -427,12 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace) -> CompactConfig:
     tables = TABLES if args.table == "all" else (args.table,)
     retention = int(args.retention_days) if args.retention_days is not None else None
     if retention is not None and retention < 1:
         raise ConfigError(f"--retention-days expects at least 1, found {retention}")
-    config = CompactConfig(Path(args.output), tables, int(args.min_files), retention, bool(args.dry_run))
+    return CompactConfig(Path(args.output), tables, int(args.min_files), retention, bool(args.dry_run))
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     results = compact(config)
     changed = [r for r in results if r.action != "skipped"]
     for r in changed:

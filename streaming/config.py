@@ -13,6 +13,7 @@ from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 from pathlib import Path
 from typing import Any, Mapping
 
+from memestream.abspath import absolute_fields
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, bootstrap_list
@@ -189,6 +190,7 @@ class StreamConfig:
         return self.compact_every_batches is not None or self.compact_every_s is not None
 
     def __post_init__(self) -> None:
+        absolute_fields(self)  # the paths mean what they meant where the config was built
         _one_of("--source", self.source, SOURCES)
         _one_of("--scoring", self.scoring, SCORING_ENGINES)
         _one_of("--text", self.text, TEXT_MODES)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import unquote, urlsplit
 
+from memestream.abspath import absolute_fields
 from memestream.cli import add_common_flags, env_flag, positive_float, run_main
 from memestream.errors import ConfigError
 from memestream.hidden import is_dot_hidden
@@ -65,6 +66,9 @@ class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8050
     refresh_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        absolute_fields(self)
 
 
 # ---------------------------------------------------------------------------------------

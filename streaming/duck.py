@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import IO, Any, Sequence
 
-from memestream.errors import ConfigError, DataError
+from memestream.errors import ConfigError
 from streaming import schema
 from streaming.schema import ViewInfo, check_output_dir, data_files  # noqa: F401 - one folder layout for both engines
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Sequence
 
+from memestream.abspath import absolute_fields
 from memestream.cli import add_common_flags, env_flag, one_line, run_main
 from memestream.errors import ConfigError, DataError
 from memestream.spark import build_spark
@@ -77,6 +78,9 @@ class QueryConfig:
     limit: int | None
     master: str | None = None
     engine: str = "duckdb"
+
+    def __post_init__(self) -> None:
+        absolute_fields(self)
 
 
 def build_parser() -> argparse.ArgumentParser:

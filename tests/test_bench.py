@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from bench.__main__ import _clean, build_parser, config_from_args, format_table, run_benchmark, write_report
+from bench.__main__ import build_parser, config_from_args, format_table, run_benchmark, write_report
+from bench.common import finite
 from memestream.errors import ConfigError
 from memestream.sample import write_dataset
 
@@ -57,10 +58,10 @@ def test_report_json_and_table_without_spark(tmp_path):
             "train": {"status": "failed", "wall_s": 0.1, "error": "RuntimeError: boom"},
         },
     }
-    path = write_report(_clean(report), tmp_path)
+    path = write_report(finite(report), tmp_path)
     saved = json.loads(path.read_text())
     assert saved["scenarios"]["limit"]["rows"][0]["images_per_s"] is None
-    assert write_report(_clean(report), tmp_path) != path  # same second: a second file, not an overwrite
+    assert write_report(finite(report), tmp_path) != path  # same second: a second file, not an overwrite
     table = format_table(saved)
     assert "[limit] ok" in table and "[train] failed" in table and "boom" in table
 

@@ -8,8 +8,6 @@ their outputs and that executors really ran on the worker (an ``app-*`` work fol
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from memestream.testing import free_port, run_command, start_group, stop_group
+
 pytestmark = pytest.mark.slow
 
 START_TIMEOUT = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spark_class() -> str:
@@ -47,16 +41,6 @@ def _wait_for(log: Path, needle: str, proc: subprocess.Popen) -> None:
     pytest.fail(f"{log.name}: no {needle!r} within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
 @pytest.fixture()
 def standalone(tmp_path):
     """A standalone master + one worker (1 core, 1 GiB) on 127.0.0.1; yields (url, work_dir, env)."""
@@ -69,37 +53,31 @@ def standalone(tmp_path):
         # the REST submission server would take fixed port 6066; nothing here needs it
         SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false",
     )
-    port = _free_port()
+    port = free_port()
     url = f"spark://127.0.0.1:{port}"
     work = tmp_path / "worker-work"
     procs: list[subprocess.Popen] = []
     try:
         master_log = tmp_path / "master.log"
-        master = subprocess.Popen(
+        master = start_group(
             [_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-             "--webui-port", str(_free_port())],
-            stdout=master_log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+             "--webui-port", str(free_port())],
+            log_path=master_log, env=env,
         )
         procs.append(master)
         _wait_for(master_log, "I have been elected leader", master)
         worker_log = tmp_path / "worker.log"
-        worker = subprocess.Popen(
+        worker = start_group(
             [_spark_class(), "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1", "--cores", "1",
-             "--memory", "1g", "--webui-port", str(_free_port()), "--work-dir", str(work)],
-            stdout=worker_log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+             "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(work)],
+            log_path=worker_log, env=env,
         )
         procs.append(worker)
         _wait_for(worker_log, "Successfully registered with master", worker)
         yield url, work, env
     finally:
         for proc in reversed(procs):
-            _stop(proc)
-
-
-def _run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{cmd[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    return proc
+            stop_group(proc)
 
 
 def test_train_and_stream_on_a_standalone_cluster(standalone, tmp_path):
@@ -112,8 +90,8 @@ def test_train_and_stream_on_a_standalone_cluster(standalone, tmp_path):
     write_dataset(data, per_class=12, classes=["doom", "cats"], seed=5)
     models = tmp_path / "models"
 
-    _run([str(bin_dir / "meme-train"), "--master", url, "--data", str(data), "--model-dir", str(models),
-          "--feature-set", "gray32", "--pca-k", "8", "--models", "logreg", "--no-plots"], env)
+    run_command([str(bin_dir / "meme-train"), "--master", url, "--data", str(data), "--model-dir", str(models),
+                 "--feature-set", "gray32", "--pca-k", "8", "--models", "logreg", "--no-plots"], env=env, timeout=600)
     store = ModelStore(models)
     assert store.current() is not None
     assert sorted(store.manifest(store.current())["classes"]) == ["cats", "doom"]
@@ -126,8 +104,9 @@ def test_train_and_stream_on_a_standalone_cluster(standalone, tmp_path):
     for src in dropped:
         (inbox / src.name).write_bytes(src.read_bytes())
     out = tmp_path / "out"
-    _run([str(bin_dir / "meme-stream"), "--master", url, "--source", "folder", "--data-dir", str(tmp_path / "sd"),
-          "--inbox", str(inbox), "--output", str(out), "--model", str(models), "--available-now", "--quiet"], env)
+    run_command([str(bin_dir / "meme-stream"), "--master", url, "--source", "folder", "--data-dir", str(tmp_path / "sd"),
+                 "--inbox", str(inbox), "--output", str(out), "--model", str(models), "--available-now", "--quiet"],
+                env=env, timeout=600)
     preds = pq.ParquetDataset(str(out / "predictions")).read()
     assert sorted(preds.column("origin").to_pylist()) == sorted(p.name for p in dropped)
     assert None not in preds.column("label").to_pylist()

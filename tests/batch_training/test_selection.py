@@ -97,7 +97,6 @@ def test_neighbour_cv_scores_each_row_from_the_other_folds_only():
 
 
 def test_text_cv_learns_from_the_extra_documents_but_scores_ocr_text_only():
-    rng = np.random.default_rng(6)
     y = np.repeat([0, 1], 40)
     words = {0: ["villager island nook", "turnip bells nook"], 1: ["slayer demons rip", "chainsaw demons hell"]}
     # OCR text: the class words only on the even rows; titles: the class words on every row

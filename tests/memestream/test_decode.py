@@ -25,7 +25,7 @@ def _encode(img: np.ndarray, ext: str) -> bytes:
 
 
 def _animated_gif(frames: list[np.ndarray]) -> bytes:
-    from PIL import Image  # Pillow comes with matplotlib
+    from PIL import Image  # Pillow: a dev dependency (pyproject)
 
     pil = [Image.fromarray(cv2.cvtColor(f, cv2.COLOR_BGR2RGB)) for f in frames]
     out = io.BytesIO()

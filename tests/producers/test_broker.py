@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from memestream.jars import KAFKA_VERSION, _explain_failure, cached_jars, kafka_broker_jars, spark_kafka_jars
-from producers.broker import BROKER_SETTINGS, MAX_MESSAGE_BYTES, free_port, main, new_cluster_id, server_properties
+from memestream.testing import free_port, start_group, stop_group
+from producers.broker import BROKER_SETTINGS, MAX_MESSAGE_BYTES, main, new_cluster_id, server_properties, wait_for_broker
 from producers.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +66,7 @@ def test_meme_broker_cli_keeps_topics_and_records_across_restarts(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+        proc = start_group(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
         line = proc.stdout.readline()
         while line and not line.startswith("broker ready:"):
             line = proc.stdout.readline()
@@ -73,8 +74,8 @@ def test_meme_broker_cli_keeps_topics_and_records_across_restarts(tmp_path):
         return proc
 
     def stop(proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        stopped = stop_group(proc, 60)
+        assert stopped.graceful and stopped.exit_code == 0, stopped
 
     t0 = time.monotonic()
     proc = start()
@@ -105,6 +106,50 @@ def test_meme_broker_cli_keeps_topics_and_records_across_restarts(tmp_path):
     finally:
         stop(proc)
     assert (data / "kafka-logs" / "meta.properties").read_text() == cluster_id
+
+
+def _console_script(name: str) -> str:
+    """The installed console script, as a user runs it (the interpreter's bin folder first)."""
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.is_file() else shutil.which(name)
+    assert found, f"no {name} console script next to {sys.executable} or on PATH: is the package installed (pip install -e .)?"
+    return found
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_meme_broker_runs_with_its_default_relative_data_dir_from_a_fresh_folder(tmp_path):
+    """``meme-broker --port P`` exactly as the README has it: the default ``--data-dir`` is relative,
+    and the JVM runs inside that folder, so the path must be absolute before it starts."""
+    from memestream.errors import EnvironmentProblem
+    from memestream.jars import java_binary, resolve
+
+    try:  # a machine without Java or Maven and no cached jars: skipped, as the kafka fixtures do
+        java_binary()
+        resolve(kafka_broker_jars())
+    except EnvironmentProblem as exc:
+        pytest.skip(str(exc))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEMESTREAM_BROKER")}
+    proc = start_group([_console_script("meme-broker"), "--port", str(port)], cwd=fresh, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        while not (lines and lines[-1].startswith("broker ready:")):
+            line = proc.stdout.readline()
+            if not line:  # it exited
+                pytest.fail(f"meme-broker exited with {proc.wait()} before it was ready:\n{''.join(lines)}")
+            lines.append(line)
+        wait_for_broker(f"127.0.0.1:{port}", timeout_s=60, proc=proc)  # it answers a metadata request
+    finally:
+        stopped = stop_group(proc, 60)
+    assert stopped.graceful and stopped.exit_code == 0, (stopped, lines)
+    data = fresh / "memestream-data" / "broker"
+    assert f"data {data.resolve()}" in lines[-1], lines[-1]
+    assert (data / "server.properties").is_file() and (data / "kafka-logs" / "meta.properties").is_file()
+    assert "broker stopped" in stopped.output_tail, stopped.output_tail
 
 
 def test_no_java_is_one_clear_line(tmp_path, monkeypatch, capsys):

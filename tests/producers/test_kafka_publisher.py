@@ -8,7 +8,7 @@ import pytest
 
 from memestream.errors import BrokerError, DataError
 from memestream.kafka import KafkaSecurity
-from producers.broker import free_port
+from memestream.testing import free_port
 from producers.kafka import ImagePublisher, PublisherConfig, iter_image_files, main
 
 

@@ -23,7 +23,8 @@ USER, PASSWORD, WRONG = "scraper", "Sup3r-s3cret-pw", "Wr0ng-pw-xyz"
 @pytest.fixture(scope="module")
 def secure_broker(tmp_path_factory):
     from memestream.errors import EnvironmentProblem
-    from producers.broker import free_port, start_broker
+    from memestream.testing import free_port
+    from producers.broker import start_broker
 
     root = tmp_path_factory.mktemp("kafka-secure")
     pki = make_pki(root / "pki")

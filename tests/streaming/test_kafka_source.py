@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from memestream.errors import BrokerError
-from producers.broker import free_port, start_broker
+from memestream.testing import free_port
+from producers.broker import start_broker
 from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
 from streaming import kafka_source as ks
 from streaming.config import KafkaSourceConfig

@@ -12,7 +12,7 @@ from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxFiles
 
 from memestream.errors import CheckpointError
 from memestream.inbox import InboxMover
-from memestream.spool import parse_seq, seq_name
+from memestream.spool import parse_seq
 from streaming.query import CHECKPOINT_IDENTITY, run_stream
 from streaming.schema import read_table
 from streaming.spool_source import SpoolStreamReader, split_even

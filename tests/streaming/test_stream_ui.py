@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 import pytest
 
 from memestream.spark import UI_CONF
+from memestream.testing import start_group, stop_group
 from streaming.cli import build_parser
 
 
@@ -44,7 +44,7 @@ def test_stream_serves_the_spark_ui_and_prints_its_url(tmp_path, trained_model_d
     env = {k: v for k, v in os.environ.items() if k != "MEMESTREAM_NO_UI"}
     cmd = [sys.executable, "-m", "streaming.cli", "--data-dir", str(tmp_path), "--model", str(trained_model_dir),
            "--trigger", "0.5", "--quiet"]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = start_group(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         url = None
         deadline = time.monotonic() + 300
@@ -67,9 +67,4 @@ def test_stream_serves_the_spark_ui_and_prints_its_url(tmp_path, trained_model_d
         apps = _get(url.rstrip("/") + "/api/v1/applications")
         assert "meme-stream-folder" in apps
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_group(proc, 120)
