@@ -4,7 +4,7 @@ earlier runs computed.
 
 OCR costs ~10x the embedding, and the cascade only ever reads the text of images the
 image branch is unsure of, so training decides which images need text once it has the
-image branch's out-of-fold confidences (``batch_training.train.select``) instead of
+image branch's out-of-fold confidences (``batch_training.selection.select``) instead of
 OCR-ing the whole folder.
 
 Each image is identified by the sha256 of its bytes. Embeddings (per feature set and
