@@ -140,10 +140,6 @@ def fingerprint_rows(rows: Iterable[tuple[str, int, int]]) -> dict[str, Any]:
     return {"sha256": digest, "count": len(lines), "over": "sorted relative path, size, mtime (epoch s)"}
 
 
-def local_root_name(root: str) -> str:
-    return os.path.basename(root.rstrip("/")) or root
-
-
 #: The titles file ``--titles auto`` looks for in the data folder (the scraper replay's layout).
 TITLES_FILE = "posts.csv"
 TITLE_COLUMNS = ("file", "title")

@@ -1,6 +1,6 @@
 """``meme-evaluate``: score a saved model on any labelled folder (all images, no split).
 
-Goes through :func:`memestream.modelstore.load_model` and :func:`memestream.classify.classify`,
+Goes through :func:`memestream.modelstore.load_model` and :class:`memestream.scorer.Scorer`,
 exactly as the stream does. A class folder the model does not know is an error (the
 metrics would be meaningless for it); classes of the model missing from the folder are
 fine (their per-class recall/AUC are reported as undefined).
@@ -13,8 +13,13 @@ import logging
 import sys
 from typing import Any, Sequence
 
+from batch_training.metrics import classification_metrics
+from batch_training.report import metrics_table
 from memestream.cli import add_common_flags, env_flag, run_main
 from memestream.errors import DataError
+from memestream.inference import ENGINES
+from memestream.modelstore import load_model, resolve_version_dir
+from memestream.spark import session_for
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 
 TEXT_RAN = "ocr_ran"
@@ -33,16 +38,15 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics dict of one saved model on a labelled folder (plus model/version/skipped info).
 
-    Scores through :func:`memestream.classify.score_paths`, the stream's own scorer (same
-    engine choice, text branch and cascade), so the probabilities are the stream's.
+    Scores through :class:`memestream.scorer.Scorer`, the stream's own scorer (same engine
+    choice, text branch and cascade), so the probabilities are the stream's.
     """
+    # lazy: Spark and the scorer load only once the flags are checked (`--help` stays quick)
     from pyspark.sql import functions as F
 
     from batch_training import dataset as ds
-    from batch_training.metrics import classification_metrics
-    from batch_training.train import summarize_errors
-    from memestream.classify import score_paths
-    from memestream.modelstore import load_model
+    from batch_training.listing import summarize_errors
+    from memestream.scorer import Scorer
 
     root = ds.check_folder(data)
     loaded = load_model(model_path, version=version, which=which)
@@ -57,7 +61,7 @@ def evaluate(
             f"does not know; it knows: {', '.join(loaded.classes)}"
         )
     log.info("scoring %d files under %s with %s/%s", sum(counts.values()), root, loaded.version, loaded.name)
-    scored = score_paths(ds.with_label_index(listing, loaded.classes), loaded, "path", engine, text_mode).cache()
+    scored = Scorer(loaded, engine, text_mode, input="path").score(ds.with_label_index(listing, loaded.classes)).cache()
     try:
         skipped = summarize_errors(scored, ds.REL_PATH, "error")
         good = scored.filter(F.col("error").isNull())
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--which", default=None, help="model name inside the version (default: the best one)")
     env_flag(parser, "--text", envvar="MEMESTREAM_TEXT", default=DEFAULT_TEXT_MODE, choices=TEXT_MODES,
              help="use the model's OCR text branch: off, cascade (as trained) or always")
-    parser.add_argument("--scoring", default="auto", choices=("auto", "python", "spark"), help="scoring engine, as meme-stream's")
+    parser.add_argument("--scoring", default="auto", choices=ENGINES, help="scoring engine, as meme-stream's")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master (default local[*])")
     add_common_flags(parser)
@@ -97,14 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # lazy, as in evaluate()
     from batch_training.dataset import precheck_classes
-    from batch_training.report import metrics_table
-    from batch_training.train import get_spark
-    from memestream.modelstore import resolve_version_dir
 
     precheck_classes(args.data, min_classes=1)
     resolve_version_dir(args.model, args.model_version)  # fail before the Spark start-up
-    spark, created = get_spark(args.master, "meme-evaluate")
+    spark, created = session_for("meme-evaluate", args.master)
     try:
         result = evaluate(spark, args.model, args.data, args.model_version, args.which, args.text, args.scoring)
     finally:

@@ -4,7 +4,7 @@ earlier runs computed.
 
 OCR costs ~10x the embedding, and the cascade only ever reads the text of images the
 image branch is unsure of, so training decides which images need text once it has the
-image branch's out-of-fold confidences (``batch_training.train.select``) instead of
+image branch's out-of-fold confidences (``batch_training.selection.select``) instead of
 OCR-ing the whole folder.
 
 Each image is identified by the sha256 of its bytes. Embeddings (per feature set and
@@ -28,9 +28,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyspark.sql import functions as F
 
+from batch_training.dataset import LABEL, REL_PATH
+from batch_training.progress import SparkProgress
+from memestream.decode import decode
 from memestream.dedup import dhash
 from memestream.features import FeatureSet, featurize_inputs, get_feature_set
+from memestream.inputs import local_path, read_capped
+from memestream.ocr import ocr_text
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +133,6 @@ def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str 
     """UDF body: path -> sha256, features (or null when cached), dhash, error."""
 
     def run(paths: pa.Array) -> pa.Array:
-        from memestream.inputs import local_path, read_capped
-
         fs = get_feature_set(feature_set)
         values = paths.to_pylist()
         n = len(values)
@@ -175,10 +179,6 @@ def _ocr_arrow(feature_set: str, max_bytes: int, max_pixels: int):
     (or the reason OCR did not run); the caller checks the sha256 against the ingest pass."""
 
     def run(paths: pa.Array) -> pa.Array:
-        from memestream.decode import decode
-        from memestream.inputs import local_path, read_capped
-        from memestream.ocr import ocr_text
-
         fs = get_feature_set(feature_set)
         shas, texts, errors = [], [], []
         for p in paths.to_pylist():
@@ -226,11 +226,6 @@ def ingest(
     in the Spark workers, reusing and then extending ``cache``. With ``ocr`` the texts the
     cache already knows are attached (None for the others: :func:`ocr_rows` reads those
     training asks for)."""
-    from pyspark.sql import functions as F
-
-    from batch_training.dataset import LABEL, REL_PATH
-    from batch_training.progress import SparkProgress
-
     known = cache.load_features() if cache else {}
     known_texts = cache.load_texts() if (cache and ocr) else {}
     if known:
@@ -300,10 +295,6 @@ def ocr_rows(
     known, else OCR'd in one Spark pass over just those files (then cached). An image
     whose OCR fails (or that changed since the ingest pass) gets '' and is counted in
     ``data.ocr_errors``: it trains the image branch only."""
-    from pyspark.sql import functions as F
-
-    from batch_training.progress import SparkProgress
-
     if data.texts is None:
         raise ValueError("ocr_rows needs an ingest with ocr=True")
     rows = sorted({int(i) for i in rows})

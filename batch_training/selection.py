@@ -19,33 +19,24 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+
+from batch_training.config import ALWAYS_OCR, DEFAULT_CASCADES, DEFAULT_PCA_KS, DEFAULT_REG_PARAMS, TrainConfig
+from batch_training.ingest import Ingested
+from memestream.dedup import near_duplicate_groups
+from memestream.errors import DataError
+from memestream.neighbours import DEFAULT_TEMPERATURE, blend, unit_rows, vote
+from memestream.stacking import Stacker
+from memestream.text_model import TextModel, has_text
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PCA_KS = (256, 512)
-DEFAULT_REG_PARAMS = (0.03, 0.1, 0.3)
 DEFAULT_TEXT_CS = (3.0, 10.0, 30.0)
-#: Candidate cascade thresholds on the image branch's top probability. Training OCRs only the
-#: images below the largest (the only ones whose text any candidate reads): on doom-crossing
-#: 0.95 means ~45% of the training part instead of all of it. Over six split seeds, CV and
-#: test accuracy at the chosen threshold matched the old grid (1.01 ... 0.8 with every image
-#: OCR'd; thresholds above 0.95 never beat 0.95 by more than the tolerance); a ceiling of 0.9
-#: lost ~0.007 of CV accuracy (a text model trained on fewer texts). With post titles as
-#: extra text documents that loss is gone, so training then OCRs only below the largest
-#: threshold the OCR budget affords (``train.select``).
-DEFAULT_CASCADES = (0.95, 0.9, 0.8)
-#: The threshold that means "always OCR" (every top probability is below it).
-ALWAYS_OCR = 1.01
 CASCADE_TOLERANCE = 0.003
-#: Largest share of images the default cascade may OCR. OCR costs ~0.3 s an image on one
-#: thread against ~10 ms for the embedding, so on 2 cores a third is ~20 images/s, the default
-#: stream's throughput target (measured: 22.4 images/s with cascade < 0.8, whose CV share is
-#: 27-32 % over five split seeds with the neighbour vote); the next threshold (0.9, ~45 %)
-#: buys ~0.002 CV accuracy and costs a third of the speed.
-DEFAULT_OCR_BUDGET = 0.33
 
 
 def group_labels(groups: np.ndarray, y: np.ndarray) -> dict[int, int]:
@@ -80,8 +71,6 @@ def grouped_split(groups: np.ndarray, y: np.ndarray, test_fraction: float, seed:
 
 def grouped_folds(groups: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold index per row (0..k-1): whole groups, classes balanced across folds."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     k = max(2, min(k, int(np.bincount(y).min()) if len(y) else 2))
     folds = np.full(len(y), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -90,7 +79,8 @@ def grouped_folds(groups: np.ndarray, y: np.ndarray, k: int, seed: int) -> np.nd
     return folds
 
 
-def _standardize_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardize_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, 1 / sample std)`` per column, 0 where a column is constant (Spark's StandardScaler)."""
     mean = x.mean(axis=0)
     std = x.std(axis=0, ddof=1)
     scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
@@ -124,14 +114,15 @@ def _pca_basis(z: np.ndarray, k: int) -> np.ndarray:
 def _fold_prep(x: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fold's standardised rows and PCA axes, fitted on its training part:
     ``(z_train, z_test, basis)`` with ``basis`` clamped to the fold's rank."""
-    mean, scale = _standardize_fit(x[tr])
+    mean, scale = standardize_fit(x[tr])
     ztr, zte = (x[tr] - mean) * scale, (x[te] - mean) * scale
     return ztr, zte, _pca_basis(ztr, min(k, ztr.shape[0] - 1, ztr.shape[1]))
 
 
-def _logreg(x: np.ndarray, y: np.ndarray, reg: float, seed: int):
-    from sklearn.linear_model import LogisticRegression
-
+def fit_logistic(x: np.ndarray, y: np.ndarray, reg: float, seed: int) -> LogisticRegression:
+    """L2 logistic regression minimising mean log loss + ``reg``/2 |w|^2 (Spark's objective
+    without re-standardisation; scikit-learn's ``C`` is ``1 / (reg * n)``): the fit the CV
+    scores and training saves."""
     model = LogisticRegression(C=1.0 / (reg * len(y)), max_iter=300, tol=1e-5, random_state=seed)
     return model.fit(x, y)
 
@@ -175,7 +166,7 @@ def image_cv(
             kk = min(k, kmax)
             ptr, pte = ztr @ basis[:, :kk], zte @ basis[:, :kk]
             for reg in reg_params:
-                model = _logreg(ptr, y[tr], reg, seed)
+                model = fit_logistic(ptr, y[tr], reg, seed)
                 probs = np.zeros((int(te.sum()), classes))
                 probs[:, model.classes_] = model.predict_proba(pte)
                 key = _key(k, reg)
@@ -205,14 +196,12 @@ def neighbour_cv(
     """Out-of-fold neighbour-vote probabilities ``(n, classes)``: per fold the same
     standardisation and PCA(k) as :func:`image_cv`, then each held-out row's vote among
     the fold's training rows (:func:`memestream.neighbours.vote`)."""
-    from memestream.neighbours import _unit_rows, vote
-
     x = x.astype(np.float64)
     out = np.zeros((len(y), classes))
     for f in range(int(folds.max()) + 1):
         tr, te = folds != f, folds == f
         ztr, zte, basis = _fold_prep(x, tr, te, pca_k)
-        out[te] = vote(_unit_rows(ztr @ basis), y[tr], zte @ basis, classes, neighbours, temperature)
+        out[te] = vote(unit_rows(ztr @ basis), y[tr], zte @ basis, classes, neighbours, temperature)
     return out
 
 
@@ -228,8 +217,6 @@ def text_cv(texts: Sequence[str], y: np.ndarray, folds: np.ndarray, classes: int
     """Grouped CV of the character n-gram text classifier on the OCR text. ``extra``: one
     more training document per row (its post title), added to each fold's training part
     only: held-out rows are scored on their OCR text alone, as the stream scores them."""
-    from memestream.text_model import TextModel
-
     n_folds = int(folds.max()) + 1
     has = np.array([bool(t.strip()) for t in texts])
     scores: dict[str, list[float]] = {}
@@ -281,8 +268,6 @@ def cascade_cv(
     would not OCR get ``has_text = 0``, as in the stream). Among the thresholds whose CV OCR
     share fits ``ocr_budget`` (or the cheapest, if none does), picks the one with the fewest
     OCR calls whose accuracy is within ``tolerance`` of the best of them."""
-    from memestream.stacking import Stacker
-
     image_logp = np.log(np.clip(image_probs, 1e-12, 1.0))
     n_folds = int(folds.max()) + 1
     rows = []
@@ -310,3 +295,96 @@ def cascade_cv(
 def fold_summary(values: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"mean": round(float(arr.mean()), 4), "std": round(float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, 4), "folds": [round(float(v), 4) for v in arr]}
+
+
+# ---------------------------------------------------------------------------------------
+# The training step: split, folds and the chosen configuration
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Selection:
+    """Step 3-4 outcome: the split, the folds and the chosen configuration."""
+
+    groups: np.ndarray
+    test: np.ndarray  # bool per row
+    folds: np.ndarray  # fold per training row
+    image: ImageCV
+    text: TextCV | None = None
+    cascade: CascadeCV | None = None
+    #: OCR text per training row as the text branch was cross-validated and is fitted on:
+    #: '' for rows no candidate cascade would OCR (their text is never read)
+    train_texts: list[str] | None = None
+    ocr_training_images: int = 0  # training rows whose text was read (OCR or cache)
+    #: post titles of the training rows (extra text-branch documents), when given
+    train_titles: list[str] | None = None
+    #: out-of-fold image probabilities as the cascade and stacker see them (blended with
+    #: the neighbour vote when it is on)
+    image_view: np.ndarray | None = None
+
+    @property
+    def duplicate_groups(self) -> int:
+        _, counts = np.unique(self.groups, return_counts=True)
+        return int((counts > 1).sum())
+
+
+def select(cfg: TrainConfig, data: Ingested, y: np.ndarray, n_classes: int, read_texts: Callable[[np.ndarray], None] | None = None) -> Selection:
+    """Steps 3-4: near-duplicate groups, grouped test split, grouped CV on the rest.
+
+    The text branch needs the OCR text only of training rows whose out-of-fold image
+    confidence is below the largest candidate cascade: ``read_texts(rows)`` makes
+    ``data.texts[i]`` available for those (OCR or cache) before the text CV."""
+    groups = near_duplicate_groups(data.dhash, data.sha256, cfg.dup_distance)
+    test = grouped_split(groups, y, cfg.test_fraction, cfg.seed)
+    tr = ~test
+    if tr.sum() < 2 * n_classes:
+        raise DataError(f"only {int(tr.sum())} training images after the split; add images or lower --test-fraction")
+    folds = grouped_folds(groups[tr], y[tr], cfg.folds, cfg.seed)
+    ks = tuple(min(k, data.features.shape[1]) for k in cfg.ks)
+    image = image_cv(data.features[tr], y[tr], folds, n_classes, ks, cfg.reg_params, cfg.seed)
+    out = Selection(groups, test, folds, image)
+    if cfg.text != "off":
+        cascades = (ALWAYS_OCR,) if cfg.text == "always" else tuple(sorted(set(cfg.cascades), reverse=True))
+        rows = np.flatnonzero(tr)
+        view = image.oof_probs
+        if cfg.neighbours:
+            votes = neighbour_cv(data.features[tr], y[tr], folds, n_classes, image.pca_k, cfg.neighbours, DEFAULT_TEMPERATURE)
+            view = blend(image.oof_probs, votes)
+            log.info("neighbour vote (%d neighbours): CV accuracy %.4f alone, %.4f blended with the image branch",
+                     cfg.neighbours, float((votes.argmax(axis=1) == y[tr]).mean()), float((view.argmax(axis=1) == y[tr]).mean()))
+        out.image_view = view
+        out.train_titles = [data.titles[i] for i in rows] if data.titles is not None else None
+        reach = max(cascades)
+        if out.train_titles is not None and cfg.text == "cascade":
+            # With titles the text model has documents of every training meme, and the OCR
+            # text of just the images the affordable cascades reach is as good as more of it
+            # (five split seeds); without titles a text model trained on fewer OCR texts
+            # loses ~0.006, so the largest candidate's reach is kept.
+            shares = {c: float((view.max(axis=1) < c).mean()) for c in cascades}
+            reach = max([c for c in cascades if shares[c] <= cfg.ocr_budget] or [min(cascades, key=shares.__getitem__)])
+        asked = view.max(axis=1) < reach
+        if read_texts is not None:
+            read_texts(rows[asked])
+        texts = [(data.texts[i] or "") if a else "" for i, a in zip(rows, asked)]
+        probe = texts if out.train_titles is None else [f"{t}\n{ti}" for t, ti in zip(texts, out.train_titles)]
+        if not asked.all() and not _text_in_every_fold(probe, y[tr], folds, n_classes):
+            # the text model of each fold needs text of every class; the unsure images alone
+            # lacked some (a small or very easy set): read the text of every training image
+            log.info("text branch: the unsure training images lack text of some class in some fold; OCR-ing all %d", len(rows))
+            if read_texts is not None:
+                read_texts(rows[~asked])
+            asked = np.ones(len(rows), dtype=bool)
+            texts = [data.texts[i] or "" for i in rows]
+        log.info("text branch: OCR text of %d of %d training images (image confidence below %g)%s", int(asked.sum()), len(rows), reach,
+                 ", plus their post titles" if out.train_titles is not None else "")
+        out.train_texts, out.ocr_training_images = texts, int(asked.sum())
+        out.text = text_cv(texts, y[tr], folds, n_classes, seed=cfg.seed, extra=out.train_titles)
+        has = np.array([bool(t.strip()) for t in texts])
+        cascades = tuple(c for c in cascades if c <= reach)  # the others would read text training never read
+        out.cascade = cascade_cv(view, out.text.oof_logp, has, y[tr], folds, cascades,
+                                     ocr_budget=1.0 if cfg.text == "always" else cfg.ocr_budget)
+    return out
+
+
+def _text_in_every_fold(texts: list[str], y: np.ndarray, folds: np.ndarray, n_classes: int) -> bool:
+    """Whether every fold's training part has text (as the text model counts it) of every class."""
+    has = np.array([has_text(t) for t in texts], dtype=bool)
+    return all(len(set(y[has & (folds != f)].tolist())) == n_classes for f in range(int(folds.max()) + 1))

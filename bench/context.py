@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import LabelledImages, base_dataset, work_dir
+from bench.common import LabelledImages, augmented_dataset, base_dataset, work_dir
+from bench.model import fit_in_process
+from memestream.testing import CommandFailed, run_meme_train
+from memestream.errors import ModelError
+from memestream.features import DEFAULT_FEATURE_SET
+from memestream.spark import build_spark
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,7 @@ class BenchContext:
     _own_spark: bool = False
     _base: LabelledImages | None = None
     _model_dir: Path | None = None
+    _model_error: ModelError | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -67,8 +75,6 @@ class BenchContext:
         if self._base is None:
             base = base_dataset(self.config.data, self.work, generated_per_class=40 if self.config.quick else 120)
             if self.config.quick and len(base) > 200:
-                from bench.common import augmented_dataset
-
                 base = augmented_dataset(base, 200, self.work)
             self._base = base
             log.info("base data set: %d images in %s (%s)", len(base), base.root, ", ".join(base.classes))
@@ -76,44 +82,43 @@ class BenchContext:
 
     @property
     def feature_set(self) -> str:
-        from memestream.features import DEFAULT_FEATURE_SET
-
         return self.config.feature_set or DEFAULT_FEATURE_SET
 
     def cpu_count(self) -> int:
         """Cores Spark uses: ``local[N]`` -> N, otherwise the machine's core count."""
-        import os
-        import re
-
         m = re.fullmatch(r"local\[(\d+)\]", self.config.master)
         return int(m.group(1)) if m else (os.cpu_count() or 1)
 
     def get_spark(self):
         if self.spark is None:
-            from memestream.spark import build_spark
-
             self.spark = build_spark("memestream-bench", master=self.config.master, driver_memory=self.config.driver_memory)
             self._own_spark = True
         return self.spark
 
     def model_dir(self) -> Path:
-        """A model store trained on the base set (``--model``, meme-train, or fitted here)."""
+        """A model store trained on the base set: ``--model``, or meme-train (``--fit-in-bench``:
+        fitted here instead, without meme-train). A failed meme-train is an error of every
+        scenario that needs the model, never silently replaced by another model."""
         if self._model_dir is not None:
             return self._model_dir
-        from bench.model import fit_in_process, meme_train_available, run_meme_train
-
+        if self._model_error is not None:
+            raise self._model_error
         if self.config.model:
             self._model_dir = Path(self.config.model)
             return self._model_dir
         out = self.tmp / "model"
-        if meme_train_available() and not self.config.fit_in_bench:
-            proc = run_meme_train(self.base().root, out, ["--models", "logreg", "--no-plots", *self.config.train_args])
-            if proc.returncode == 0:
-                self._model_dir = out
-                return out
-            log.warning("meme-train failed (exit %s), fitting in the bench instead: %s", proc.returncode, proc.stderr.strip()[-500:])
-        self._model_dir = fit_in_process(self.get_spark(), self.base(), out, self.feature_set)
-        return self._model_dir
+        if self.config.fit_in_bench:
+            self._model_dir = fit_in_process(self.get_spark(), self.base(), out, self.feature_set)
+            return self._model_dir
+        try:
+            run_meme_train(self.base().root, out, ["--models", "logreg", "--no-plots", *self.config.train_args])
+        except CommandFailed as exc:
+            last = next((line.strip() for line in reversed(exc.tail.splitlines()) if line.strip()), "no message")
+            self._model_error = ModelError(f"meme-train could not train the benchmark's model on {self.base().root} "
+                                           f"(exit {exc.returncode}: {last}); fix that, or pass --model DIR or --fit-in-bench")
+            raise self._model_error from None
+        self._model_dir = out
+        return out
 
     def close(self) -> None:
         if self._own_spark and self.spark is not None:

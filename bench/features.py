@@ -17,6 +17,10 @@ from typing import Any
 from bench.common import Timer, rate
 from bench.context import BenchContext
 from memestream.testing import run_meme_train
+from memestream.classify import score_values
+from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
+from memestream.modelstore import load_model
+from memestream.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,8 @@ def _train(ctx: BenchContext, out: Path, feature_set: str, text: str) -> dict[st
 
 
 def _speed(ctx: BenchContext, store: Path, text: str, n: int) -> dict[str, Any]:
-    from memestream.classify import local_model, score_values, scoring_spec
-    from memestream.modelstore import load_model
-
     loaded = load_model(store)
-    spec = scoring_spec(loaded, local_model(loaded), from_path=False, text_mode=text if loaded.text_branch is not None else "off")
+    spec = Scorer(loaded, "python", text_mode=text if loaded.text_branch is not None else "off").spec(from_path=False)
     files = ctx.base().files[:n]
     score_values(spec, [files[0].read_bytes()])  # warm-up
     ocr = 0
@@ -53,8 +54,6 @@ def _speed(ctx: BenchContext, store: Path, text: str, n: int) -> dict[str, Any]:
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS
-
     n = 100 if ctx.config.quick else 400
     rows = []
     configs = [(name, "off") for name in FEATURE_SETS] + [(DEFAULT_FEATURE_SET, "cascade")]

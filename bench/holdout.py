@@ -35,7 +35,7 @@ TITLES = "posts.csv"
 def _groups(files: list[Path], feature_set: str) -> np.ndarray:
     """Near-duplicate groups as training forms them: dHash of the image as the feature set
     decodes it, and equal sha256."""
-    from batch_training.train import TrainConfig
+    from batch_training.config import TrainConfig
     from memestream.decode import BadImage
     from memestream.dedup import dhash, near_duplicate_groups
     from memestream.features import decode_for, get_feature_set

@@ -1,7 +1,8 @@
 """Scenario ``limit``: what one core can do with no Spark at all.
 
 A plain loop runs the stream's own per-image computation
-(:func:`memestream.classify.score_values`: read, decode, embed, the model's stages in
+(:func:`memestream.classify.score_values` with :class:`memestream.scorer.Scorer`'s spec:
+read, decode, embed, the model's stages in
 numpy, and the text branch with its cascade), one image at a time, in the run's text
 mode and image-only. Every Spark scenario is compared to this rate, measured in the
 same run, so the ratios survive a noisy shared machine.
@@ -16,9 +17,11 @@ import numpy as np
 
 from bench.common import Timer, percentiles, rate
 from bench.context import BenchContext
+from bench.model import load_scoring_model
+from memestream.classify import classify, featurizer_of, score_values
 from memestream.decode import decode
-from memestream.classify import score_values
 from memestream.features import featurize_batch, get_feature_set
+from memestream.scorer import Scorer
 from memestream.stacking import DEFAULT_TEXT_MODE
 
 log = logging.getLogger(__name__)
@@ -52,27 +55,23 @@ def _loop(spec, files, mode_label: str) -> tuple[dict[str, Any], list[float], fl
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
-    from bench.model import load_scoring_model
-
     base = ctx.base()
     files = list(base.files)
     if ctx.config.limit_images:
         files = files[: ctx.config.limit_images]
     spark = ctx.get_spark()
-    loaded, local = load_scoring_model(spark, ctx.model_dir())  # the stream's own model, as numpy
-    from memestream.classify import featurizer_of, scoring_spec
-
+    scorer = load_scoring_model(spark, ctx.model_dir(), _text_mode(ctx))  # the stream's own model, as numpy
+    loaded, local, mode = scorer.model, scorer.local, scorer.text_mode
     feat = featurizer_of(loaded)
     fs = get_feature_set(feat.getFeatureSet())  # what the saved model computes
     asset = feat.getAssetPath()
-    mode = _text_mode(ctx) if loaded.text_branch is not None else "off"
     n = len(files)
 
     # warm-up (imports, OpenCV's and ONNX Runtime's first-call costs, the OCR engine) outside the timings
-    spec = scoring_spec(loaded, local, from_path=False, text_mode=mode)
-    spec_off = scoring_spec(loaded, local, from_path=False, text_mode="off")
+    spec = scorer.spec(from_path=False)
+    spec_off = Scorer(loaded, "python", text_mode="off").spec(from_path=False)
     score_values(spec, [files[0].read_bytes()])
-    score_values(scoring_spec(loaded, local, from_path=False, text_mode="always") if mode != "off" else spec, [files[0].read_bytes()])
+    score_values(Scorer(loaded, "python", text_mode="always").spec(from_path=False) if mode != "off" else spec, [files[0].read_bytes()])
 
     with Timer() as t_read:
         payloads = [p.read_bytes() for p in files]
@@ -154,8 +153,6 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
 def _agreement_with_spark(spark, loaded, files, predict, fs, asset) -> float | None:
     """Share of images where the numpy baseline predicts the same class as the Spark model."""
-    from memestream.classify import classify
-
     if not files:
         return None
     rows = [(str(p), p.read_bytes()) for p in files]

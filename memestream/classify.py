@@ -1,15 +1,17 @@
-"""Apply a saved model to image bytes and shape the labelled output.
+"""The pieces both scoring engines share: apply a saved model to image bytes and shape the
+labelled output.
 
-Shared by streaming (every micro-batch) and evaluation, so both label rows the same
-way: class name instead of an index, a probability per class, and a null label with an
-error for inputs that could not be decoded.
+:class:`memestream.scorer.Scorer` chooses the engine and builds the projection; this module
+holds what either engine runs: the JVM pipeline's columns (:func:`pipeline_columns`), the
+in-worker computation (:func:`score_values`), and the expressions that label both alike
+(:func:`label_exprs`): class name instead of an index, a probability per class, and a null
+label with an error for inputs that could not be decoded.
 """
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -18,13 +20,12 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from memestream.decode import DEFAULT_MAX_BYTES
+from memestream.features import featurize_inputs, get_feature_set
 from memestream.featurizer import ImageFeaturizer
-from memestream.inference import LocalModel, NotCompilable, compile_stages
+from memestream.inference import LocalModel
 from memestream.modelstore import LoadedModel
 from memestream.novelty import DEFAULT_OOD_MODE, OOD_CODE, check_ood_mode
-from memestream.stacking import DEFAULT_TEXT_MODE, TextBranch, check_text_mode
-
-log = logging.getLogger(__name__)
+from memestream.stacking import DEFAULT_TEXT_MODE, TextBranch, TextResult, apply_text_branch, check_text_mode
 
 # Column names used inside saved pipelines.
 FEATURES = "features"
@@ -79,32 +80,40 @@ def classify(df: DataFrame, model: LoadedModel, keep_prediction_index: bool = Fa
     """Featurize, predict and label ``df`` (which must hold the featurizer's input column)
     with the PipelineModel in the JVM (the image branch; no OCR text branch).
 
-    With ``ood_mode`` the model's calibration and novelty score are applied too, by one
-    Arrow UDF over the pipeline's probability and feature vectors with the same numpy code
-    as the in-worker scorer, so both engines report the same probabilities and labels.
-    Built as one projection over the pipeline's output: a micro-batch pays a plan analysis
-    per DataFrame step, so fewer steps is lower latency.
-    """
+    With ``ood_mode`` the model's calibration and novelty score are applied too
+    (:func:`pipeline_columns`)."""
+    scored, new, _ = pipeline_columns(df, model, ood_mode)
+    drop = {c for c in _INTERNAL if not (keep_prediction_index and c in (PREDICTION, PROBABILITY))} | {_POSTED}
+    keep = [F.col(c) for c in scored.columns if c not in drop and c not in new]
+    return scored.select(*keep, *[expr.alias(name) for name, expr in new.items()])
+
+
+def pipeline_columns(df: DataFrame, model: LoadedModel, ood_mode: str | None = None) -> tuple[DataFrame, dict[str, Column], Column]:
+    """``(pipeline output, {labelled column: expression}, class probabilities as an array)``:
+    the JVM engine's scoring of ``df``, for the caller's one projection (a micro-batch pays
+    a plan analysis per DataFrame step, so fewer steps is lower latency).
+
+    With ``ood_mode`` the model's calibration and novelty score are applied by one Arrow UDF
+    over the pipeline's probability and feature vectors with the same numpy code as the
+    in-worker scorer, so both engines report the same probabilities and labels."""
     scored = model.pipeline.transform(df)
     err = featurizer_of(model).getErrorCol()
     if ood_mode is None:
         new = label_exprs(model.classes, err)
+        vector = vector_to_array(F.col(PROBABILITY), "float64")
     else:
-        # a stacked model's "image" map calibrates its blended image view, not the bare regression the JVM runs
-        blended = getattr(model.text_branch, "neighbours", None) is not None
-        post = F.arrow_udf(_jvm_post(None if blended else calibrator_for(model, "off"), model.novelty, check_ood_mode(ood_mode), tuple(model.classes)),
+        post = F.arrow_udf(_jvm_post(jvm_calibrator(model), model.novelty, check_ood_mode(ood_mode), tuple(model.classes)),
                            _POST_SCHEMA).asNondeterministic()
         scored = scored.withColumn(_POSTED, post(vector_to_array(F.col(FEATURES), "float32"), vector_to_array(F.col(PROBABILITY), "float64")))
-        new = label_exprs(model.classes, err, F.col(f"{_POSTED}.prediction"), F.col(f"{_POSTED}.probabilities"),
+        vector = F.col(f"{_POSTED}.probabilities")
+        new = label_exprs(model.classes, err, F.col(f"{_POSTED}.prediction"), vector,
                           code=F.coalesce(error_code(F.col(err)), F.col(f"{_POSTED}.code")))
         for name in NOVELTY_COLUMNS:
             new[name] = F.when(F.col(err).isNull(), F.col(f"{_POSTED}.{name}"))
         for name in TEXT_COLUMNS:
             new[name] = F.lit(None).cast(TEXT_COLUMNS[name])
     new["model_version"] = F.lit(model.version)
-    drop = {c for c in _INTERNAL if not (keep_prediction_index and c in (PREDICTION, PROBABILITY))} | {_POSTED}
-    keep = [F.col(c) for c in scored.columns if c not in drop and c not in new]
-    return scored.select(*keep, *[expr.alias(name) for name, expr in new.items()])
+    return scored, new, vector
 
 
 _POSTED = "__memestream_posted"
@@ -138,24 +147,6 @@ def _jvm_post(calibrator: Any, novelty: Any, ood_mode: str, classes: tuple[str, 
 # ---------------------------------------------------------------------------------------
 # In-worker scoring: read, decode, featurize and classify in one Arrow UDF call
 # ---------------------------------------------------------------------------------------
-_LOCAL_CACHE_ATTR = "_memestream_local_model"
-
-
-def local_model(model: LoadedModel) -> LocalModel | None:
-    """The model's stages after the featurizer as numpy arrays, or None when some stage
-    (a RandomForest, say) only runs in Spark. Compiled once per loaded model."""
-    if hasattr(model, _LOCAL_CACHE_ATTR):
-        return getattr(model, _LOCAL_CACHE_ATTR)
-    feat = featurizer_of(model)
-    try:
-        local: LocalModel | None = compile_stages(model.pipeline.stages[1:], feat.getOutputCol(), len(model.classes))
-    except NotCompilable as exc:
-        log.info("model %s/%s is scored by Spark ML in the JVM: %s", model.version, model.name, exc)
-        local = None
-    setattr(model, _LOCAL_CACHE_ATTR, local)
-    return local
-
-
 @dataclass
 class ScoredBatch:
     """The in-worker scorer's result for a batch of inputs, row-aligned."""
@@ -173,27 +164,35 @@ def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
     """Read/decode/featurize, apply the model's stages as numpy and the text branch: the
     whole per-image computation of the stream, also run as a plain loop by the benchmark's
     single-process limit."""
-    from memestream.features import featurize_inputs, get_feature_set
-    from memestream.stacking import apply_text_branch
-
     fs = get_feature_set(spec.feature_set)
     text_on = spec.text is not None and spec.text_mode != "off"
     out = featurize_inputs(
         values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
         max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on,
     )
-    reduced = spec.local.transform(out.matrix)
-    image_probs = spec.local.head(reduced)
-    text = apply_text_branch(spec.text, spec.text_mode, image_probs, out.images, out.ok, reduced=reduced,
-                             wide_ocr=len(values) <= spec.wide_ocr_rows)
+    probs, text = apply_model(spec, out.matrix, out.ok, out.images, wide_ocr=len(values) <= spec.wide_ocr_rows)
     out.images = []  # free the decoded arrays early
-    probs = text.probs
-    if spec.calibrator is not None:
-        probs = spec.calibrator.apply(probs)
     # the label is the most probable class of the probabilities the row reports
     index = probs.argmax(axis=1).astype(np.int32) if (spec.text is not None or spec.calibrator is not None) else spec.local.head.predict(probs)
     novelty, ood, nearest = novelty_columns(spec.novelty, spec.ood_mode, spec.classes, out.matrix, out.ok, index, out.codes)
     return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
+
+
+def apply_model(
+    spec: "ScoringSpec", matrix: np.ndarray, ok: np.ndarray, images: Sequence[Any] | None = None,
+    read_rows: Callable[[np.ndarray], Sequence[str]] | None = None, wide_ocr: bool = False,
+) -> tuple[np.ndarray, TextResult]:
+    """Featurized rows -> the class probabilities they report: the model's stages as numpy,
+    its text branch (OCR of ``images`` where the mode and cascade ask, or ``read_rows``' text)
+    and calibration. Shared by :func:`score_values` and training's test scoring."""
+    reduced = spec.local.transform(matrix)
+    image_probs = spec.local.head(reduced)
+    text = apply_text_branch(spec.text, spec.text_mode, image_probs, images if images is not None else [None] * len(ok), ok,
+                             read_rows=read_rows, reduced=reduced, wide_ocr=wide_ocr)
+    probs = text.probs
+    if spec.calibrator is not None:
+        probs = spec.calibrator.apply(probs)
+    return probs, text
 
 
 def novelty_columns(
@@ -219,7 +218,7 @@ def novelty_columns(
     return scores_out, ood, nearest
 
 
-def _score_arrow(spec: "ScoringSpec"):
+def score_arrow(spec: "ScoringSpec"):
     """Build the UDF body (module-level so cloudpickle ships arrays and a function reference)."""
 
     def run(inputs: pa.Array) -> pa.Array:
@@ -244,7 +243,7 @@ def _score_arrow(spec: "ScoringSpec"):
                 pa.array(scored.ood, type=pa.bool_()),
                 pa.array(scored.nearest, type=pa.string()),
             ],
-            names=list(_SCORE_FIELDS),
+            names=list(SCORE_FIELDS),
         )
 
     return run
@@ -279,6 +278,14 @@ def calibrator_for(model: LoadedModel, text_mode: str) -> Any:
     return model.calibrators.get("stacked" if stacked else "image")
 
 
+def jvm_calibrator(model: LoadedModel) -> Any:
+    """The calibration map for the JVM pipeline's probabilities (None: none applies). A
+    stacked model's "image" map calibrates its blended image view, not the bare regression
+    the JVM runs."""
+    blended = getattr(model.text_branch, "neighbours", None) is not None
+    return None if blended else calibrator_for(model, "off")
+
+
 def scoring_spec(
     model: LoadedModel,
     local: LocalModel,
@@ -301,99 +308,14 @@ TEXT_COLUMNS = {"ocr_ran": "boolean", "ocr_text": "string", "ocr_error": "string
 NOVELTY_COLUMNS = {"novelty": "double", "ood": "boolean", "nearest_class": "string"}
 EXTRA_COLUMNS = {**TEXT_COLUMNS, **NOVELTY_COLUMNS}
 #: The scorer UDF's result struct, in order; its field list and Spark schema derive from it.
-_SCORE_TYPES = {
+SCORE_TYPES = {
     "prediction": "int", "probabilities": "array<double>", "error": "string", "error_code": "string",
     "image_id": "string", "size_bytes": "long", "payload": "binary", **EXTRA_COLUMNS,
 }
-_SCORE_FIELDS = tuple(_SCORE_TYPES)
+SCORE_FIELDS = tuple(SCORE_TYPES)
 #: Spark scorer calls with at most this many rows OCR on two threads (see ScoringSpec).
 WIDE_OCR_ROWS = 4
-_SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in _SCORE_TYPES.items())
+SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in SCORE_TYPES.items())
 
 
 SCORED = "__memestream_scored"
-
-
-def local_columns(
-    model: LoadedModel,
-    local: LocalModel,
-    input_col: str,
-    from_path: bool,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    text_mode: str = DEFAULT_TEXT_MODE,
-    ood_mode: str = DEFAULT_OOD_MODE,
-) -> tuple[Column, dict[str, Column]]:
-    """``(UDF call, {output name: expression over its result})``: the in-worker scorer.
-
-    One Arrow UDF call per row batch reads the file (``from_path``) or takes the bytes,
-    decodes once, embeds, runs the model's stages as numpy and, when ``text_mode`` asks
-    and the model has a text branch, OCR and the stacker. Image bytes and vectors never
-    travel back to the JVM; only labels, probabilities, ids and the payload of bad inputs.
-
-    Built once per model and input kind and cached on the model: building a Column costs
-    a Py4J round trip each (about 700 per projection, ~0.13 s), and a UDF object keeps its
-    pickled body and JVM counterpart. Unresolved Columns are reusable across DataFrames.
-    """
-    cache = model.__dict__.setdefault("_memestream_local_columns", {})
-    key = (id(local), input_col, from_path, max_bytes, text_mode, ood_mode)
-    if key not in cache:
-        spec = scoring_spec(model, local, from_path, max_bytes, text_mode, ood_mode, wide_ocr_rows=WIDE_OCR_ROWS)
-        udf = F.arrow_udf(_score_arrow(spec), _SCORE_SCHEMA).asNondeterministic()  # never duplicated into each field read below (one decode per image)
-        new = label_exprs(
-            model.classes, f"{SCORED}.error", F.col(f"{SCORED}.prediction"), F.col(f"{SCORED}.probabilities"),
-            code=F.col(f"{SCORED}.error_code"),
-        )
-        new["error"] = F.col(f"{SCORED}.error")
-        new["model_version"] = F.lit(model.version)
-        for name in ("image_id", "size_bytes", "payload", *EXTRA_COLUMNS):
-            new[name] = F.col(f"{SCORED}.{name}")
-        cache[key] = (udf(F.col(input_col)), {name: expr.alias(name) for name, expr in new.items()})
-    return cache[key]
-
-
-def score_paths(
-    df: DataFrame,
-    model: LoadedModel,
-    path_col: str = "path",
-    engine: str = "auto",
-    text_mode: str = DEFAULT_TEXT_MODE,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    ood_mode: str = DEFAULT_OOD_MODE,
-) -> DataFrame:
-    """Label the files named in ``path_col`` exactly as the stream does (same engine choice,
-    same text branch and cascade): adds ``label``, ``probabilities``, ``confidence``,
-    ``error``, ``error_code``, ``model_version`` and ``probability_vector`` (the class
-    probabilities in class order, for metrics). Used by ``meme-evaluate``.
-    """
-    from memestream.load import read_files
-
-    local = None if engine == "spark" else local_model(model)
-    if engine == "python" and local is None:
-        from memestream.errors import ConfigError
-
-        raise ConfigError(f"model {model.version}/{model.name} has stages that run only in Spark; use --scoring auto or spark")
-    if local is not None:
-        call, new = local_columns(model, local, path_col, True, max_bytes, text_mode, ood_mode)
-        keep = [F.col(c) for c in df.columns if c not in new]
-        return df.withColumn(SCORED, call).select(
-            *keep, *[new[c] for c in ("label", "probabilities", "confidence", "error", "error_code", "model_version", *EXTRA_COLUMNS)],
-            F.col(f"{SCORED}.probabilities").alias("probability_vector"),
-        )
-    if model.text_branch is not None:
-        log.warning("model %s/%s: the JVM engine scores the logistic regression only (its text branch and neighbour vote need the "
-                    "Python engine)", model.version, model.name)
-    read = read_files(df, path_col=path_col, max_bytes=max_bytes)
-    out = classify(read, model, keep_prediction_index=True)
-    err = F.coalesce(F.col("load_error"), F.col(ERROR))
-    ok = err.isNull()
-    return out.select(
-        *[F.col(c) for c in df.columns],
-        F.when(ok, F.col("label")).alias("label"),
-        F.when(ok, F.col("probabilities")).alias("probabilities"),
-        F.when(ok, F.col("confidence")).alias("confidence"),
-        err.alias("error"),
-        error_code(err).alias("error_code"),
-        F.col("model_version"),
-        *[F.lit(None).cast(t).alias(c) for c, t in EXTRA_COLUMNS.items()],
-        vector_to_array(F.col(PROBABILITY), "float64").alias("probability_vector"),
-    )

@@ -18,6 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 
+#: Where a model's stages run (``--scoring``): ``python``, as numpy in the Python worker that
+#: decodes (this module); ``spark``, the PipelineModel in the JVM; ``auto``, python when the
+#: model compiles. :class:`memestream.scorer.Scorer` makes the choice.
+ENGINES = ("auto", "python", "spark")
+
+
 class NotCompilable(Exception):
     """The pipeline has a stage that this module does not reproduce exactly."""
 
@@ -150,6 +156,8 @@ def compile_stages(stages: Sequence[Any], first_input: str, num_classes: int) ->
     ``first_input`` is the featurizer's output column: each stage must read the column the
     previous one wrote, so a pipeline wired differently is never compiled by accident.
     """
+    # lazy: only the driver compiles; the Python workers that unpickle a LocalModel import this
+    # module and need no Spark ML
     from pyspark.ml.classification import LogisticRegressionModel, MultilayerPerceptronClassificationModel
     from pyspark.ml.feature import PCAModel, StandardScalerModel
 

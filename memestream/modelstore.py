@@ -6,7 +6,8 @@ Layout::
       CURRENT                      # name of the current version (replaced atomically)
       v0003-20261127T130501Z/
         manifest.json              # classes, feature set, metrics, fingerprint, versions
-        models/logreg/             # one saved PipelineModel per classifier
+        models/logreg/             # one saved PipelineModel per classifier (+ novelty, calibration)
+        models/stacked/text_branch/  # the OCR text branch of the stacked model
         models/random_forest/
         report/                    # metrics JSON/CSV and plots of that run
 
@@ -18,18 +19,25 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from memestream.calibration import load_calibrators, save_calibrators
 from memestream.errors import ModelError
+from memestream.novelty import NoveltyModel
+from memestream.stacking import TextBranch
 
 log = logging.getLogger(__name__)
 
 CURRENT_FILE = "CURRENT"
 MANIFEST = "manifest.json"
+MODELS_DIR = "models"
+#: A stacked model's text branch, inside its model folder.
+TEXT_BRANCH_DIR = "text_branch"
 _VERSION_RE = re.compile(r"^v(\d{4,})-")
 
 
@@ -143,6 +151,7 @@ def _check_assets(pipeline: Any, where: Path) -> None:
     stage = pipeline.stages[0] if pipeline.stages else None
     asset = stage.getAssetPath() if hasattr(stage, "getAssetPath") else None
     if asset:
+        # lazy: ONNX Runtime is loaded only for a model with a graph, and only when it loads
         from memestream.effnet.runtime import get_embedder
 
         get_embedder(asset)
@@ -150,39 +159,103 @@ def _check_assets(pipeline: Any, where: Path) -> None:
 
 def load_model(model: str | os.PathLike[str], version: str | None = None, which: str | None = None) -> LoadedModel:
     """Load the chosen (or named) PipelineModel of a version. Needs an active SparkSession."""
-    from pyspark.ml import PipelineModel
+    return ModelVersion(resolve_version_dir(model, version)).load(which)
 
-    vdir = resolve_version_dir(model, version)
-    manifest = read_manifest(vdir)
-    name = which or manifest.get("best")
-    models = manifest.get("models", {})
-    if name not in models:
-        raise ModelError(f"model {name!r} not in {vdir / MANIFEST}; available: {', '.join(models) or 'none'}")
-    mpath = vdir / models[name]["path"]
-    try:
-        pipeline = PipelineModel.load(str(mpath))
-    except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
-    _check_assets(pipeline, mpath)
-    text_branch = None
-    branch_rel = models[name].get("text_branch")
-    if branch_rel:
-        from memestream.stacking import TextBranch
 
-        text_branch = TextBranch.load(vdir / branch_rel)
-    from memestream.calibration import load_calibrators
-    from memestream.novelty import NoveltyModel
+class ModelVersion:
+    """One version folder: the bundle training saves and every loader reads.
 
-    return LoadedModel(
-        calibrators=load_calibrators(mpath),
-        novelty=NoveltyModel.load(mpath),
-        text_branch=text_branch,
-        pipeline=pipeline,
-        version=manifest.get("version", vdir.name),
-        name=name,
-        classes=list(manifest["classes"]),
-        feature_set=manifest.get("feature_set", "?"),
-        path=vdir,
-        manifest=manifest,
-    )
+    ``models/<name>/`` holds a saved PipelineModel plus, when trained, the novelty reference
+    (``novelty.npz``), the calibration maps (``calibration.json``) and the text branch
+    (``text_branch/``); ``manifest.json`` names the models and the best one, and the store's
+    ``CURRENT`` file names the version streams follow.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, store: str | os.PathLike[str], name: str | None = None) -> "ModelVersion":
+        """A new, empty version folder in ``store`` (named by :meth:`ModelStore.new_version_name`)."""
+        path = Path(store) / (name or ModelStore(store).new_version_name())
+        (path / MODELS_DIR).mkdir(parents=True, exist_ok=False)
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def model_path(self, name: str) -> Path:
+        return self.path / MODELS_DIR / name
+
+    def save_model(
+        self,
+        name: str,
+        pipeline: Any = None,
+        *,
+        copy_of: str | None = None,
+        novelty: Any = None,
+        calibration: tuple[dict[str, Any], dict[str, Any]] | None = None,
+        text_branch: Any = None,
+    ) -> str:
+        """(Re)write ``models/<name>``: ``pipeline`` (a fitted PipelineModel), or a copy of the
+        model ``copy_of`` already saved here, then its novelty reference, ``calibration``
+        (``(calibrators, cv scores)``: one map per output, :func:`save_calibrators`) and text
+        branch. Returns the folder relative to the version, as the manifest names it."""
+        folder = self.model_path(name)
+        if copy_of is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(self.model_path(copy_of), folder)
+        else:
+            pipeline.write().overwrite().save(str(folder))
+        if novelty is not None:
+            novelty.save(folder)
+        if text_branch is not None:
+            text_branch.save(folder / TEXT_BRANCH_DIR)
+        if calibration is not None:
+            save_calibrators(folder, *calibration)
+        return f"{MODELS_DIR}/{name}"
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Write ``manifest.json`` atomically (it is what makes the folder a loadable version)."""
+        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+    def manifest(self) -> dict[str, Any]:
+        return read_manifest(self.path)
+
+    def mark_current(self) -> None:
+        """Make this the version ``CURRENT`` names (streams switch to it at their next batch)."""
+        ModelStore(self.path.parent).mark_current(self.name)
+
+    def load(self, which: str | None = None) -> LoadedModel:
+        """The named model (default: the manifest's best) with its text branch, calibration
+        and novelty reference. Needs an active SparkSession."""
+        # lazy: console scripts check --model (resolve_version_dir) before Spark ML is imported
+        from pyspark.ml import PipelineModel
+
+        vdir = self.path
+        manifest = read_manifest(vdir)
+        name = which or manifest.get("best")
+        models = manifest.get("models", {})
+        if name not in models:
+            raise ModelError(f"model {name!r} not in {vdir / MANIFEST}; available: {', '.join(models) or 'none'}")
+        mpath = vdir / models[name]["path"]
+        try:
+            pipeline = PipelineModel.load(str(mpath))
+        except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
+        _check_assets(pipeline, mpath)
+        branch_rel = models[name].get("text_branch")
+        return LoadedModel(
+            calibrators=load_calibrators(mpath),
+            novelty=NoveltyModel.load(mpath),
+            text_branch=TextBranch.load(vdir / branch_rel) if branch_rel else None,
+            pipeline=pipeline,
+            version=manifest.get("version", vdir.name),
+            name=name,
+            classes=list(manifest["classes"]),
+            feature_set=manifest.get("feature_set", "?"),
+            path=vdir,
+            manifest=manifest,
+        )

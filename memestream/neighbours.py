@@ -37,7 +37,7 @@ ARRAYS_FILE = "neighbours.npz"
 FORMAT = "memestream-neighbours-v1"
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms > 0, norms, 1.0)
@@ -47,8 +47,8 @@ def vote(train: np.ndarray, labels: np.ndarray, query: np.ndarray, classes_count
          neighbours: int = DEFAULT_NEIGHBOURS, temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
     """``(m, classes)`` class shares among each query row's nearest training rows (cosine),
     weighted by ``exp(similarity / temperature)``, plus :data:`PRIOR` per class.
-    ``train`` rows must be unit length (see :func:`_unit_rows`)."""
-    q = _unit_rows(query)
+    ``train`` rows must be unit length (see :func:`unit_rows`)."""
+    q = unit_rows(query)
     out = np.full((len(q), classes_count), PRIOR, dtype=np.float64)
     if len(q) == 0 or len(train) == 0:
         return out / out.sum(axis=1, keepdims=True)
@@ -89,7 +89,7 @@ class NeighbourVote:
     @classmethod
     def fit(cls, reduced: np.ndarray, labels: np.ndarray, classes_count: int,
             neighbours: int = DEFAULT_NEIGHBOURS, temperature: float = DEFAULT_TEMPERATURE) -> "NeighbourVote":
-        return cls(_unit_rows(reduced), np.asarray(labels, dtype=np.int64), int(classes_count), int(neighbours), float(temperature))
+        return cls(unit_rows(reduced), np.asarray(labels, dtype=np.int64), int(classes_count), int(neighbours), float(temperature))
 
     @property
     def dims(self) -> int:

@@ -157,3 +157,17 @@ def build_spark(
     spark.sparkContext.setLogLevel("WARN")
     log.debug("spark session ready: master=%s version=%s", spark.sparkContext.master, spark.version)
     return spark
+
+
+def session_for(app_name: str, master: str | None = None):
+    """The running session (tests, notebooks: the caller owns it) or a new one from
+    :func:`build_spark`; returns ``(spark, created)``, so a console script stops only what
+    it built."""
+    # lazy, as in build_spark: console scripts import this module before their flags are checked
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
+
+    try:
+        return SparkSession.active(), False
+    except PySparkRuntimeError:
+        return build_spark(app_name, master), True

@@ -219,15 +219,16 @@ def apply_text_branch(
     image_probs: np.ndarray,
     images: Sequence[np.ndarray | None],
     ok: np.ndarray,
-    read: Callable[[int], str] | None = None,
+    read_rows: Callable[[np.ndarray], Sequence[str]] | None = None,
     reduced: np.ndarray | None = None,
     wide_ocr: bool = False,
 ) -> TextResult:
     """Run OCR where the mode/cascade asks, then the stacker; an OCR failure on one image
     falls back to the image branch for that image and is recorded, never raised.
 
-    ``read(i)`` gives row ``i``'s text; by default OCR of ``images[i]`` (training passes
-    the text its ingest already read, so its test metrics go through this same code).
+    ``read_rows(rows)`` gives the text of all the rows the cascade asks for at once; by
+    default each is OCR'd from ``images[i]`` (training passes the text its ingest reads in
+    one Spark pass, so its test metrics go through this same code).
     ``reduced``: the rows' PCA coordinates, for a branch with a neighbour vote; ``wide_ocr``:
     OCR on the multi-threaded engine (a small batch: the machine has idle cores)."""
     n = len(ok)
@@ -239,11 +240,14 @@ def apply_text_branch(
         view = image_probs.copy()
         view[~ok] = plain[~ok]
         return TextResult(view, [None] * n, [None] * n, [None] * n)
-    if read is None:
+    todo = branch.needs_ocr(image_probs, ok, mode)
+    if read_rows is not None:
+        asked = np.flatnonzero(todo)
+        read: Callable[[int], str] = dict(zip(asked.tolist(), read_rows(asked))).__getitem__
+    else:
         def read(i: int) -> str:
             return ocr.ocr_text(images[i], wide=wide_ocr)  # type: ignore[arg-type]
 
-    todo = branch.needs_ocr(image_probs, ok, mode)
     texts = [""] * n
     has = np.zeros(n, dtype=np.float64)
     ran: list[bool | None] = [bool(False) if ok[i] else None for i in range(n)]

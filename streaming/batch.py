@@ -27,7 +27,7 @@ from memestream.novelty import OOD_CODE, UNKNOWN_LABEL
 from streaming.counts import WindowSpec, late_mask, window_deltas
 from streaming.models import ModelHolder
 from streaming.schema import CLASS_COUNTS, PREDICTIONS, QUARANTINE, column_names
-from streaming.scoring import score
+from streaming.scoring import StreamScorer
 from streaming.sinks import BatchMarker, OutputTables
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,8 @@ class BatchProcessor:
         self.cfg = cfg
         self.tables = tables
         self.models = models
+        #: the scoring step (one Scorer per model version, its projection kept across batches)
+        self.scoring = StreamScorer.from_config(cfg)
         self.summary = summary
         self.on_stage = on_stage
         self._last: BatchMarker | None = None
@@ -216,7 +218,7 @@ class BatchProcessor:
         start = time.monotonic()
         model = self.models.refresh()
         self._stage("start", batch_id)
-        scored_df = score(batch_df, model, self.cfg.max_bytes, self.cfg.scoring, self.cfg.text, self.cfg.ood)
+        scored_df = self.scoring.score(batch_df, model)
         planned = time.monotonic()
         scored = scored_df.toArrow()
         scored_at = time.monotonic()

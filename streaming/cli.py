@@ -19,6 +19,7 @@ from memestream.cli import (
 )
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
+from memestream.inference import ENGINES
 from memestream.jars import spark_kafka_conf
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
 from memestream.modelstore import resolve_version_dir
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--ood", envvar="MEMESTREAM_OOD", default=DEFAULT_OOD_MODE, choices=list(OOD_MODES),
              help="images unlike the training set: off, flag (keep the label, ood = true) or reject (label NULL, "
                   "error_code out_of_distribution, counted as 'unknown')")
-    env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=["auto", "python", "spark"],
+    env_flag(parser, "--scoring", envvar="MEMESTREAM_SCORING", default="auto", choices=ENGINES,
              help="where the model runs: python (numpy in the worker that decodes, one pass per image; logistic "
              "regression and MLP models), spark (the PipelineModel in the JVM; any model), auto (python when possible)")
     parser.add_argument("--available-now", action="store_true", help="process everything available, then exit")

@@ -16,13 +16,11 @@ from typing import Any, Mapping
 from memestream.abspath import absolute_fields
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
+from memestream.inference import ENGINES
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, bootstrap_list
 from streaming.counts import WindowSpec
 
 SOURCES = ("folder", "kafka")
-#: python: read/decode/featurize/classify in the Python worker (numpy model); spark: the
-#: PipelineModel in the JVM; auto: python when the model allows it.
-SCORING_ENGINES = ("auto", "python", "spark")
 #: What happens to a processed folder input after its batch is committed.
 PROCESSED = ("archive", "delete", "keep")
 #: spool: our Data Source over the mover's sequence names (state does not grow); binaryfile:
@@ -192,7 +190,7 @@ class StreamConfig:
     def __post_init__(self) -> None:
         absolute_fields(self)  # the paths mean what they meant where the config was built
         _one_of("--source", self.source, SOURCES)
-        _one_of("--scoring", self.scoring, SCORING_ENGINES)
+        _one_of("--scoring", self.scoring, ENGINES)
         _one_of("--text", self.text, TEXT_MODES)
         _one_of("--ood", self.ood, OOD_MODES)
         _one_of("--processed", self.processed, PROCESSED)

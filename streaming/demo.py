@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from batch_training.train import TrainConfig, train
+from batch_training.config import TrainConfig
+from batch_training.train import train
 from memestream.modelstore import ModelStore
 from memestream.sample import STYLES, sample_image_bytes, write_dataset
 from producers.broker import start_broker

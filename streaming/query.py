@@ -24,7 +24,6 @@ from streaming.config import StreamConfig
 from streaming.kafka_source import spark_kafka_available, topic_source
 from streaming.models import ModelHolder
 from streaming.schema import DEFAULT_WRITER
-from streaming.scoring import describe_engine, warm_up
 from streaming.sinks import OutputTables
 from streaming.sources import StreamSource, folder_frame, folder_source, kafka_frame, spark_kafka_frame, spark_kafka_source
 
@@ -220,10 +219,9 @@ def run_stream(
     OutputTables(cfg.output).ensure_writable()
     tables = OutputTables(cfg.output, writer=check_checkpoint(cfg), keep_commits=cfg.keep_commits)
     models = ModelHolder(cfg.model_dir, cfg.model_version)
-    describe_engine(models.model, cfg)
-    warm_up(spark, models.model, cfg)
     summary = LiveSummary(tables.label_totals(), quiet=cfg.quiet)
     processor = BatchProcessor(cfg, tables, models, summary, on_stage)
+    processor.scoring.warm_up(spark, models.model)
     mover = None
     if cfg.source == "folder" and cfg.watch and cfg.inbox is not None:
         mover = InboxMover(cfg.inbox, cfg.spool)  # type: ignore[arg-type]
@@ -237,7 +235,7 @@ def run_stream(
     query = start_query(spark, cfg, processor)
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
     compactor = start_compactor(cfg, tables)
-    keeper = None if cfg.available_now else WorkerKeeper(lambda: warm_up(spark, processor.models.model, cfg))
+    keeper = None if cfg.available_now else WorkerKeeper(lambda: processor.scoring.warm_up(spark, processor.models.model))
     drained = False
     try:
         while query.isActive:

@@ -8,7 +8,7 @@ import pytest
 
 from bench.__main__ import build_parser, config_from_args, format_table, run_benchmark, write_report
 from bench.common import finite
-from memestream.errors import ConfigError
+from memestream.errors import ConfigError, ModelError
 from memestream.sample import write_dataset
 
 
@@ -363,3 +363,23 @@ def test_predictions_watcher_counts_rows_errors_and_ocr_failures_once(tmp_path):
     assert watcher.poll() == 1
     assert (watcher.errors, watcher.ocr_rows, watcher.ocr_errors) == (1, 2, 1)
     assert set(watcher.first_seen) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"}
+
+
+def test_a_failing_meme_train_is_one_clear_error_not_another_model(tmp_path, monkeypatch):
+    """No silent in-process fallback: every scenario needing the model gets meme-train's failure,
+    and meme-train runs once."""
+    import bench.context as context
+
+    data = tmp_path / "data"
+    write_dataset(data, per_class=2, classes=["doom", "animal_crossing"], seed=2)
+    runs = []
+    real = context.run_meme_train
+    monkeypatch.setattr(context, "run_meme_train", lambda *a, **k: runs.append(a) or real(*a, **k))
+    ctx = context.BenchContext(context.BenchConfig(data=str(data), work=str(tmp_path / "work"), train_args=("--feature-set", "nope")))
+    try:
+        for _ in range(2):
+            with pytest.raises(ModelError, match="meme-train could not train the benchmark's model .*invalid choice: 'nope'"):
+                ctx.model_dir()
+        assert len(runs) == 1 and not (ctx.tmp / "model").exists()  # no model fitted in its place
+    finally:
+        ctx.close()

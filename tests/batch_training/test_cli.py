@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from batch_training import evaluate, train
+from batch_training import config, evaluate, train
 
 
 def _one_error_line(capsys, prog: str) -> str:
@@ -49,7 +49,7 @@ def test_train_class_without_decodable_images(spark, tmp_path, image_bytes, caps
 
 def test_train_function_checks_empty_folder_in_spark(spark, tmp_path):
     """The Spark-side check (used for remote roots, which skip the local pre-check)."""
-    from batch_training.train import TrainConfig
+    from batch_training.config import TrainConfig
     from memestream.errors import DataError
 
     (tmp_path / "data" / "empty_class").mkdir(parents=True)
@@ -71,10 +71,21 @@ def test_train_bad_cascades_flag(tmp_path, capsys, value):
 
 
 def test_train_cascades_flag_sets_the_candidates():
-    args = train.build_parser().parse_args(["--data", "d", "--model-dir", "m", "--cascades", "0.9,0.8"])
-    assert train.config_from_args(args).cascades == (0.9, 0.8)
-    default = train.config_from_args(train.build_parser().parse_args(["--data", "d", "--model-dir", "m"]))
-    assert default.cascades == train.DEFAULT_CASCADES
+    args = config.build_parser().parse_args(["--data", "d", "--model-dir", "m", "--cascades", "0.9,0.8"])
+    assert config.config_from_args(args).cascades == (0.9, 0.8)
+    default = config.config_from_args(config.build_parser().parse_args(["--data", "d", "--model-dir", "m"]))
+    assert default.cascades == config.DEFAULT_CASCADES
+
+
+def test_train_config_makes_its_paths_absolute_when_built(tmp_path, monkeypatch):
+    """Relative --data, --model-dir and --titles resolve against the directory the command
+    ran in, once: a later change of working directory cannot move them. URIs stay as given."""
+    monkeypatch.chdir(tmp_path)
+    args = config.build_parser().parse_args(["--data", "memes", "--model-dir", "models", "--titles", "posts.csv"])
+    cfg = config.config_from_args(args)
+    assert (cfg.data, cfg.model_dir, cfg.titles) == (str(tmp_path / "memes"), str(tmp_path / "models"), str(tmp_path / "posts.csv"))
+    assert config.TrainConfig(data="hdfs://nn/memes", model_dir="m", titles="auto").data == "hdfs://nn/memes"
+    assert config.TrainConfig(data="d", model_dir="m", titles="none").titles == "none"
 
 
 def test_evaluate_missing_model(spark, tmp_path, sample_dataset, capsys):

@@ -1,11 +1,11 @@
-"""The PCA stage training builds (``selection.pca_axes`` inside ``train.fit_prep``) with more
+"""The PCA stage training builds (``selection.pca_axes`` inside ``image_models.fit_prep``) with more
 dimensions than rows, where Spark's own ``PCA.fit`` returned non-orthonormal axes."""
 from __future__ import annotations
 
 import numpy as np
 
 from batch_training.selection import pca_axes
-from batch_training.train import fit_prep
+from batch_training.image_models import fit_prep
 
 
 def test_axes_are_orthonormal_and_maximal_with_more_dims_than_rows():
@@ -35,7 +35,7 @@ def test_fit_prep_with_more_dims_than_rows_gives_spark_stages_that_project_like_
 
     rng = np.random.default_rng(7)
     x = np.abs(rng.normal(size=(30, 80))).astype(np.float32)
-    scaler, pca, reduced = fit_prep(spark, x, 8)
+    scaler, pca, reduced = fit_prep(x, 8)
     np.testing.assert_allclose(pca.pc.toArray().T @ pca.pc.toArray(), np.eye(8), atol=1e-9)
     df = spark.createDataFrame([(Vectors.dense(r.tolist()),) for r in x], ["features"])
     got = np.array([r[pca.getOutputCol()].toArray() for r in PipelineModel(stages=[scaler, pca]).transform(df).collect()])

@@ -133,7 +133,8 @@ def _fake_ingest(n=160, seed=7, titles=True):
 
 @pytest.mark.parametrize("with_titles", [True, False])
 def test_select_reads_the_text_only_the_affordable_cascades_reach_when_titles_help(with_titles):
-    from batch_training.train import TrainConfig, select
+    from batch_training.config import TrainConfig
+    from batch_training.selection import select
 
     data, y = _fake_ingest(titles=with_titles)
     cfg = TrainConfig(data="unused", model_dir="unused", pca_ks=(8,), neighbours=5, cascades=(0.99, 0.9, 0.8), ocr_budget=0.35)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from batch_training.train import TrainConfig, train
+from batch_training.config import TrainConfig
+from batch_training.train import train
 from memestream.classify import PREDICTION, classify
 from memestream.features import DEFAULT_FEATURE_SET, get_feature_set
 from memestream.load import read_files
@@ -69,7 +70,7 @@ def test_rerun_adds_v0002_and_saved_model_predicts_like_in_memory(spark, trained
 
 
 def test_saved_featurizer_must_match_the_training_one():
-    from batch_training.train import check_same_featurizer
+    from batch_training.scoring import check_same_featurizer
     from memestream.errors import ModelError
     from memestream.featurizer import ImageFeaturizer
 
@@ -110,15 +111,15 @@ def test_training_features_equal_the_saved_featurizers(spark, trained_model_dir,
 
 
 def test_cascade_and_text_off_agree_where_the_image_branch_is_confident(spark, trained_model_dir, sample_dataset):
-    from memestream.classify import score_paths
+    from memestream.scorer import Scorer
 
     loaded = load_model(trained_model_dir)
     assert loaded.name == "stacked" and loaded.text_branch is not None
     loaded.calibrators = {}  # compare raw image confidences with the cascade threshold (which was fitted on them)
     paths = spark.createDataFrame([(str(p),) for p in sorted(Path(sample_dataset).rglob("*.*"))], ["path"])
-    off = {r["path"]: r for r in score_paths(paths, loaded, text_mode="off").collect()}
-    cascade = {r["path"]: r for r in score_paths(paths, loaded, text_mode="cascade").collect()}
-    always = {r["path"]: r for r in score_paths(paths, loaded, text_mode="always").collect()}
+    off = {r["path"]: r for r in Scorer(loaded, text_mode="off").score(paths).collect()}
+    cascade = {r["path"]: r for r in Scorer(loaded, text_mode="cascade").score(paths).collect()}
+    always = {r["path"]: r for r in Scorer(loaded, text_mode="always").score(paths).collect()}
     confident = [p for p, r in off.items() if r["confidence"] >= loaded.text_branch.cascade]
     unsure = [p for p in off if p not in confident]
     for p in confident:
@@ -160,17 +161,17 @@ def test_stream_model_holder_switches_across_feature_sets(spark, trained_model_d
                              text="off", progress=False, plots=False))
     new = holder.refresh()
     assert new.feature_set == "gray32" and holder.switches == 1
-    from memestream.classify import score_paths
+    from memestream.scorer import Scorer
 
     paths = spark.createDataFrame([(str(p),) for p in sorted(Path(sample_dataset).rglob("*.png"))[:6]], ["path"])
-    rows = score_paths(paths, new).collect()
+    rows = Scorer(new).score(paths).collect()
     assert len(rows) == 6 and all(r["label"] in new.classes and r["model_version"] == new.version for r in rows)
 
 
 def test_a_foreign_photo_is_flagged_and_a_training_image_is_not(spark, trained_model_dir, sample_dataset, tmp_path):
     import cv2
 
-    from memestream.classify import score_paths
+    from memestream.scorer import Scorer
 
     photos = pytest.importorskip("skimage.data")  # a photo shipped with scikit-image (dev dependency)
     cat = tmp_path / "chelsea.png"
@@ -179,15 +180,15 @@ def test_a_foreign_photo_is_flagged_and_a_training_image_is_not(spark, trained_m
     loaded = load_model(trained_model_dir)
     assert loaded.novelty is not None
     paths = spark.createDataFrame([(str(cat),), (str(own),)], ["path"])
-    flag = {Path(r["path"]).name: r for r in score_paths(paths, loaded, ood_mode="flag").collect()}
+    flag = {Path(r["path"]).name: r for r in Scorer(loaded, ood_mode="flag").score(paths).collect()}
     assert flag["chelsea.png"]["ood"] is True and flag["chelsea.png"]["label"] is not None  # flag keeps the label
     assert flag[own.name]["ood"] is False and flag[own.name]["novelty"] < flag["chelsea.png"]["novelty"]
     assert flag["chelsea.png"]["nearest_class"] in loaded.classes
-    reject = {Path(r["path"]).name: r for r in score_paths(paths, loaded, ood_mode="reject").collect()}
+    reject = {Path(r["path"]).name: r for r in Scorer(loaded, ood_mode="reject").score(paths).collect()}
     assert reject["chelsea.png"]["label"] is None and reject["chelsea.png"]["error_code"] == "out_of_distribution"
     assert reject["chelsea.png"]["error"] is None  # not a bad input: no quarantine
     assert reject[own.name]["label"] == flag[own.name]["label"]
-    off = score_paths(paths, loaded, ood_mode="off").collect()
+    off = Scorer(loaded, ood_mode="off").score(paths).collect()
     assert all(r["ood"] is None and r["novelty"] is None for r in off)
 
 
@@ -197,12 +198,12 @@ def test_evaluate_and_the_stream_report_the_same_probabilities(spark, trained_mo
 
     from batch_training.evaluate import evaluate
     from batch_training.metrics import calibration_metrics
-    from streaming.scoring import score
+    from streaming.scoring import StreamScorer
     from streaming.sources import folder_frame
 
     got = evaluate(spark, str(trained_model_dir), str(sample_dataset))
     listing = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(sample_dataset)).select("path", "length", "modificationTime")
-    rows = score(listing.transform(folder_frame), load_model(trained_model_dir)).select("path", "probabilities").collect()
+    rows = StreamScorer().score(listing.transform(folder_frame), load_model(trained_model_dir)).select("path", "probabilities").collect()
     loaded = load_model(trained_model_dir)
     y = [loaded.classes.index(Path(r["path"].replace("file:", "")).relative_to(sample_dataset).parts[0]) for r in rows]
     probs = np.array([[dict(r["probabilities"])[c] for c in loaded.classes] for r in rows])
@@ -212,46 +213,14 @@ def test_evaluate_and_the_stream_report_the_same_probabilities(spark, trained_mo
         assert got[key] == pytest.approx(mine[key], abs=1e-9), key
 
 
-def test_prep_built_on_the_driver_equals_spark_mls_own_fit(spark, tmp_path):
-    """fit_prep's StandardScalerModel + PCAModel transform rows like the ones
-    Pipeline([StandardScaler, PCA]).fit returns (PCA axes up to sign), and survive save/load."""
-    import numpy as np
-    from pyspark.ml import Pipeline, PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler
-    from pyspark.ml.functions import vector_to_array
-
-    from batch_training.train import _frame, fit_prep
-    from memestream.classify import FEATURES, REDUCED, SCALED
-
-    rng = np.random.default_rng(0)
-    for n, d, k in ((40, 12, 5), (10, 30, 6)):  # more rows than columns, and fewer (the Gram path)
-        x = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d) + rng.normal(size=d)).astype(np.float32)
-        x[:, 3] = 1.0  # a constant column: zero std, scaled to 0 as Spark does
-        df = _frame(spark, x, rng.integers(0, 2, n))
-        ref = Pipeline(stages=[StandardScaler(withMean=True, withStd=True, inputCol=FEATURES, outputCol=SCALED),
-                               PCA(k=k, inputCol=SCALED, outputCol=REDUCED)]).fit(df)
-        scaler, pca, reduced = fit_prep(spark, x, k)
-        ours = PipelineModel(stages=[scaler, pca])
-        want = np.array([r[0] for r in ref.transform(df).select(vector_to_array(REDUCED)).collect()])
-        got = np.array([r[0] for r in ours.transform(df).select(vector_to_array(REDUCED)).collect()])
-        sign = np.sign((want * got).sum(axis=0))
-        assert np.allclose(want * sign, got, atol=1e-9)
-        assert np.allclose(got, reduced, atol=1e-9)  # the rows the classifiers are fitted on
-        assert np.allclose(ref.stages[1].explainedVariance.toArray(), pca.explainedVariance.toArray(), atol=1e-12)
-        ours.write().overwrite().save(str(tmp_path / f"prep{n}"))
-        again = PipelineModel.load(str(tmp_path / f"prep{n}"))
-        assert again.stages[0].getWithMean() and again.stages[1].getK() == k
-        loaded = np.array([r[0] for r in again.transform(df).select(vector_to_array(REDUCED)).collect()])
-        assert np.array_equal(loaded, got)
-
-
 def test_stacked_neighbour_vote_holds_the_training_rows_as_the_stream_projects_them(trained_model_dir, sample_dataset):
     """The vote's stored coordinates come from the driver's PCA; the stream computes a
     row's coordinates with the saved stages. A training image must find itself (cosine 1)."""
     import numpy as np
 
-    from memestream.classify import featurizer_of, local_model
+    from memestream.classify import featurizer_of
     from memestream.features import featurize_inputs
+    from memestream.scorer import compile_model
 
     loaded = load_model(trained_model_dir)
     vdir = Path(trained_model_dir) / loaded.version
@@ -265,7 +234,7 @@ def test_stacked_neighbour_vote_holds_the_training_rows_as_the_stream_projects_t
     paths = [str(Path(sample_dataset) / r) for r in split["train"][:6]]
     out = featurize_inputs(paths, get_feature_set(feat.getFeatureSet()), from_path=True, max_bytes=feat.getMaxBytes(),
                            max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath())
-    reduced = local_model(loaded).transform(out.matrix)
+    reduced = compile_model(loaded).transform(out.matrix)
     unit = reduced / np.linalg.norm(reduced, axis=1, keepdims=True)
     best = (unit @ nv.vectors.T).max(axis=1)
     assert np.all(best > 0.9999), best

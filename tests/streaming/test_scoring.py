@@ -5,18 +5,18 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from memestream.classify import local_model
 from memestream.errors import ConfigError
 from memestream.load import EMPTY_FILE_MARKER
 from memestream.modelstore import load_model
-from streaming.scoring import score
+from memestream.scorer import Scorer, compile_model
+from streaming.scoring import StreamScorer
 from streaming.sources import folder_frame
 
 
 def _scored_both_ways(spark, frame, model):
     out = {}
     for engine in ("python", "spark"):
-        table = score(frame, model, engine=engine).drop("processing_time").toPandas().sort_values("origin")
+        table = StreamScorer(engine).score(frame, model).drop("processing_time").toPandas().sort_values("origin")
         out[engine] = table.reset_index(drop=True)
     return out["python"], out["spark"]
 
@@ -63,11 +63,11 @@ def test_python_and_spark_scoring_give_the_same_rows(spark, trained_model_dir, i
 
 def test_spark_only_model_is_scored_in_the_jvm_and_python_engine_refuses_it(spark, trained_model_dir):
     rf = load_model(trained_model_dir, which="random_forest")
-    assert local_model(rf) is None
-    assert local_model(load_model(trained_model_dir, which="logreg")) is not None
+    assert compile_model(rf) is None and Scorer(rf).engine == "spark"
+    assert compile_model(load_model(trained_model_dir, which="logreg")) is not None
     frame = spark.createDataFrame([("folder", "x", "file:/nonexistent/x.png", None, None)],
                                   "source string, origin string, path string, kafka_key string, headers map<string,string>")
     with pytest.raises(ConfigError, match="run only in Spark"):
-        score(frame, rf, engine="python")
-    row = score(frame.selectExpr("*", "current_timestamp() as event_time"), rf, engine="auto").collect()[0]
+        StreamScorer("python").score(frame, rf)
+    row = StreamScorer("auto").score(frame.selectExpr("*", "current_timestamp() as event_time"), rf).collect()[0]
     assert row["error_code"] == "read_error" and row["label"] is None
