@@ -1,0 +1,203 @@
+"""The docs are tests: every shell block of README.md and docs/*.md runs exactly as written.
+
+``python -m pytest -m slow tests/test_docs.py`` runs each ``bash``/``sh``/``console`` block as a
+user following the page top to bottom would: the blocks of one page in order, in one fresh
+temporary folder, with the project's console scripts on PATH. Test ids are ``FILE:LINE`` of the
+opening fence; selecting one block (``-k 'README.md:91'``) runs the blocks above it first.
+
+Substituted, and nothing else (``tests/doc_blocks.py`` has the details and the conventions):
+- the ports the docs write (9092, 29092, 8050, 8060, 7077, 8080) become free ports, one per
+  documented port for the whole run, so the docs keep the familiar numbers;
+- ``../shared/datasets/`` (the real memes beside the repository) becomes its absolute path;
+  such a block is skipped when the data set is absent.
+
+A block the tests cannot run says why in a visible italic line before it
+(``*Not run by the docs tests: <reason>*``) and is reported skipped with that reason (``-ra``).
+Commands that keep running (a comment saying "Ctrl-C", or a trailing ``&``) are started, waited
+for until ready, and stopped at the end of their page, where their exit is checked.
+
+The fast tests here keep the Markdown honest without running it: every fence has a language,
+Python blocks compile and their imports resolve, and the flags of blocks that are not run parse.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import re
+import shlex
+import tomllib
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tests.doc_blocks import (
+    DOC_PORTS,
+    ROOT,
+    SHARED_DATASETS,
+    Block,
+    BlockFailed,
+    DocRun,
+    all_blocks,
+    free_port,
+    split_commands,
+)
+
+BLOCKS = all_blocks()
+SHELL_BLOCKS = [b for b in BLOCKS if b.is_shell]
+SCRIPTS: dict[str, str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def _skip_reason(block: Block) -> str | None:
+    if block.skip_reason:
+        return block.skip_reason
+    if SHARED_DATASETS in block.text and not SHARED_DATA.is_dir():
+        return f"needs the shared data set, not found at {SHARED_DATA}"
+    return None
+
+
+def _last_run_block() -> dict[str, str]:
+    last: dict[str, str] = {}
+    for b in SHELL_BLOCKS:
+        if _skip_reason(b) is None:
+            last[b.doc] = b.id
+    return last
+
+
+LAST_RUN = _last_run_block()
+
+
+@pytest.fixture(scope="module")
+def doc_runs(tmp_path_factory):
+    """One :class:`DocRun` per page, made when its first block runs; leftovers stopped at the end."""
+    ports = {p: free_port() for p in DOC_PORTS}
+    runs: dict[str, DocRun] = {}
+
+    def get(doc: str) -> DocRun:
+        if doc not in runs:
+            folder = tmp_path_factory.mktemp(re.sub(r"\W", "-", doc))
+            runs[doc] = DocRun(doc, folder, ports, SHARED_DATA.parent)
+        return runs[doc]
+
+    yield get
+    for run in runs.values():
+        run.stop(check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", SHELL_BLOCKS, ids=lambda b: b.id)
+def test_shell_block_runs_as_written(block: Block, doc_runs):
+    reason = _skip_reason(block)
+    if reason:
+        pytest.skip(reason)
+    run = doc_runs(block.doc)
+    failure = None
+    try:
+        for earlier in SHELL_BLOCKS:  # a page is followed in order: blocks above this one not yet run go first
+            if earlier is block:
+                break
+            if earlier.doc == block.doc and earlier.id not in run.attempted and _skip_reason(earlier) is None:
+                run.run(earlier)
+    except BlockFailed as exc:
+        failure = f"an earlier block of the page failed, so this one cannot run as documented:\n{exc}"
+    if failure is None:
+        try:
+            run.run(block)
+        except BlockFailed as exc:
+            failure = str(exc)
+    if LAST_RUN.get(block.doc) == block.id:  # the end of the page: stop what it left running, check it
+        try:
+            run.stop(check=True)
+        except BlockFailed as exc:
+            failure = f"{failure}\n\n{exc}" if failure else str(exc)
+    if failure:
+        pytest.fail(failure, pytrace=False)
+
+
+def test_every_fence_names_its_language():
+    """An unlabelled fence could hide commands from the tests: ``text`` marks what is not code."""
+    unlabelled = [b.id for b in BLOCKS if not b.lang]
+    assert not unlabelled, f"fences without a language (use bash, python or text): {unlabelled}"
+
+
+def test_docs_have_shell_blocks_and_skips_are_few():
+    assert len(SHELL_BLOCKS) >= 10
+    skipped = [b.id for b in SHELL_BLOCKS if b.skip_reason]
+    assert len(skipped) <= len(SHELL_BLOCKS) // 3, f"most shell blocks should run, not run: {skipped}"
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "python"], ids=lambda b: b.id)
+def test_python_block_compiles_and_its_imports_resolve(block: Block):
+    """Python blocks use names a reader fills in (a broker, image bytes); their syntax and imports must hold."""
+    tree = ast.parse(block.text, filename=block.id)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module or "")
+            missing = [a.name for a in node.names if not hasattr(module, a.name)]
+            assert not missing, f"{block.id}: {node.module} has no {missing}"
+
+
+class _ParseError(Exception):
+    pass
+
+
+def _parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """The argparse parser of a console script (``meme-x``) or ``python -m module``, and its arguments."""
+    if argv and argv[0] in SCRIPTS:
+        module = SCRIPTS[argv[0]].split(":")[0]
+        args = argv[1:]
+    elif argv[:2] == ["python", "-m"] and len(argv) > 2:
+        module, args = argv[2], argv[3:]
+        if importlib.util.find_spec(module) is None:
+            raise AssertionError(f"no module {module}")
+        if importlib.util.find_spec(module).submodule_search_locations:
+            module += ".__main__"
+    else:
+        return None
+    mod = importlib.import_module(module)
+    build = getattr(mod, "build_parser", None)
+    return (build(), args) if build else None
+
+
+NOT_RUN = [b for b in SHELL_BLOCKS if b.skip_reason]
+
+
+@pytest.mark.parametrize("block", NOT_RUN, ids=lambda b: b.id)
+def test_commands_of_blocks_not_run_exist_and_their_flags_parse(block: Block):
+    """What the tests cannot run is at least checked against the code: the program and its flags.
+
+    ``...`` stands for flags left out; a missing required flag is fine, an unknown flag or a bad
+    value is not.
+    """
+    checked, problems = 0, []
+    for cmd in split_commands(block):
+        code = cmd.code.rstrip("&").replace("\\\n", " ")  # a backslash-newline only continues the line
+        for part in re.split(r"&&|\|\||;|\|", code):
+            try:
+                argv = [a for a in shlex.split(part) if a != "..."]
+            except ValueError:
+                continue
+            while argv and re.match(r"^\w+=", argv[0]):
+                argv = argv[1:]
+            found = _parser_for(argv)
+            if found is None:
+                continue
+            parser, args = found
+
+            def error(message: str, parser=parser) -> None:
+                raise _ParseError(message)
+
+            parser.error = error  # type: ignore[method-assign]
+            try:
+                parser.parse_args(args)
+            except _ParseError as exc:
+                if "the following arguments are required" not in str(exc):
+                    problems.append(f"`{part.strip()}`: {exc}")
+            checked += 1
+    assert not problems, f"{block.id}: " + "\n".join(problems)
+    if not checked:
+        pytest.skip("no command of this project in the block (its programs are not ours)")
