@@ -33,6 +33,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from tests.doc_blocks import (
+    DOCS,
     DOC_PORTS,
     ROOT,
     SHARED_DATASETS,
@@ -201,3 +202,31 @@ def test_commands_of_blocks_not_run_exist_and_their_flags_parse(block: Block):
     assert not problems, f"{block.id}: " + "\n".join(problems)
     if not checked:
         pytest.skip("no command of this project in the block (its programs are not ours)")
+
+
+_REPO_PATH = re.compile(r"^(?:batch_training|bench|docs|memestream|producers|streaming|tests|\.ci)/[\w./-]*$")
+
+
+def test_repository_files_the_docs_cite_are_in_the_repository():
+    """A cited file (`tests/test_cluster.py`, `docs/results/x.json`) must be tracked: a gitignored or
+    deleted one sends the reader nowhere. Paths with placeholders (`<time>`, `*`) and ignored
+    folders (`bench/results/`) describe where outputs go, and are not checked."""
+    import subprocess
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+    if not tracked:
+        pytest.skip("not a git checkout")
+    missing = []
+    for doc in DOCS:
+        for no, line in enumerate((ROOT / doc).read_text().splitlines(), 1):
+            for token in re.findall(r"`([^`\s]+)`", line):
+                if not _REPO_PATH.match(token):
+                    continue
+                inside = token.rstrip("/") + "/"
+                found = token in tracked or any(t.startswith(inside) for t in tracked)
+                if not found and (token.endswith("/") or "." not in token.rsplit("/", 1)[-1]):
+                    # an output folder the repository ignores (`bench/results/`) is fine
+                    found = subprocess.run(["git", "check-ignore", "-q", inside + "x"], cwd=ROOT).returncode == 0
+                if not found:
+                    missing.append(f"{doc}:{no}: `{token}`")
+    assert not missing, "files cited by the docs that are not in the repository:\n" + "\n".join(missing)
