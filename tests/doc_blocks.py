@@ -40,7 +40,7 @@ SHELL_LANGS = frozenset({"bash", "sh", "shell", "console"})
 SKIP_NOTE = re.compile(r"^\*Not run by the docs tests: (?P<reason>.+)\*$")
 #: Ports the docs write literally; each is replaced by a free port.
 DOC_PORTS = (9092, 29092, 8050, 8060, 7077, 8080)
-_PORT_RE = re.compile(r"(?<![\d.])(" + "|".join(map(str, DOC_PORTS)) + r")(?!\d)")
+_PORT_RE = re.compile(r"(?<![\w.])(" + "|".join(map(str, DOC_PORTS)) + r")(?!\w)")
 SHARED_DATASETS = "../shared/datasets/"
 _READY = re.compile(r"\b(ready|started)\b", re.I)
 READY_TIMEOUT_S = 300.0

@@ -230,3 +230,29 @@ def test_repository_files_the_docs_cite_are_in_the_repository():
                 if not found:
                     missing.append(f"{doc}:{no}: `{token}`")
     assert not missing, "files cited by the docs that are not in the repository:\n" + "\n".join(missing)
+
+
+def test_commands_are_split_as_bash_reads_them():
+    text = ("meme-broker --port 9092 &   # kill %1 stops it\n"
+            "meme-query --output out \"SELECT 1 # not a comment\n  FROM t\"\n"
+            "# a comment line\n"
+            "meme-train --data d \\\n    --model-dir m   # two lines\n"
+            "meme-dashboard --output o     # http://127.0.0.1:8050; Ctrl-C stops\n"
+            "a && b\n")
+    cmds = split_commands(Block("x.md", 1, "bash", text))
+    assert [c.code for c in cmds] == [
+        "meme-broker --port 9092 &", 'meme-query --output out "SELECT 1 # not a comment\n  FROM t"', "",
+        "meme-train --data d \\\n    --model-dir m", "meme-dashboard --output o", "a && b"]
+    assert [(c.background, c.keeps_running) for c in cmds if c.code] == [
+        (True, False), (False, False), (False, False), (False, True), (False, False)]
+    console = split_commands(Block("x.md", 1, "console", "$ meme-sample --out d\nwrote 120 images\n$ ls d\n"))
+    assert [c.code for c in console] == ["meme-sample --out d", "ls d"]
+
+
+def test_documented_ports_become_free_ports_and_shared_data_its_absolute_path(tmp_path):
+    run = DocRun("x.md", tmp_path, {}, tmp_path / "datasets")
+    out = run.substitute("meme-broker --port 9092 & meme-publish --bootstrap-servers 127.0.0.1:9092 "
+                         "../shared/datasets/doom-crossing --per-class 19092 --heap 8050m")
+    port = run.ports[9092]
+    assert out == (f"meme-broker --port {port} & meme-publish --bootstrap-servers 127.0.0.1:{port} "
+                   f"{tmp_path}/datasets/doom-crossing --per-class 19092 --heap 8050m")
