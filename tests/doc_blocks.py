@@ -10,15 +10,18 @@ What the Markdown promises, and how it is kept (``tests/test_docs.py``):
 - A command that keeps running says so in its comment with "Ctrl-C" (``meme-dashboard ...  #
   ...; Ctrl-C stops``); a command ending in ``&`` runs in the background. Either one is started
   in its own process group (as if in a second terminal), waited for until it is ready (a port it
-  names accepts connections, or it printed a line saying "ready" or "started"), and the next
+  names accepts connections, or it printed "ready", "started" or "Ctrl-C to stop"), and the next
   commands run beside it. At the end of the page it is stopped as a user would: Ctrl-C (SIGINT)
-  for a foreground command, ``kill %1`` (SIGTERM) for a background one; it must not have failed.
+  for a foreground command, ``kill %1`` (SIGTERM) for a background one; it must not have failed
+  nor printed a traceback through the project's code.
 - The blocks of one page run in order, in one fresh temporary folder, each in a new ``bash``
   with ``set -eo pipefail``; exported variables and the working directory carry over from one
   block to the next, as in one terminal.
 - Only these are substituted: the ports in :data:`DOC_PORTS` by free ports (one free port per
-  documented port, the same in every block), and ``../shared/datasets/`` (the real memes beside
-  the repository) by its absolute path; a block naming it is skipped when the data set is absent.
+  documented port, the same in every block; a documented port that is a program's default
+  reaches it through its environment fallback, :data:`PORT_ENV`), and ``../shared/datasets/``
+  (the real memes beside the repository) by its absolute path; a block naming it is skipped
+  when the data set is absent.
 """
 from __future__ import annotations
 
@@ -42,7 +45,9 @@ SKIP_NOTE = re.compile(r"^\*Not run by the docs tests: (?P<reason>.+)\*$")
 DOC_PORTS = (9092, 29092, 8050, 8060, 7077, 8080)
 _PORT_RE = re.compile(r"(?<![\w.])(" + "|".join(map(str, DOC_PORTS)) + r")(?!\w)")
 SHARED_DATASETS = "../shared/datasets/"
-_READY = re.compile(r"\b(ready|started)\b", re.I)
+_READY = re.compile(r"\b(ready|started)\b|Ctrl-C to stop", re.I)
+#: Documented ports that are also a program's default, moved through its environment fallback.
+PORT_ENV = {9092: "MEMESTREAM_BROKER_PORT", 8050: "MEMESTREAM_DASHBOARD_PORT"}
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 90.0
 #: Environment variables of the test run a user would not have set (the conftest sets some).
@@ -241,6 +246,8 @@ class DocRun:
         env.setdefault("PYSPARK_PYTHON", sys.executable)
         env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         env.pop("PYTEST_CURRENT_TEST", None)
+        for port, var in PORT_ENV.items():  # `meme-dashboard` without --port serves on the free port too
+            env[var] = str(self.ports.setdefault(port, free_port()))
         self.env = self.env or env
 
     def substitute(self, text: str) -> str:
@@ -302,7 +309,7 @@ class DocRun:
         out.close()
         started = Process(block, text, proc, log, signal.SIGTERM if cmd.background else signal.SIGINT)
         self.processes.append(started)
-        ports = [self.ports[p] for p in DOC_PORTS if p in self.ports and str(self.ports[p]) in code]
+        ports = [self.ports[p] for p in DOC_PORTS if p in self.ports and str(self.ports[p]) in text]
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             rc = proc.poll()
@@ -315,7 +322,7 @@ class DocRun:
                 return
             if time.monotonic() > deadline:
                 raise BlockFailed(f"{block.id}: `{text.strip()}` not ready after {READY_TIMEOUT_S:.0f} s "
-                                  f"(no port of {ports} open, no 'ready'/'started' line):\n{_tail(log)}")
+                                  f"(no port of {ports} open, no line saying it is ready):\n{_tail(log)}")
             time.sleep(0.2)
 
     def stop(self, check: bool = True) -> None:
@@ -340,11 +347,24 @@ class DocRun:
             if rc not in stopped_codes:
                 how = f"stopped by {p.stop_signal.name}" if alive else "ended by itself"
                 problems.append(f"{p.block.id}: `{p.command.strip()}` {how} with exit code {rc}:\n{_tail(p.log)}")
-            elif "Traceback (most recent call last)" in text:
-                problems.append(f"{p.block.id}: `{p.command.strip()}` printed a Python traceback:\n{_tail(p.log, 80)}")
+            elif _our_traceback(text):
+                problems.append(f"{p.block.id}: `{p.command.strip()}` printed a traceback through the project's "
+                                f"code:\n{_our_traceback(text)}")
         self.processes.clear()
         if check and problems:
             raise BlockFailed("\n\n".join(problems))
+
+
+def _our_traceback(text: str) -> str:
+    """The first Python traceback in ``text`` that passes through this repository's code, or ''.
+
+    (PySpark's worker daemon prints BrokenPipeError tracebacks of its own when Spark drops idle
+    workers; those are not the project's to fix.)"""
+    for m in re.finditer(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)+.*", text):
+        files = re.findall(r'File "([^"]+)"', m.group(0))
+        if any(f.startswith(f"{ROOT}/") and "site-packages" not in f for f in files):
+            return m.group(0)
+    return ""
 
 
 def _killpg(proc: subprocess.Popen, sig: int) -> None:

@@ -7,7 +7,9 @@ opening fence; selecting one block (``-k 'README.md:91'``) runs the blocks above
 
 Substituted, and nothing else (``tests/doc_blocks.py`` has the details and the conventions):
 - the ports the docs write (9092, 29092, 8050, 8060, 7077, 8080) become free ports, one per
-  documented port for the whole run, so the docs keep the familiar numbers;
+  documented port for the whole run, so the docs keep the familiar numbers (``meme-broker``
+  and ``meme-dashboard`` get theirs through MEMESTREAM_BROKER_PORT / MEMESTREAM_DASHBOARD_PORT
+  when a block relies on their default port);
 - ``../shared/datasets/`` (the real memes beside the repository) becomes its absolute path;
   such a block is skipped when the data set is absent.
 
@@ -91,7 +93,7 @@ def doc_runs(tmp_path_factory):
 def test_shell_block_runs_as_written(block: Block, doc_runs):
     reason = _skip_reason(block)
     if reason:
-        pytest.skip(reason)
+        pytest.skip(f"{block.id}: {reason}")
     run = doc_runs(block.doc)
     failure = None
     try:
@@ -256,3 +258,14 @@ def test_documented_ports_become_free_ports_and_shared_data_its_absolute_path(tm
     port = run.ports[9092]
     assert out == (f"meme-broker --port {port} & meme-publish --bootstrap-servers 127.0.0.1:{port} "
                    f"{tmp_path}/datasets/doom-crossing --per-class 19092 --heap 8050m")
+
+
+def test_a_traceback_counts_only_when_it_runs_through_the_project(tmp_path):
+    from tests.doc_blocks import _our_traceback
+
+    pyspark = ('Traceback (most recent call last):\n  File "/x/site-packages/pyspark/daemon.py", line 95, in worker\n'
+               "BrokenPipeError: [Errno 32] Broken pipe\n")
+    ours = (f'Traceback (most recent call last):\n  File "{ROOT}/streaming/query.py", line 9, in run\n    stop()\n'
+            "KeyError: 'x'\n")
+    assert _our_traceback(pyspark) == ""
+    assert "KeyError" in _our_traceback("log line\n" + pyspark + ours)
