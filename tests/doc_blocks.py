@@ -111,7 +111,6 @@ def all_blocks(root: Path = ROOT) -> list[Block]:
 class Command:
     """One logical shell command: its text as written (continuation lines joined), code and comment."""
 
-    line: int  # line inside the block (0-based)
     text: str
     code: str
     comment: str
@@ -146,7 +145,9 @@ def split_commands(block: Block) -> list[Command]:
                 kept.append("")
         text = "\n".join(kept) + "\n"
     commands: list[Command] = []
-    start, code, comment, quote, line_no = 0, [], [], None, 0
+    code: list[str] = []
+    comment: list[str] = []
+    quote = None
     i = 0
     while i < len(text):
         ch = text[i]
@@ -157,10 +158,8 @@ def split_commands(block: Block) -> list[Command]:
                 i += 1
             elif ch == quote:
                 quote = None
-            line_no += ch == "\n"
         elif ch == "\\" and i + 1 < len(text):
             code.append(ch + text[i + 1])
-            line_no += text[i + 1] == "\n"
             i += 1
         elif ch in "'\"":
             quote = ch
@@ -172,16 +171,14 @@ def split_commands(block: Block) -> list[Command]:
             i = end - 1
         elif ch == "\n":
             if "".join(code).strip() or comment:
-                commands.append(Command(start, "".join(code) + (f"  # {' '.join(comment)}" if comment else ""),
+                commands.append(Command("".join(code) + (f"  # {' '.join(comment)}" if comment else ""),
                                         "".join(code).strip(), " ".join(comment)))
             code, comment = [], []
-            line_no += 1
-            start = line_no
         else:
             code.append(ch)
         i += 1
     if "".join(code).strip():
-        commands.append(Command(start, "".join(code), "".join(code).strip(), " ".join(comment)))
+        commands.append(Command("".join(code), "".join(code).strip(), " ".join(comment)))
     return commands
 
 
@@ -230,7 +227,7 @@ class DocRun:
     workdir: Path
     ports: dict[int, int]
     shared_datasets: Path
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict, init=False)
     processes: list[Process] = field(default_factory=list)
     attempted: set[str] = field(default_factory=set)
     _n: int = 0
@@ -248,7 +245,7 @@ class DocRun:
         env.pop("PYTEST_CURRENT_TEST", None)
         for port, var in PORT_ENV.items():  # `meme-dashboard` without --port serves on the free port too
             env[var] = str(self.ports.setdefault(port, free_port()))
-        self.env = self.env or env
+        self.env = env
 
     def substitute(self, text: str) -> str:
         """Free ports for the documented ones; the real data set's absolute path for ``../shared/datasets/``."""
@@ -314,6 +311,7 @@ class DocRun:
         while True:
             rc = proc.poll()
             if rc is not None:
+                self.processes.remove(started)  # ended: nothing to stop at the end of the page
                 if rc != 0:
                     raise BlockFailed(f"{block.id}: `{text.strip()}` exited with code {rc} before it was ready:\n"
                                       f"{_tail(log)}")

@@ -19,7 +19,15 @@ Commands that keep running (a comment saying "Ctrl-C", or a trailing ``&``) are 
 for until ready, and stopped at the end of their page, where their exit is checked.
 
 The fast tests here keep the Markdown honest without running it: every fence has a language,
-Python blocks compile and their imports resolve, and the flags of blocks that are not run parse.
+Python blocks compile and their imports resolve, the flags of blocks that are not run parse, and
+the repository files the docs cite exist.
+
+Why not pytest-examples or phmdoctest: both install and run under pytest 9, but both collect
+only Python fences (pytest-examples' ``find_examples`` keeps ``py``/``python``/``pycon`` blocks;
+phmdoctest turns Python blocks into a test file, with setup in invisible HTML comments), so
+neither runs a shell block, starts a server or follows a page in one folder. The Python blocks
+in docs/kafka.md are fragments with names the reader fills in (a broker, the image bytes), so
+running them would need hidden setup; they are compiled and their imports resolved instead.
 """
 from __future__ import annotations
 
