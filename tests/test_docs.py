@@ -158,7 +158,8 @@ class _ParseError(Exception):
 
 def _parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
     """The argparse parser of a console script (``meme-x``) or ``python -m module``, and its arguments."""
-    if argv and argv[0] in SCRIPTS:
+    if argv and argv[0].startswith("meme-"):
+        assert argv[0] in SCRIPTS, f"no console script {argv[0]} (pyproject.toml has {sorted(SCRIPTS)})"
         module = SCRIPTS[argv[0]].split(":")[0]
         args = argv[1:]
     elif argv[:2] == ["python", "-m"] and len(argv) > 2:
