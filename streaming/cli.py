@@ -210,12 +210,14 @@ def _spark(args: argparse.Namespace, app: str, conf: dict[str, str] | None = Non
 def _demo(args: argparse.Namespace) -> int:
     """``--demo``: the flags as usual, plus a broker started for a Kafka demo without one."""
     # Lazy: the demo pulls in Spark, training and the stream; --help and flag errors stay fast.
-    from streaming.demo import DEMO_TOPIC, demo_broker, run_demo
+    from streaming.demo import DEMO_TOPIC, demo_broker, own_broker_checkpoint, run_demo
 
     kafka_broker = args.source == "kafka" and not args.bootstrap_servers
     with demo_broker() if kafka_broker else contextlib.nullcontext(args.bootstrap_servers) as bootstrap:
         kafka = kafka_config_from_args(args, bootstrap, args.topic or DEMO_TOPIC) if args.source == "kafka" else None
         cfg = config_from_args(args, kafka)
+        if kafka_broker and not args.checkpoint:
+            cfg = own_broker_checkpoint(cfg)
         return run_demo(_spark(args, "meme-stream-demo"), cfg, sample_dir=absolute(Path(args.data_dir)) / "sample")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +68,19 @@ def demo_broker() -> Iterator[str]:
     with start_broker() as broker:
         print(f"demo: started a local Apache Kafka broker on {broker.bootstrap}", file=sys.stderr)
         yield broker.bootstrap
+
+
+def own_broker_checkpoint(cfg: StreamConfig) -> StreamConfig:
+    """The stream of a broker the demo started keeps its offsets in a fresh checkpoint of its own.
+
+    That broker and its records are gone after the demo: offsets left in the default
+    ``DATA_DIR/checkpoints/kafka`` made the next stream on a real topic skip as many records
+    (the README's Kafka commands classified nothing after the demo), and the next demo, on a
+    new empty broker, waited forever for records it had already counted.
+    """
+    checkpoint = cfg.checkpoint.parent / "kafka-demo"
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return replace(cfg, checkpoint=checkpoint)
 
 
 def feed(cfg: StreamConfig, inputs: dict[str, bytes]) -> None:
