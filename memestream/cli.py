@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import contextlib
 import os
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 from memestream.errors import MemestreamError
 
@@ -81,6 +84,33 @@ def one_line(exc: BaseException) -> str:
         if line and not line.startswith(("at ", "Traceback", "JVM stacktrace")):
             return line[:500]
     return type(exc).__name__
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set the yielded event instead of raising ``KeyboardInterrupt``.
+
+    Why: a native library running on the main thread (DuckDB, Py4J) can swallow a
+    ``KeyboardInterrupt`` as its own "query interrupted" error, so a server that relies on
+    the exception may never stop. The event cannot be swallowed. Previous handlers come back
+    on exit.
+    """
+    stop = threading.Event()
+    caught: dict[int, int] = {}
+
+    def _handler(signum: int, _frame: object) -> None:
+        caught.setdefault(signum, 0)
+        caught[signum] += 1
+        if caught[signum] > 1:  # a second Ctrl-C means "now"
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

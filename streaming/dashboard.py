@@ -40,7 +40,7 @@ from typing import Any, Sequence
 from urllib.parse import unquote, urlsplit
 
 from memestream.abspath import absolute_fields
-from memestream.cli import add_common_flags, env_flag, positive_float, run_main
+from memestream.cli import add_common_flags, env_flag, positive_float, run_main, stop_signals
 from memestream.errors import ConfigError
 from memestream.hidden import is_dot_hidden
 from streaming.dashboard_data import Snapshots
@@ -354,14 +354,24 @@ def serve(config: DashboardConfig) -> DashboardServer:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    server = serve(config)
-    if config.host not in LOOPBACK:
-        log.warning("listening on %s: anyone who can reach this address can read the dashboard", config.host)
-    print(f"meme-dashboard: {server.url} (output {config.output}, images from {config.data_dir}); Ctrl-C to stop", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.5)
-    finally:
-        server.server_close()
+    with stop_signals() as stop:  # DuckDB on the main thread would swallow a KeyboardInterrupt
+        server = serve(config)
+        try:
+            if stop.is_set():  # Ctrl-C while the first snapshot was read
+                return 130
+            if config.host not in LOOPBACK:
+                log.warning("listening on %s: anyone who can reach this address can read the dashboard", config.host)
+            print(f"meme-dashboard: {server.url} (output {config.output}, images from {config.data_dir}); Ctrl-C to stop",
+                  flush=True)
+            serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                       name="dashboard-http", daemon=True)
+            serving.start()
+            while not stop.wait(1.0) and serving.is_alive():
+                pass
+            server.shutdown()
+        finally:
+            server.server_close()
+    print("meme-dashboard: stopped", flush=True)
     return 0
 
 
