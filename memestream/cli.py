@@ -43,24 +43,23 @@ def env_flag(parser: argparse.ArgumentParser, *names: str, envvar: str, **kwargs
     return parser.add_argument(*names, action=EnvDefault, envvar=envvar, **kwargs)
 
 
-def positive_int(text: str) -> int:
+def _positive(text: str, kind: type, noun: str):
+    """``text`` as a ``kind`` above zero, or an argparse error saying what was expected."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {noun}, found {text!r}") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+        raise argparse.ArgumentTypeError(f"expected {noun}, found {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _positive(text, int, "a positive integer")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {value}")
-    return value
+    return _positive(text, float, "a positive number")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
