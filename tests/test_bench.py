@@ -383,3 +383,20 @@ def test_a_failing_meme_train_is_one_clear_error_not_another_model(tmp_path, mon
         assert len(runs) == 1 and not (ctx.tmp / "model").exists()  # no model fitted in its place
     finally:
         ctx.close()
+
+
+def test_query_scenario_writes_a_delta_table_and_times_a_cold_duckdb_query(tmp_path):
+    """bench.query's folder is a Delta table in the contract's schema; meme-query answers over it cold."""
+    from deltalake import DeltaTable
+
+    from bench.query import cold_query, write_output
+    from streaming.schema import PREDICTIONS, arrow_schema, read_table
+
+    out = write_output(tmp_path / "out", 330, batch_rows=33)
+    assert DeltaTable(str(out / PREDICTIONS)).version() == 9  # one commit per batch
+    table = read_table(out, PREDICTIONS)
+    assert table.num_rows == 330 and table.schema.names == arrow_schema(PREDICTIONS).names
+    wall, cpu = cold_query("duckdb", out)
+    assert 0 < wall < 60 and cpu > 0
+    wall, _ = cold_query("duckdb", out, extra=["--as-of", "4"])
+    assert wall > 0

@@ -7,7 +7,6 @@ import pyarrow as pa
 import pytest
 
 from memestream.errors import DataError
-from streaming.batch import build_tables
 from streaming.counts import WindowSpec
 from streaming.schema import (
     CLASS_COUNTS,
@@ -15,10 +14,8 @@ from streaming.schema import (
     QUARANTINE,
     TABLES,
     arrow_schema,
-    batch_of,
     column_names,
     ddl,
-    part_name,
     read_table,
     table_dir,
 )
@@ -45,6 +42,8 @@ def _scored(rows: int = 2) -> pa.Table:
 
 
 def test_the_writer_builds_exactly_the_defined_columns():
+    from streaming.batch import build_tables  # the writer (being rewritten for Delta): imported here only
+
     tables, marker = build_tables(_scored(), 7, WindowSpec(600, 60, 3600), None, [None, "/q/b000007-y.png"])
     for name in TABLES:
         assert tables[name].column_names == [*column_names(name), "date"], name
@@ -65,14 +64,20 @@ def test_pyarrow_reader_gives_the_columns_of_an_empty_table(tmp_path):
     assert table_dir(tmp_path, CLASS_COUNTS) == tmp_path / "class_counts"
 
 
-def test_part_names_round_trip():
-    assert part_name(12, "folder_1a2b3c") == "part-folder_1a2b3c-0000000012.parquet"
-    assert batch_of(part_name(12, "folder_1a2b3c")) == ("folder_1a2b3c", 12)
-    assert batch_of("part-x-12.parquet") is None and batch_of(".part-main-0000000001.parquet.tmp") is None
+def test_read_table_reads_a_delta_table_at_a_version(tmp_path, delta_output):
+    rows = [{"image_id": "a" * 64, "event_time": datetime(2026, 11, 27, 12, tzinfo=timezone.utc), "label": "doom", "writer": "main"}]
+    assert delta_output(tmp_path, PREDICTIONS, rows) == 0
+    assert delta_output(tmp_path, PREDICTIONS, rows) == 1
+    assert read_table(tmp_path, PREDICTIONS).num_rows == 2
+    first = read_table(tmp_path, PREDICTIONS, version=0)
+    assert first.num_rows == 1 and first.schema.names == arrow_schema(PREDICTIONS).names
+    assert first.column("date").to_pylist() == [datetime(2026, 11, 27).date()]
     assert PREDICTIONS in TABLES
 
 
 def test_rejected_out_of_distribution_rows_count_as_unknown_not_as_a_class():
+    from streaming.batch import build_tables
+
     scored = _scored()
     labels = scored.column("label").to_pylist()
     codes = scored.column("error_code").to_pylist()
