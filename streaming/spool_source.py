@@ -206,11 +206,14 @@ class SpoolStreamReader(DataSourceStreamReader):
                 log.info("spool %s: available-now target sequence %d (%d file(s) waiting)",
                          self.spool, self._target, len(files))
             files = [f for f in files if f[0] <= self._target][:self.max_files]
-            end = files[-1][0] if files else begin
+            ceiling = self._target
         else:
-            files, _ = self._list(begin)
+            files, ceiling = self._list(begin)
             files = files[:self.max_files]
-            end = files[-1][0] if files else begin
+        # Nothing waiting: answer the sequence's high-water mark (nothing lies between the position
+        # and it, as listing and renaming into the spool share one lock), never a number below a
+        # position Spark has not told this reader yet (before a restart's first planned batch).
+        end = files[-1][0] if files else max(begin, ceiling)
         self._advance(end)
         return {"seq": end}
 

@@ -87,8 +87,12 @@ def upkeep_table(spark, uri: str, table: str, config: UpkeepConfig, today: date 
         since = today - timedelta(days=OPTIMIZE_DAYS)
         spark.sql(f"OPTIMIZE delta.`{uri}` WHERE date >= DATE'{since.isoformat()}'").collect()
     if config.vacuum:
-        rows = spark.sql(f"VACUUM delta.`{uri}` LITE").collect()
-        result.vacuumed = len(rows)
+        # VACUUM answers with the table's path only; the files it deleted are in its VACUUM END commit
+        before = int(spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 1").collect()[0]["version"])
+        spark.sql(f"VACUUM delta.`{uri}` LITE").collect()
+        ends = (spark.sql(f"DESCRIBE HISTORY delta.`{uri}` LIMIT 50")
+                .where(f"version > {before} AND operation = 'VACUUM END'").collect())
+        result.vacuumed = sum(int((r["operationMetrics"] or {}).get("numDeletedFiles") or 0) for r in ends)
     result.files_after = _files(spark, uri)
     result.seconds = time.monotonic() - started
     return result
@@ -166,7 +170,7 @@ class StreamUpkeep:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if final_pass and self.due():
+        if final_pass and self.committed() > self._last_batches:  # anything recorded since the last pass
             self.run_once()
 
 
@@ -240,9 +244,12 @@ def config_from_args(args: argparse.Namespace) -> UpkeepConfig:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from memestream.spark import build_spark
+    from memestream.spark import session_for, stop_spark
+    from streaming.schema import check_output_dir
 
-    spark = build_spark("meme-compact", master=args.master)
+    check_output_dir(config.output)  # a mistyped --output: one line, before Spark starts
+
+    spark, created = session_for("meme-compact", master=args.master)
     try:
         if args.convert:
             done = convert_output(spark, config.output)
@@ -256,7 +263,8 @@ def _run(args: argparse.Namespace) -> int:
                   f"{r.table}: {r.files_before} -> {r.files_after} files, {r.deleted_rows} old rows deleted ({r.seconds:.1f}s)")
         return 0
     finally:
-        spark.stop()
+        if created:
+            stop_spark(spark)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

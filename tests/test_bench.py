@@ -118,7 +118,7 @@ def _synthetic_samples(n_images: int, grow: bool, slow_down: bool) -> tuple[list
         samples.append({
             "t_s": t, "images": i, "jvm_live_heap_mib": 80.0 + (i / 1000 if grow else 0), "driver_jvm": 500.0,
             "python_driver": 200.0, "python_workers": 300.0, "rss_mib": 1000.0,
-            "output_files": 30 + (i // 100 if grow else 0), "checkpoint_files": 40, "checkpoint_bytes": 50_000,
+            "output_files": 30 + (i // 100 if grow else 0), "delta_log_files": 25, "checkpoint_files": 40, "checkpoint_bytes": 50_000,
             "spool_files": 3000 if i < n_images else 0,
         })
         progress.append((t, i))
@@ -182,7 +182,7 @@ def test_longrun_quick_run_counts_every_image_and_writes_json_and_plot(spark, tm
     assert saved["stop"]["graceful"] and saved["stop"]["exit_code"] == 0
     assert saved["stream_command"][-1] == "--no-ui"  # pass-through flags reach meme-stream, last
     last = saved["samples"][-1]
-    assert last["images"] == 300 and last["spool_files"] == 0 and last["output_markers"] >= 1
+    assert last["images"] == 300 and last["spool_files"] == 0 and last["delta_log_files"] >= 1
     for key in ("driver_jvm", "python_driver", "rss_mib", "output_files", "output_bytes", "checkpoint_files",
                 "checkpoint_bytes", "spool_bytes", "inbox_files", "t_s", "fed"):
         assert key in last, key
@@ -400,3 +400,25 @@ def test_query_scenario_writes_a_delta_table_and_times_a_cold_duckdb_query(tmp_p
     assert 0 < wall < 60 and cpu > 0
     wall, _ = cold_query("duckdb", out, extra=["--as-of", "4"])
     assert wall > 0
+
+
+def test_upkeep_bench_records_batches_with_and_without_the_upkeep_thread(spark, monkeypatch, capsys):
+    """bench.upkeep on the test session: the upkeep run ends with the predictions compacted to one
+    file per date and VACUUMed, the run without it keeps every small file; the log stays checkpointed."""
+    import bench.upkeep as upkeep_bench
+
+    results = []
+    real = upkeep_bench.measure
+    monkeypatch.setattr(upkeep_bench, "measure", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+    assert upkeep_bench.main(["--batches", "3", "--rows", "6", "--compact-every", "2", "--pause", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:11] for line in lines] == ["upkeep off:", "upkeep on :"]
+    off, on = results
+    assert off["batches_rows"] == on["batches_rows"] == 3  # one batches row per recorded batch
+    assert off["passes"] == 0 and off["live_files"] == off["disk_files"] >= 3 * 2  # a file per batch and date at least
+    assert on["passes"] >= 1 and on["live_files"] == on["disk_files"] == 2  # OPTIMIZEd per date, then VACUUMed
+    for r in (off, on):
+        # predictions' log: its creation, the retention property, an append per batch (and the upkeep's commits)
+        assert 0 < r["log_commits_after_checkpoint"] <= 20 and r["log_json_commits"] >= 2 + 3
+        assert f"{r['live_files']} live files, {r['disk_files']} on disk" in lines[r["upkeep"]]
+    assert spark.range(1).count() == 1  # the shared session was not stopped

@@ -24,6 +24,10 @@ def make_config(root: Path, model_dir: Path, **overrides) -> StreamConfig:
         max_files_per_trigger=4,
         window=WindowSpec(600, 60, 3600),
         quiet=True,
+        # no in-stream upkeep (its last pass costs ~10 s a run): tests/streaming/test_upkeep.py and
+        # test_query.py's upkeep test turn it on
+        compact_every_batches=None,
+        compact_every_s=None,
     )
     base.update(overrides)
     return StreamConfig(**base)

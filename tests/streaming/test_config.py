@@ -33,7 +33,7 @@ def test_config_maps_to_the_spark_source_and_masks_password():
     (dict(spool=None), "needs a spool folder"),
     (dict(archive=None), "--processed archive needs an archive folder"),
     (dict(trigger_seconds=0), "--trigger expects a positive number"),
-    (dict(keep_commits=1), "--keep-commits expects at least 2"),
+    (dict(retention_days=0), "--retention-days expects a positive"),
     (dict(compact_every_s=0), "--compact-every-minutes expects a positive number"),
 ])
 def test_bad_stream_settings_fail_when_built(bad, message):
@@ -51,15 +51,15 @@ def test_output_upkeep_flags_and_their_env_fallbacks(monkeypatch):
     from streaming.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args([]))
-    assert (cfg.keep_commits, cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (100, 50, 600.0, None)
+    assert (cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (50, 600.0, None)
     assert cfg.compacts
-    args = ["--keep-commits", "20", "--compact-every-batches", "5", "--compact-every-minutes", "0.5", "--retention-days", "30"]
+    args = ["--compact-every-batches", "5", "--compact-every-minutes", "0.5", "--retention-days", "30"]
     cfg = config_from_args(build_parser().parse_args(args))
-    assert (cfg.keep_commits, cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (20, 5, 30.0, 30)
+    assert (cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (5, 30.0, 30)
     monkeypatch.setenv("MEMESTREAM_NO_COMPACT", "1")
-    monkeypatch.setenv("MEMESTREAM_KEEP_COMMITS", "7")
+    monkeypatch.setenv("MEMESTREAM_RETENTION_DAYS", "7")
     cfg = config_from_args(build_parser().parse_args([]))
-    assert not cfg.compacts and cfg.keep_commits == 7
+    assert not cfg.compacts and cfg.retention_days == 7
 
 
 def test_default_trigger_is_short_and_the_cli_uses_the_config_default(monkeypatch):

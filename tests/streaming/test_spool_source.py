@@ -121,12 +121,17 @@ def test_available_now_drains_what_was_there_at_start_only(tmp_path):
     spool, mover = _spool(tmp_path, 5)
     (spool / "hand.jpg").write_bytes(b"h")  # fresh, but available-now takes everything present
     reader = SpoolStreamReader(spool, max_files=2, num_partitions=2, keep_processed=False, available_now=True)
-    target = reader.latestOffset()  # Spark 4.1 asks once, at query start (AvailableNowMicroBatchStreamWrapper)
+    offsets = [reader.initialOffset(), reader.latestOffset()]  # the target is fixed at this first call
     (mover.inbox / "late.jpg").write_bytes(b"l")
     mover.sweep(settle=0)
-    assert reader.latestOffset() == target  # and never more than that target
-    seen = _names(reader, reader.initialOffset(), target)
-    assert [n.split("-", 1)[1] for n in seen] == [*(f"f{i:02d}.jpg" for i in range(5)), "hand.jpg"]
+    while (nxt := reader.latestOffset()) != offsets[-1]:  # batch after batch until nothing new
+        offsets.append(nxt)
+        assert len(offsets) < 10
+    batches = [_names(reader, a, b) for a, b in zip(offsets, offsets[1:])]
+    assert all(len(b) <= 2 for b in batches)  # capped like any batch
+    seen = [n.split("-", 1)[1] for b in batches for n in b]
+    assert seen == [*(f"f{i:02d}.jpg" for i in range(5)), "hand.jpg"]  # and never the file that came later
+    assert [n.split("-", 1)[1] for n in _names(reader, offsets[-1], {"seq": 2**62})] == ["late.jpg"]
 
 
 def test_available_now_target_never_goes_below_a_committed_position(tmp_path):
@@ -266,7 +271,9 @@ def _spool_query(spark, spool, tmp_path, available_now: bool, max_files: int = 3
           .option("availableNow", str(available_now).lower()).load(str(spool)))
     writer = (df.writeStream.format("parquet").option("path", str(tmp_path / "out"))
               .option("checkpointLocation", str(tmp_path / "ck")))
-    return writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime="100 milliseconds")
+    # --available-now is the processing-time trigger over a reader with a fixed target
+    # (streaming.query.bounded_by_us): Spark 4.1's availableNow trigger gives a Python source no read limit
+    return writer.trigger(processingTime="100 milliseconds")
 
 
 def test_through_spark_batches_are_capped_restarts_resume_and_available_now_drains(spark, tmp_path):
@@ -294,7 +301,15 @@ def test_through_spark_batches_are_capped_restarts_resume_and_available_now_drai
         (mover.inbox / f"h{i}.jpg").write_bytes(b"h")
     mover.sweep(settle=0)
     q = _spool_query(spark, spool, tmp_path, available_now=True).start()
-    assert q.awaitTermination(300) and q.exception() is None
-    assert sum(p["numInputRows"] for p in q.recentProgress) == 4
+    try:
+        q.processAllAvailable()  # the run's target: what the spool held when the query started
+        (mover.inbox / "late.jpg").write_bytes(b"l")
+        mover.sweep(settle=0)
+        q.processAllAvailable()
+    finally:
+        q.stop()
+    assert q.exception() is None
+    sizes = [p["numInputRows"] for p in q.recentProgress if p["numInputRows"]]
+    assert sum(sizes) == 4 and max(sizes) <= 3, sizes  # capped, and never the late file
     paths = [r.path for r in spark.read.parquet(str(tmp_path / "out")).collect()]
     assert len(paths) == len(set(paths)) == 16
