@@ -200,9 +200,13 @@ def session_for(app_name: str, master: str | None = None, **build_kwargs):
     from pyspark.sql import SparkSession
 
     try:
-        return SparkSession.active(), False
+        running = SparkSession.active()
     except PySparkRuntimeError:
-        return build_spark(app_name, master, **build_kwargs), True
+        running = None
+    if running is not None:
+        return running, False
+    # outside the except block: an error or Ctrl-C while building is not chained to "no session"
+    return build_spark(app_name, master, **build_kwargs), True
 
 
 def _executor_count(sc) -> int:

@@ -118,7 +118,7 @@ def _synthetic_samples(n_images: int, grow: bool, slow_down: bool) -> tuple[list
         samples.append({
             "t_s": t, "images": i, "jvm_live_heap_mib": 80.0 + (i / 1000 if grow else 0), "driver_jvm": 500.0,
             "python_driver": 200.0, "python_workers": 300.0, "rss_mib": 1000.0,
-            "output_files": 30 + (i // 100 if grow else 0), "delta_log_files": 25, "checkpoint_files": 40, "checkpoint_bytes": 50_000,
+            "output_files": 30 + (i // 10 if grow else 0), "delta_log_files": 25, "checkpoint_files": 40, "checkpoint_bytes": 50_000,
             "spool_files": 3000 if i < n_images else 0,
         })
         progress.append((t, i))
@@ -138,7 +138,7 @@ def test_longrun_targets_pass_when_flat_and_fail_when_growing_or_slowing():
 
     bad = {t["key"]: t for t in compute_targets(*_synthetic_samples(n, grow=True, slow_down=True), n)}
     assert bad["jvm_live_heap_mib"]["pass"] is False and bad["jvm_live_heap_mib"]["ratio"] > 1.1
-    assert bad["output_files"]["pass"] is False and bad["output_files"]["slope_per_10k_images"] == 100
+    assert bad["output_files"]["pass"] is False and bad["output_files"]["slope_per_10k_images"] == 1000
     assert bad["images_per_s"]["pass"] is False and bad["images_per_s"]["ratio"] == 0.5
     assert bad["checkpoint_bytes"]["pass"] is True  # only what grows fails
 
@@ -340,26 +340,29 @@ def test_memory_sampler_reports_the_largest_single_python_worker(tmp_path):
 
 
 def test_predictions_watcher_counts_rows_errors_and_ocr_failures_once(tmp_path):
-    """The stream benchmark's reader of the predictions table: a row counts once even when its
-    file is read again, and OCR runs and OCR failures are counted (a broken OCR engine falls
-    back to the image branch and would otherwise pass for a fast cascade)."""
+    """The stream benchmark's reader of the predictions table: a row counts once its Delta commit
+    is in the log (a Parquet file no commit names is not read), once even when it comes again,
+    and OCR runs and OCR failures are counted (a broken OCR engine falls back to the image branch
+    and would otherwise pass for a fast cascade)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from deltalake import write_deltalake
 
     from bench.stream import PredictionsWatcher
 
-    part = tmp_path / "predictions" / "date=2026-11-30"
-    part.mkdir(parents=True)
-    pq.write_table(pa.table({
-        "origin": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
-        "error": [None, None, "not_an_image", None],
-        "ocr_ran": [True, False, None, True],
-        "ocr_error": [None, None, None, "ocr_failed: boom"],
-    }), part / "part-0.parquet")
+    table = tmp_path / "predictions"
+
+    def rows(origins, errors, ocr_ran, ocr_errors):
+        return pa.table({"origin": origins, "error": pa.array(errors, pa.string()), "ocr_ran": pa.array(ocr_ran, pa.bool_()),
+                         "ocr_error": pa.array(ocr_errors, pa.string()), "date": ["2026-11-30"] * len(origins)})
+
+    write_deltalake(str(table), rows(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [None, None, "not_an_image", None],
+                                     [True, False, None, True], [None, None, None, "ocr_failed: boom"]), partition_by=["date"])
     watcher = PredictionsWatcher(tmp_path, "origin")
     assert watcher.poll() == 4 and watcher.poll() == 0
-    pq.write_table(pa.table({"origin": ["a.jpg", "e.jpg"], "error": [None, None], "ocr_ran": [True, False], "ocr_error": [None, None]}),
-                   part / "part-1.parquet")
+    pq.write_table(rows(["z.jpg"], [None], [True], [None]).drop(["date"]), table / "part-uncommitted.parquet")
+    assert watcher.poll() == 0  # written, not committed: no reader sees it yet
+    write_deltalake(str(table), rows(["a.jpg", "e.jpg"], [None, None], [True, False], [None, None]), mode="append")
     assert watcher.poll() == 1
     assert (watcher.errors, watcher.ocr_rows, watcher.ocr_errors) == (1, 2, 1)
     assert set(watcher.first_seen) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"}

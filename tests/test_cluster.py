@@ -195,8 +195,7 @@ def _delta_writer_present() -> str | None:
 
 @pytest.mark.skipif(_delta_writer_present() is not None, reason=str(_delta_writer_present()))
 def test_stream_into_delta_through_kill_9(standalone, tmp_path):
-    """RUN AFTER MERGING THE DELTA WRITER. meme-train, then meme-stream (folder source) into
-    Delta on the two workers, killed with SIGKILL mid-run and restarted: every input has exactly
+    """meme-train, then meme-stream (folder source) into Delta on the two workers, killed with SIGKILL mid-run and restarted: every input has exactly
     one row, and the executors (both workers) wrote the table's data files."""
     from memestream.sample import write_dataset
     from streaming.schema import read_table

@@ -19,19 +19,19 @@ OFFLINE_MVN = ("#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not trans
                "org.apache.spark:spark-sql-kafka-0-10_2.13:pom:4.1.3 from/to central: Unknown host'\nexit 1\n")
 
 
-def test_missing_jars_offline_is_one_clear_line(tmp_path, monkeypatch, capsys, trained_model_dir):
-    from streaming.cli import main
-
+def test_missing_jars_offline_is_one_clear_line(tmp_path, trained_model_dir):
+    """A fresh process (no session to borrow) whose jar cache is empty and whose Maven is offline."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "mvn").write_text(OFFLINE_MVN)
     (bindir / "mvn").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("MEMESTREAM_JAR_CACHE", str(tmp_path / "cache"))
-    rc = main(["--source", "kafka", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t",
-               "--model", str(trained_model_dir), "--data-dir", str(tmp_path / "d"), "--available-now"])
-    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("fetching ")]
-    assert rc == 2 and len(err) == 1 and err[0].startswith("meme-stream: error: "), err
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+           "MEMESTREAM_JAR_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "streaming.cli", "--source", "kafka", "--bootstrap-servers", "127.0.0.1:1",
+                           "--topic", "t", "--model", str(trained_model_dir), "--data-dir", str(tmp_path / "d"),
+                           "--available-now"], env=env, capture_output=True, text=True, timeout=300)
+    err = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("fetching ")]
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("meme-stream: error: "), err
     assert "org.apache.spark:spark-sql-kafka-0-10_2.13" in err[0] or "io.delta:delta-spark" in err[0]
     assert str(tmp_path / "cache") in err[0]
 
