@@ -25,15 +25,8 @@ def test_delta_version_matches_the_delta_spark_pin():
     assert f'"delta-spark=={jars.DELTA_VERSION}"' in text
 
 
-OFFLINE_MVN = ("#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not transfer artifact "
-               "io.delta:delta-spark_4.1_2.13:pom:4.4.0 from/to central: Unknown host repo.maven.apache.org'\nexit 1\n")
-
-
-def test_missing_jars_offline_is_one_line_naming_artifact_and_cache(tmp_path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "mvn").write_text(OFFLINE_MVN)
-    (bindir / "mvn").chmod(0o755)
+def test_missing_jars_offline_is_one_line_naming_artifact_and_cache(tmp_path, monkeypatch, offline_mvn):
+    bindir = offline_mvn("io.delta:delta-spark_4.1_2.13:pom:4.4.0")
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("MEMESTREAM_JAR_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("SPARK_SUBMIT_OPTS", raising=False)

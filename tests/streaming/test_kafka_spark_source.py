@@ -15,16 +15,11 @@ import pytest
 from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
 
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE_MVN = ("#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not transfer artifact "
-               "org.apache.spark:spark-sql-kafka-0-10_2.13:pom:4.1.3 from/to central: Unknown host'\nexit 1\n")
 
 
-def test_missing_jars_offline_is_one_clear_line(tmp_path, trained_model_dir):
+def test_missing_jars_offline_is_one_clear_line(tmp_path, trained_model_dir, offline_mvn):
     """A fresh process (no session to borrow) whose jar cache is empty and whose Maven is offline."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "mvn").write_text(OFFLINE_MVN)
-    (bindir / "mvn").chmod(0o755)
+    bindir = offline_mvn("org.apache.spark:spark-sql-kafka-0-10_2.13:pom:4.1.1")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
            "MEMESTREAM_JAR_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "streaming.cli", "--source", "kafka", "--bootstrap-servers", "127.0.0.1:1",

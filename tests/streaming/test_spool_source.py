@@ -276,26 +276,26 @@ def _spool_query(spark, spool, tmp_path, available_now: bool, max_files: int = 3
     return writer.trigger(processingTime="100 milliseconds")
 
 
+def _drain(writer) -> list[int]:
+    """Start the query, run it until nothing is new, stop it: the rows of each batch that had any."""
+    q = writer.start()
+    try:
+        q.processAllAvailable()
+    finally:
+        q.stop()
+    return [p["numInputRows"] for p in q.recentProgress if p["numInputRows"]]
+
+
 def test_through_spark_batches_are_capped_restarts_resume_and_available_now_drains(spark, tmp_path):
     """The reader under Spark 4.1's engine itself (parquet sink, no scoring): capped batches, a
     restart from the checkpoint that keeps the cap and repeats nothing, and an available-now run."""
     spool, mover = _spool(tmp_path, 7)
-    q = _spool_query(spark, spool, tmp_path, available_now=False).start()
-    try:
-        q.processAllAvailable()
-    finally:
-        q.stop()
-    sizes = [p["numInputRows"] for p in q.recentProgress if p["numInputRows"]]
+    sizes = _drain(_spool_query(spark, spool, tmp_path, available_now=False))
     assert sum(sizes) == 7 and max(sizes) <= 3, sizes
     for i in range(5):
         (mover.inbox / f"g{i}.jpg").write_bytes(b"g")
     mover.sweep(settle=0)
-    q = _spool_query(spark, spool, tmp_path, available_now=False).start()  # restart: same checkpoint
-    try:
-        q.processAllAvailable()
-    finally:
-        q.stop()
-    sizes = [p["numInputRows"] for p in q.recentProgress if p["numInputRows"]]
+    sizes = _drain(_spool_query(spark, spool, tmp_path, available_now=False))  # restart: same checkpoint
     assert sum(sizes) == 5 and max(sizes) <= 3, sizes
     for i in range(4):
         (mover.inbox / f"h{i}.jpg").write_bytes(b"h")
