@@ -18,8 +18,9 @@ from batch_training.report import metrics_table
 from memestream.cli import add_common_flags, env_flag, run_main
 from memestream.errors import DataError
 from memestream.inference import ENGINES
+from memestream.abspath import is_uri
 from memestream.modelstore import load_model, resolve_version_dir
-from memestream.spark import session_for
+from memestream.spark import session_for, stop_spark
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
 
 TEXT_RAN = "ocr_ran"
@@ -105,13 +106,14 @@ def _run(args: argparse.Namespace) -> int:
     from batch_training.dataset import precheck_classes
 
     precheck_classes(args.data, min_classes=1)
-    resolve_version_dir(args.model, args.model_version)  # fail before the Spark start-up
+    if not is_uri(args.model):  # a Hadoop URI is read through Spark: checked when the model loads
+        resolve_version_dir(args.model, args.model_version)  # fail before the Spark start-up
     spark, created = session_for("meme-evaluate", args.master)
     try:
         result = evaluate(spark, args.model, args.data, args.model_version, args.which, args.text, args.scoring)
     finally:
         if created:
-            spark.stop()
+            stop_spark(spark)
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

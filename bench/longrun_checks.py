@@ -11,24 +11,25 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from memestream.hidden import is_reader_hidden
 
 #: Samples' memory quantities compared last quarter vs second quarter (MiB).
 MEMORY_KEYS = ("jvm_live_heap_mib", "driver_jvm", "python_driver", "python_workers", "rss_mib")
 #: Quantities that must stay bounded (last quarter vs the value at 25 %) and their absolute slack.
-BOUNDED_KEYS = {"output_files": 20, "checkpoint_files": 20, "checkpoint_bytes": 1 << 20, "spool_files": 20}
+#: The Delta read set saw-tooths by design: live files grow by a few per batch until the next OPTIMIZE
+#: (every 50 batches: 4 tables x 50), JSON commits until the next log checkpoint (4 tables x 20).
+BOUNDED_KEYS = {"output_files": 200, "delta_log_files": 80, "checkpoint_files": 20, "checkpoint_bytes": 1 << 20,
+                "spool_files": 20}
 MEMORY_TOLERANCE = 0.10
 BOUNDED_TOLERANCE = 0.10
 THROUGHPUT_MIN_RATIO = 0.9
 
 
 def read_origins(output: Path, table: str) -> pa.Table:
-    """The ``origin`` column of one output table (every Parquet file of every date)."""
-    import pyarrow.parquet as pq
+    """The ``origin`` column of one output table: its current Delta snapshot (files that
+    OPTIMIZE replaced are not read twice)."""
+    from streaming.schema import read_table
 
-    parts = sorted((output / table).glob("date=*/*.parquet"))
-    tables = [pq.read_table(p, columns=["origin"]) for p in parts if not is_reader_hidden(p.name)]
-    return pa.concat_tables(tables) if tables else pa.table({"origin": pa.array([], pa.string())})
+    return read_table(output, table).select(["origin"])
 
 
 def check_delivery(expected: Sequence[str], predictions: pa.Table, quarantine: pa.Table | None = None) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def compute_targets(samples: Sequence[dict[str, Any]], progress: Sequence[tuple[
 _PLOTS = (
     ("JVM heap (MiB)", ("jvm_live_heap_mib", "jvm_heap_used_mib")),
     ("RSS (MiB)", ("driver_jvm", "python_driver", "python_workers", "rss_mib")),
-    ("files", ("output_files", "output_markers", "checkpoint_files", "spool_files")),
+    ("files", ("output_files", "delta_log_files", "checkpoint_files", "spool_files")),
     ("bytes on disk (MiB)", ("output_bytes", "checkpoint_bytes", "spool_bytes")),
     ("throughput (images/s)", ("images_per_s",)),
 )

@@ -6,6 +6,7 @@ since the previous sample. :mod:`bench.longrun` takes one every ``--sample-secon
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -77,6 +78,28 @@ class Layout:
         return count_waiting(self.inbox) + count_waiting(self.spool)
 
 
+def delta_read_set(output: Path) -> tuple[int, int]:
+    """What a reader of the output opens, summed over its Delta tables: (live data files of the
+    current snapshots, JSON commits after each table's last checkpoint). Both must stay bounded
+    (OPTIMIZE, and a log checkpoint every ``delta.checkpointInterval`` commits); the files on
+    disk are bounded only over the retention periods (VACUUM after 1 day, log files after 7)."""
+    files = commits = 0
+    for log_dir in sorted(output.glob("*/_delta_log")):
+        try:
+            from deltalake import DeltaTable
+
+            files += len(DeltaTable(str(log_dir.parent)).file_uris())
+        except Exception:  # noqa: BLE001 - a commit being written: counted at the next sample
+            pass
+        last = log_dir / "_last_checkpoint"
+        try:
+            checkpoint = json.loads(last.read_text())["version"] if last.exists() else -1
+        except (OSError, ValueError, KeyError):
+            checkpoint = -1
+        commits += sum(1 for p in log_dir.glob("*.json") if p.stem.isdigit() and int(p.stem) > checkpoint)
+    return files, commits
+
+
 def take_sample(layout: Layout, stream_pid: int, t_s: float, fed: int, processed: int,
                 previous: dict[str, Any] | None, live_heap: bool) -> dict[str, Any]:
     """One row of the run's time series (memory, files, bytes, throughput since ``previous``)."""
@@ -91,7 +114,8 @@ def take_sample(layout: Layout, stream_pid: int, t_s: float, fed: int, processed
             s["jvm_live_heap_mib"] = round(live, 1)
     for key, folder in (("output", layout.output), ("checkpoint", layout.checkpoint), ("spool", layout.spool)):
         s[f"{key}_files"], s[f"{key}_bytes"] = dir_stats(folder)
-    s["output_markers"] = dir_stats(layout.output / "_commits")[0]
+    s["output_disk_files"] = s["output_files"]  # on disk: replaced files stay for deletedFileRetention (1 day)
+    s["output_files"], s["delta_log_files"] = delta_read_set(layout.output)
     s["inbox_files"] = count_waiting(layout.inbox)
     try:
         s["loadavg_1m"] = round(os.getloadavg()[0], 2)

@@ -2,9 +2,10 @@
 
 A new user's first query pays for starting the engine: a JVM for Spark, nothing for
 DuckDB. Each measurement is a fresh ``python -m streaming.query_cli`` process running
-one aggregate, timed from spawn to exit, over output folders laid out exactly as the
-stream writes them (``streaming.sinks.OutputTables.commit_batch`` per batch, one file per
-table per batch and date): a small one (~330 predictions) and a large one (100k).
+one aggregate, timed from spawn to exit, over output folders of Delta tables in the
+contract's schema (:mod:`streaming.schema`), appended with ``deltalake.write_deltalake``
+batch by batch (one commit per batch, one file per batch and date, as the stream commits):
+a small one (~330 predictions) and a large one (100k, 100 versions).
 """
 from __future__ import annotations
 
@@ -69,27 +70,34 @@ def _scored_batch(rng: np.random.Generator, start: int, n: int, t0: datetime, mo
     })
 
 
+def _predictions(scored: pa.Table, batch_id: int) -> pa.Table:
+    """A scored batch as rows of the ``predictions`` table (schema.arrow_schema)."""
+    from datetime import date
+
+    from streaming import schema
+
+    n = scored.num_rows
+    extra = {"late": pa.array([False] * n), "batch_id": pa.array([batch_id] * n, pa.int64()),
+             schema.WRITER: pa.array(["bench"] * n), schema.DATE: pa.array([date.fromisoformat(d) for d in scored["date"].to_pylist()])}
+    arrow = schema.arrow_schema(schema.PREDICTIONS)
+    return pa.table({name: extra[name] if name in extra else scored[name] for name in arrow.names}).cast(arrow)
+
+
 def write_output(root: str | Path, rows: int, batch_rows: int = 1000, seed: int = 0,
                  start: datetime | None = None) -> Path:
-    """An output folder with ``rows`` predictions written batch by batch through the stream's sinks."""
-    from streaming.counts import WindowSpec
-    from streaming.batch import build_tables
-    from streaming.sinks import OutputTables
+    """An output folder whose ``predictions`` Delta table has ``rows`` rows, one commit per batch."""
+    from deltalake import write_deltalake
+
+    from streaming import schema
 
     root = Path(root)
-    tables = OutputTables(root)
-    tables.ensure_writable()
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t0 = start or (datetime.now(timezone.utc) - timedelta(milliseconds=rows * 150 + 60_000))
-    spec = WindowSpec(600, 60, 3600)
-    previous = None
     for batch_id, first in enumerate(range(0, rows, batch_rows)):
         scored = _scored_batch(rng, first, min(batch_rows, rows - first), t0, "v0001")
-        qpaths = [None] * scored.num_rows
-        out, marker = build_tables(scored, batch_id, spec, previous, qpaths)
-        marker.model_version = "v0001"
-        tables.commit_batch(batch_id, out, marker)
-        previous = marker
+        write_deltalake(schema.table_uri(root, schema.PREDICTIONS), _predictions(scored, batch_id),
+                        partition_by=[schema.DATE], mode="append")
     return root
 
 
@@ -99,16 +107,17 @@ def _layout() -> str:
 
     from streaming.schema import COLUMNS, PREDICTIONS
 
-    return f"{zlib.crc32(repr(COLUMNS[PREDICTIONS]).encode()):08x}"
+    return f"delta-{zlib.crc32(repr(COLUMNS[PREDICTIONS]).encode()):08x}"
 
 
-def cold_query(engine: str, output: Path, sql: str = SQL, fmt: str = "table", timeout: float = 300.0) -> tuple[float, float]:
+def cold_query(engine: str, output: Path, sql: str = SQL, fmt: str = "table", timeout: float = 300.0,
+               extra: Sequence[str] | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds from spawning a fresh ``meme-query`` process to its exit.
 
     CPU time (user + system of the process) is reported too: on a shared machine the
     wall time also measures the neighbours."""
     cmd = [sys.executable, "-m", "streaming.query_cli", "--engine", engine, "--output", str(output), "--quiet",
-           "--format", fmt, sql]
+           "--format", fmt, *(extra or ()), sql]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -199,3 +208,35 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         rows.append({"case": f"meme-dashboard first paint, {sizes[-1]} predictions", "images": sizes[-1],
                      "seconds": round(paint["paint_ms"] / 1000, 3), **paint, "loadavg_1m": round(os.getloadavg()[0], 2)})
     return {"sql": SQL, "rows": rows, "targets": "DuckDB cold start < 1 s and dashboard first paint < 2 s on 100k predictions"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.query --work DIR``: DuckDB cold start only (no JVM), one JSON line per size."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.query", description=__doc__.splitlines()[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--work", help="folder for the generated output folders, one per size (reused when complete)")
+    where.add_argument("--output", help="write (or reuse) the output folder here instead (one size only)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--as-of", default=None, help="also pass --as-of to meme-query")
+    args = parser.parse_args(argv)
+    if args.output and len(args.rows) != 1:
+        parser.error("--output takes one --rows size")
+    for n in args.rows:
+        folder = Path(args.output) if args.output else Path(args.work) / f"query-output-{n}-{_layout()}"
+        if not (folder / ".complete").exists():
+            write_output(folder, n, batch_rows=33 if n < 1000 else 1000)
+            (folder / ".complete").write_text("ok\n")
+        runs = [cold_query("duckdb", folder, SQL, extra=["--as-of", args.as_of] if args.as_of else None) for _ in range(args.repeats)]
+        print(json.dumps({"predictions": n, "engine": "duckdb", "as_of": args.as_of,
+                          "median_s": round(statistics.median(w for w, _ in runs), 3),
+                          "cpu_s": round(statistics.median(c for _, c in runs), 3), "runs_s": [round(w, 3) for w, _ in runs],
+                          "loadavg_1m": round(os.getloadavg()[0], 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

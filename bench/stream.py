@@ -14,6 +14,7 @@ would (polling ``OUTPUT/predictions/date=*/part-*.parquet`` from this process):
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 
@@ -46,29 +48,37 @@ class PredictionsWatcher:
     ocr_errors: int = 0
 
     def poll(self) -> int:
+        """Read the files of the predictions table's new Delta commits (a row counts when its
+        commit is in the log, not when its Parquet file appears: readers see it only then)."""
         new = 0
-        for part in sorted((self.output / "predictions").glob("date=*/part-*.parquet")):
-            key = f"{part}:{part.stat().st_mtime_ns}"
-            if key in self.seen_files:
+        log_dir = self.output / "predictions" / "_delta_log"
+        for commit in sorted(log_dir.glob("*.json")) if log_dir.is_dir() else ():
+            if commit.name in self.seen_files:
                 continue
             try:
-                table = pq.read_table(part, columns=[self.column, "error", "ocr_ran", "ocr_error"])
-            except Exception as exc:  # noqa: BLE001 - a file replaced while we read it: retry next poll
-                log.debug("cannot read %s yet: %s", part, exc)
+                actions = [json.loads(line) for line in commit.read_text().splitlines() if line.strip()]
+            except (OSError, ValueError) as exc:  # written as one atomic file; retry next poll if not
+                log.debug("cannot read %s yet: %s", commit, exc)
                 continue
-            self.seen_files.add(key)
+            self.seen_files.add(commit.name)
             now = time.monotonic()
-            columns = (table.column(c).to_pylist() for c in (self.column, "error", "ocr_ran", "ocr_error"))
-            for value, err, ocr_ran, ocr_err in zip(*columns):
-                if value is None:
-                    continue
-                name = Path(value).name if self.column == "origin" else value
-                if name not in self.first_seen:
-                    self.first_seen[name] = now
-                    new += 1
-                    self.errors += err is not None
-                    self.ocr_rows += bool(ocr_ran)
-                    self.ocr_errors += ocr_err is not None
+            for action in actions:
+                add = action.get("add")
+                if not add or not add.get("dataChange", True):
+                    continue  # OPTIMIZE rewrites rows already seen
+                part = self.output / "predictions" / unquote(add["path"])
+                table = pq.read_table(part, columns=[self.column, "error", "ocr_ran", "ocr_error"])
+                columns = (table.column(c).to_pylist() for c in (self.column, "error", "ocr_ran", "ocr_error"))
+                for value, err, ocr_ran, ocr_err in zip(*columns):
+                    if value is None:
+                        continue
+                    name = Path(value).name if self.column == "origin" else value
+                    if name not in self.first_seen:
+                        self.first_seen[name] = now
+                        new += 1
+                        self.errors += err is not None
+                        self.ocr_rows += bool(ocr_ran)
+                        self.ocr_errors += ocr_err is not None
         return new
 
     def wait_for(self, keys: list[str], timeout: float, tick: Callable[[], None] | None = None) -> bool:

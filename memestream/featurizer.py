@@ -26,6 +26,7 @@ from pyspark.sql.types import BinaryType
 from memestream.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from memestream.errors import ConfigError, DataError, ModelError
 from memestream.features import DEFAULT_FEATURE_SET, FEATURE_SETS, featurize_inputs, get_feature_set
+from memestream.abspath import is_uri
 from memestream.inputs import local_path
 
 _UDF_SCHEMA = "features array<float>, error string"
@@ -77,7 +78,10 @@ class _FeaturizerReader(DefaultParamsReader):
     def load(self, path: str) -> "ImageFeaturizer":
         inst = super().load(path)
         fs = get_feature_set(inst.getFeatureSet())
-        if fs.asset is not None:
+        if fs.asset is not None and is_uri(path) and not path.startswith("file:"):
+            # hdfs://, s3a://...: the loader (memestream.modelstore) points this at a local copy
+            inst._set(assetPath=f"{path.rstrip('/')}/data/{fs.asset}")
+        elif fs.asset is not None:
             asset = Path(local_path(path)) / "data" / fs.asset
             if not asset.is_file() or asset.stat().st_size == 0:
                 raise ModelError(f"the {fs.name} featurizer saved in {local_path(path)} is missing its {fs.asset} (expected {asset})")

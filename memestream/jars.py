@@ -1,14 +1,17 @@
-"""Resolve Java jars (Apache Kafka, Spark's Kafka connector) from Maven Central once, then cache them.
+"""Resolve Java jars (Apache Kafka's broker; Spark's Kafka source and Delta Lake) from Maven Central once, then cache them.
 
-Why: the development broker is a real Apache Kafka, and Spark's own Kafka source is a jar; neither
-ships with pip. Maven (``mvn``) resolves an artifact with all its runtime dependencies into a
+Why: the development broker is a real Apache Kafka, and Spark's own Kafka source and Delta Lake are
+jars; none ships with a pip-installed PySpark. Maven (``mvn``) resolves an artifact with all its runtime dependencies into a
 cache folder on first use (one progress line); later runs use the cache and need no network.
 
 Cache: ``$MEMESTREAM_JAR_CACHE`` or ``~/.cache/memestream``; one sub-folder per jar set
 (``kafka-4.1.1/``), written to a temporary folder and renamed when complete, so an interrupted
 download is never mistaken for a cached one. Maven's own repository (``~/.m2``) is used as usual.
-Spark's Kafka source falls back to an older connector of the same line when PySpark's own version
-is not served (resolve_spark_kafka; for PySpark 4.3.0 the 4.2.0 connector).
+
+The Spark side is one pinned stack (:func:`spark_stack_jars`): ``spark-sql-kafka-0-10_2.13`` at
+exactly the installed PySpark's version and ``delta-spark_<major.minor>_2.13`` at DELTA_VERSION.
+There is no fallback to another version: a missing jar is one line naming the artifacts and the
+cache folder (JarsUnavailable).
 """
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -66,12 +68,9 @@ def kafka_broker_jars(version: str = KAFKA_VERSION) -> JarSet:
     )
 
 
-#: Connector releases to fall back on when the installed PySpark's own is not served, newest first.
-#: Kept short and explicit: only releases checked to run under the PySpark this project pins
-#: (4.2.0 under 4.3.0: docs/kafka.md). A fallback is used only for the same major version and
-#: a major.minor no newer than the installed PySpark's.
-SPARK_KAFKA_FALLBACKS = ("4.2.0",)
-NOT_SERVED_RECHECK_S = 24 * 3600  # like Maven's daily update policy: ask again about a missing version once a day
+#: Delta Lake's release, matching the ``delta-spark`` PyPI pin in pyproject.toml; its Maven artifact
+#: is built per Spark line (``delta-spark_<spark major.minor>_2.13``).
+DELTA_VERSION = "4.4.0"
 
 
 def _installed_spark_version() -> str:
@@ -80,15 +79,39 @@ def _installed_spark_version() -> str:
     return pyspark.__version__
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        raise JarsUnavailable(f"cannot read a major.minor version from PySpark version {version!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
 def spark_kafka_jars(spark_version: str | None = None) -> JarSet:
-    """Spark's Kafka source (spark-sql-kafka-0-10) at the installed PySpark's version (or the one given)."""
-    if spark_version is None:
-        spark_version = _installed_spark_version()
+    """Spark's Kafka source (``spark-sql-kafka-0-10_2.13``) at exactly the installed PySpark's version."""
+    spark_version = spark_version or _installed_spark_version()
     return JarSet(
         name=f"spark-sql-kafka-{spark_version}",
         artifacts=(f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY}:{spark_version}",),
         description=f"Spark's Kafka source {spark_version}",
     )
+
+
+def delta_jars(spark_version: str | None = None, delta_version: str = DELTA_VERSION) -> JarSet:
+    """Delta Lake's build for the installed PySpark's line: ``io.delta:delta-spark_<major.minor>_2.13``."""
+    spark_version = spark_version or _installed_spark_version()
+    major, minor = _major_minor(spark_version)
+    return JarSet(
+        name=f"delta-{delta_version}-spark{major}.{minor}",
+        artifacts=(f"io.delta:delta-spark_{major}.{minor}_{SCALA_BINARY}:{delta_version}",),
+        description=f"Delta Lake {delta_version} for Spark {major}.{minor}",
+    )
+
+
+def spark_stack_jars(spark_version: str | None = None) -> tuple[JarSet, ...]:
+    """The jar sets every Spark session gets: Delta Lake (the output tables) and Spark's Kafka
+    source, both pinned to the installed PySpark (no fallback to another version). Each set is
+    resolved and cached on its own, so a set already cached is never fetched again."""
+    return (delta_jars(spark_version), spark_kafka_jars(spark_version))
 
 
 def cache_root() -> Path:
@@ -126,19 +149,22 @@ def _not_served(output: str) -> re.Match | None:
 
 
 def _explain_failure(jar_set: JarSet, output: str, folder: Path) -> str:
-    """One line from Maven's output: not served, no network, or the first error."""
+    """One line from Maven's output: not served, no network, or the first error; it names the
+    artifact Maven stopped at (often a dependency, not the one asked for) and the cache folder."""
+    wanted = ", ".join(jar_set.artifacts)
     missing = _not_served(output)
     if missing:
-        return (f"Maven Central does not serve {missing.group(1)} (needed for {jar_set.description}); "
-                "nothing was cached")
-    if re.search(r"UnknownHost|Could not transfer|Connection refused|Network is unreachable|timed out|"
+        return (f"Maven Central does not serve {missing.group(1)} (needed for {jar_set.description}: {wanted}); "
+                f"nothing was cached in {folder}")
+    if re.search(r"UnknownHost|Unknown host|Could not transfer|Connection refused|Network is unreachable|timed out|"
                  r"Could not resolve host|No route to host|offline", output, re.IGNORECASE):
-        return (f"{jar_set.description} is not cached in {folder} and Maven Central cannot be reached "
-                "(no network?); run once with network access, or set "
-                f"{CACHE_ENV} to a folder that holds them")
+        stuck = re.search(r"Could not transfer artifact (\S+)", output)
+        at = f" (Maven stopped at {stuck.group(1)}: not served there, or no network?)" if stuck else " (no network?)"
+        return (f"{jar_set.description} ({wanted}) is not cached in {folder} and Maven Central cannot be reached"
+                f"{at}; run once with network access, or set {CACHE_ENV} to a folder that holds them")
     errors = [ln.strip() for ln in output.splitlines() if ln.startswith("[ERROR]") and ln.strip() != "[ERROR]"]
     detail = errors[0][len("[ERROR]"):].strip() if errors else (output.strip().splitlines() or ["no output"])[-1]
-    return f"could not resolve {jar_set.description} with Maven: {detail[:300]}"
+    return f"could not resolve {jar_set.description} ({wanted}) into {folder} with Maven: {detail[:300]}"
 
 
 def resolve(jar_set: JarSet, root: Path | None = None, quiet: bool = False) -> list[Path]:
@@ -155,7 +181,7 @@ def resolve(jar_set: JarSet, root: Path | None = None, quiet: bool = False) -> l
     mvn = shutil.which("mvn")
     if mvn is None:
         raise JarsUnavailable(
-            f"{jar_set.description} is not cached in {folder} and Maven ('mvn') is not installed to fetch it "
+            f"{jar_set.description} ({', '.join(jar_set.artifacts)}) is not cached in {folder} and Maven ('mvn') is not installed to fetch it "
             "(on Debian/Ubuntu: apt-get install maven)"
         )
     try:
@@ -214,77 +240,8 @@ def java_binary() -> str:
     return found
 
 
-def _major_minor(version: str) -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", version)
-    if not m:
-        raise JarsUnavailable(f"cannot read a major.minor version from PySpark version {version!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def spark_kafka_candidates(spark_version: str | None = None) -> list[str]:
-    """Connector versions to try, in order: the installed PySpark's own, then the allowed fallbacks."""
-    spark_version = spark_version or _installed_spark_version()
-    major, minor = _major_minor(spark_version)
-    out = [spark_version]
-    for v in SPARK_KAFKA_FALLBACKS:
-        fmajor, fminor = _major_minor(v)
-        if v not in out and fmajor == major and fminor <= minor:
-            out.append(v)
-    return out
-
-
-def _not_served_marker(root: Path, jar_set: JarSet) -> Path:
-    return root / f".{jar_set.name}.not-served"
-
-
-def resolve_spark_kafka(spark_version: str | None = None, root: Path | None = None,
-                        quiet: bool = False) -> tuple[str, list[Path]]:
-    """Spark's Kafka source jars: (connector version, jars), falling back when PySpark's own is not served.
-
-    Why: a PySpark release can reach PyPI before (or without) its connector reaching Maven Central;
-    an older connector of the same line then runs under it. Order: the exact version (cached or
-    fetched), then each fallback in SPARK_KAFKA_FALLBACKS (cached or fetched), with a WARNING naming
-    both versions. Maven's "not served" answer is remembered for a day (a dotfile in the cache), so
-    each start does not ask again. Offline, a cached fallback is used. Raises JarsUnavailable (one
-    line, every candidate's reason) when none can be had.
-    """
-    root = root or cache_root()
-    exact = spark_version or _installed_spark_version()
-    reasons: list[str] = []
-    for version in spark_kafka_candidates(exact):
-        jar_set = spark_kafka_jars(version)
-        marker = _not_served_marker(root, jar_set)
-        cached = cached_jars(jar_set, root)
-        if not cached and marker.is_file():
-            try:
-                recent = time.time() - marker.stat().st_mtime < NOT_SERVED_RECHECK_S
-                said = marker.read_text().strip()
-            except OSError:
-                recent, said = False, ""
-            if recent:
-                reasons.append(said or f"Maven Central does not serve {jar_set.artifacts[0]}")
-                continue
-        try:
-            jars = cached or resolve(jar_set, root, quiet=quiet)
-        except ArtifactNotServed as exc:
-            reasons.append(str(exc))
-            try:
-                marker.write_text(f"{exc}\n")
-            except OSError:
-                pass
-            continue
-        except JarsUnavailable as exc:  # no Maven / no network: a cached fallback may still do
-            reasons.append(str(exc))
-            continue
-        try:
-            marker.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if version != exact:
-            log.warning("Spark's Kafka source %s (the installed PySpark's version) is not available: %s; "
-                        "using the %s connector instead", exact, reasons[0] if reasons else "?", version)
-        return version, jars
-    raise JarsUnavailable("; ".join(dict.fromkeys(reasons)) or f"no connector version to try for PySpark {exact}")
+#: Artifacts whose classes PySpark already ships under another artifact name.
+SHIPPED_AS = {"commons-logging": "jcl-over-slf4j"}
 
 
 def _shipped_by_pyspark() -> set[str]:
@@ -292,7 +249,8 @@ def _shipped_by_pyspark() -> set[str]:
     import pyspark
 
     folder = Path(pyspark.__file__).parent / "jars"
-    return {_artifact_name(j.name) for j in folder.glob("*.jar")}
+    names = {_artifact_name(j.name) for j in folder.glob("*.jar")}
+    return names | {ours for ours, theirs in SHIPPED_AS.items() if theirs in names}
 
 
 def _artifact_name(filename: str) -> str:
@@ -300,22 +258,34 @@ def _artifact_name(filename: str) -> str:
     return m.group(1) if m else filename
 
 
-def spark_kafka_conf() -> dict[str, str]:
-    """Spark conf that puts Spark's Kafka source on the classpath (``spark.jars``), for --kafka-impl spark.
+def under_spark_submit() -> bool:
+    """Whether this process was launched by spark-submit (its --packages/--jars then decide)."""
+    return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1"
 
-    Under spark-submit the user's own ``--packages``/``--jars`` decide, so nothing is added.
-    Otherwise the connector at the installed PySpark's version, or a fallback (resolve_spark_kafka),
-    is resolved with Maven (cached); its dependencies that PySpark already ships (Scala, Hadoop
-    client, SLF4J, ...) are left out so that only PySpark's own versions are on the classpath.
-    When nothing can be had the JarsUnavailable line says why and what to use instead.
+
+def resolve_spark_stack(root: Path | None = None, quiet: bool = False) -> list[Path]:
+    """The stack's jars to add to a session: every set of :func:`spark_stack_jars` resolved
+    (cached after the first time), minus the dependencies PySpark already ships (Scala, Hadoop
+    client, Jackson, Parquet, SLF4J/log4j, ...), so only PySpark's own versions of those are on
+    the classpath, and each artifact once.
+
+    Raises JarsUnavailable (one line naming the artifact and the cache folder) when a set is not
+    cached and cannot be fetched.
     """
-    if "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1":
-        return {}
-    try:
-        _, jars = resolve_spark_kafka()
-    except JarsUnavailable as exc:
-        raise JarsUnavailable(f"--kafka-impl spark: {exc}; use --kafka-impl python (the default), or run "
-                              "under spark-submit with the connector on --jars") from None
     shipped = _shipped_by_pyspark()
-    jars = [j for j in jars if _artifact_name(j.name) not in shipped]
-    return {"spark.jars": ",".join(str(j) for j in jars)}
+    out: dict[str, Path] = {}
+    for jar_set in spark_stack_jars():
+        for jar in resolve(jar_set, root, quiet=quiet):
+            name = _artifact_name(jar.name)
+            if name not in shipped:
+                out.setdefault(name, jar)
+    return sorted(out.values(), key=lambda j: j.name)
+
+
+def spark_stack_conf() -> dict[str, str]:
+    """``spark.jars`` with the stack's cached jars (Spark copies them to executors on other
+    machines from the driver). Under spark-submit nothing is added: its ``--packages``/``--jars``
+    decide (docs/operations.md)."""
+    if under_spark_submit():
+        return {}
+    return {"spark.jars": ",".join(str(j) for j in resolve_spark_stack())}

@@ -40,6 +40,43 @@ class KafkaSecurity:
         """Keyword arguments for kafka-python clients (unset values left out)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
 
+    def java_client_options(self, prefix: str = "kafka.") -> dict[str, str]:
+        """The same settings for a Java Kafka client (Spark's Kafka source: ``kafka.*`` options).
+
+        SASL PLAIN/SCRAM become a ``sasl.jaas.config`` line (it holds the password: Spark redacts
+        it through ``spark.redaction.regex``, memestream.spark.REDACTION_REGEX). PEM files map to
+        PEM trust/key stores (Kafka clients 2.7+): the CA file by location, the client certificate
+        and key inline (``ssl.keystore.certificate.chain`` / ``ssl.keystore.key``, the key in
+        unencrypted PKCS#8 PEM), so executors on other machines need no local copy of them.
+        """
+        from pathlib import Path
+
+        opts: dict[str, str] = {"security.protocol": self.security_protocol or "PLAINTEXT"}
+        if self.sasl_mechanism:
+            opts["sasl.mechanism"] = self.sasl_mechanism
+            module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if self.sasl_mechanism == "PLAIN"
+                      else "org.apache.kafka.common.security.scram.ScramLoginModule")
+
+            def quoted(v: str | None) -> str:
+                return '"' + (v or "").replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+            opts["sasl.jaas.config"] = (f"{module} required username={quoted(self.sasl_plain_username)} "
+                                        f"password={quoted(self.sasl_plain_password)};")
+        if self.ssl_cafile:
+            opts["ssl.truststore.type"] = "PEM"
+            opts["ssl.truststore.location"] = str(self.ssl_cafile)
+        if self.ssl_certfile and self.ssl_keyfile:
+            try:
+                chain = Path(self.ssl_certfile).read_text()
+                key = Path(self.ssl_keyfile).read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the TLS client certificate or key: {exc.strerror or exc}: "
+                                  f"{exc.filename}") from None
+            opts["ssl.keystore.type"] = "PEM"
+            opts["ssl.keystore.certificate.chain"] = chain
+            opts["ssl.keystore.key"] = key
+        return {prefix + k: v for k, v in opts.items()}
+
     def __repr__(self) -> str:
         shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(self).items()}
         return "KafkaSecurity(" + ", ".join(f"{k}={v!r}" for k, v in shown.items() if v is not None) + ")"

@@ -4,8 +4,9 @@
   buffers back to the OS (``memestream.ocr``);
 - :func:`parent_death_signal`: ``prctl(PR_SET_PDEATHSIG)``, so a broker started for a test or
   a demo dies with the Python process that started it (``producers.broker``);
-- :func:`exchange_paths`: ``renameat2(RENAME_EXCHANGE)``, the atomic swap of two folders
-  ``meme-compact`` uses (``streaming.compact``).
+- :func:`exchange_paths`: ``renameat2(RENAME_EXCHANGE)``, the atomic swap of two folders;
+  no caller since ``meme-compact`` compacts the Delta tables with ``OPTIMIZE``
+  (``streaming.upkeep``) instead of swapping plain-Parquet folders.
 
 The library is the process's own (``dlopen(NULL)``): it is already mapped, its symbols are
 libc's, and finding it needs no ``ldconfig`` subprocess (``ctypes.util.find_library`` runs

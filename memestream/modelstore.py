@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from memestream import uris
 from memestream.calibration import load_calibrators, save_calibrators
 from memestream.errors import ModelError
 from memestream.novelty import NoveltyModel
@@ -58,39 +59,87 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class ModelStore:
-    """The versioned model directory made by ``meme-train``."""
+    """The versioned model directory made by ``meme-train``: a local folder (``root`` a
+    :class:`~pathlib.Path`) or a Hadoop URI (``root`` a ``str``, read and written through the
+    running SparkSession's Hadoop FileSystem, :mod:`memestream.uris`)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.is_uri = uris.is_uri(root)
+        self.root: Any = os.fspath(root) if self.is_uri else Path(root)
 
-    def versions(self) -> list[str]:
+    def _names(self) -> list[tuple[str, bool]]:
+        if self.is_uri:
+            return uris.list_dir(None, self.root)
         if not self.root.is_dir():
             return []
-        found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name) and (p / MANIFEST).exists()]
+        return [(p.name, p.is_dir()) for p in self.root.iterdir()]
+
+    def has(self, version: str) -> bool:
+        """Whether ``version`` is a loadable version folder (it has its manifest)."""
+        if self.is_uri:
+            return uris.exists(None, uris.join(self.root, version, MANIFEST))
+        return (self.root / version / MANIFEST).exists()
+
+    def version_dir(self, version: str) -> Any:
+        return uris.join(self.root, version) if self.is_uri else self.root / version
+
+    def versions(self) -> list[str]:
+        found = [n for n, is_dir in self._names() if is_dir and _VERSION_RE.match(n) and self.has(n)]
         return sorted(found, key=lambda name: int(_VERSION_RE.match(name).group(1)))  # type: ignore[union-attr]
 
     def new_version_name(self, now: datetime | None = None) -> str:
         now = now or datetime.now(timezone.utc)
-        numbers = [int(_VERSION_RE.match(p.name).group(1)) for p in self.root.glob("v*") if _VERSION_RE.match(p.name)]  # type: ignore[union-attr]
+        numbers = [int(_VERSION_RE.match(n).group(1)) for n, _ in self._names() if _VERSION_RE.match(n)]  # type: ignore[union-attr]
         return f"v{(max(numbers) + 1) if numbers else 1:04d}-{now.strftime('%Y%m%dT%H%M%SZ')}"
 
     def current(self) -> str | None:
         try:
-            name = (self.root / CURRENT_FILE).read_text().strip()
+            if self.is_uri:
+                name = uris.read_text(None, uris.join(self.root, CURRENT_FILE)).strip()
+            else:
+                name = (self.root / CURRENT_FILE).read_text().strip()
         except FileNotFoundError:
             return None
         return name or None
 
     def mark_current(self, version: str) -> None:
-        if not (self.root / version / MANIFEST).exists():
-            raise ModelError(f"cannot mark {version!r} current: {self.root / version / MANIFEST} does not exist")
-        atomic_write_text(self.root / CURRENT_FILE, version + "\n")
+        if not self.has(version):
+            raise ModelError(f"cannot mark {version!r} current: {uris.join(self.root, version, MANIFEST)} does not exist")
+        if self.is_uri:
+            uris.write_text(None, uris.join(self.root, CURRENT_FILE), version + "\n")
+        else:
+            atomic_write_text(self.root / CURRENT_FILE, version + "\n")
 
     def manifest(self, version: str) -> dict[str, Any]:
-        return read_manifest(self.root / version)
+        return read_manifest(self.version_dir(version))
+
+    def publish(self, local_version: str | os.PathLike[str], mark_current: bool = True) -> str:
+        """Copy a version folder made locally into this (URI) store: the version folder first
+        (its manifest makes it loadable), ``CURRENT`` last. Returns the version's URI."""
+        local_version = Path(local_version)
+        target = uris.join(self.root, local_version.name)
+        uris.mkdirs(None, self.root)
+        staging = uris.join(self.root, f"_publishing-{local_version.name}")
+        uris.delete(None, staging)
+        uris.copy_from_local(None, local_version, staging)
+        fs, _ = uris._fs(None, staging)  # noqa: SLF001 - one rename on the same FileSystem
+        jvm = uris.active_spark()._jvm
+        if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging), jvm.org.apache.hadoop.fs.Path(target)):
+            raise ModelError(f"cannot publish {local_version.name} into {self.root}: rename of {staging} failed")
+        if mark_current:
+            self.mark_current(local_version.name)
+        return target
 
 
 def read_manifest(version_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    if uris.is_uri(version_dir):
+        location = uris.join(version_dir, MANIFEST)
+        try:
+            return json.loads(uris.read_text(None, location))
+        except FileNotFoundError:
+            raise ModelError(f"model version folder {version_dir} has no {MANIFEST}; was it written by meme-train?") from None
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{location} is not valid JSON ({exc})") from None
     path = Path(version_dir) / MANIFEST
     try:
         return json.loads(path.read_text())
@@ -100,8 +149,11 @@ def read_manifest(version_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelError(f"{path} is not valid JSON ({exc})") from None
 
 
-def resolve_version_dir(model: str | os.PathLike[str], version: str | None = None) -> Path:
-    """Map a ``--model`` argument (store root or one version folder) to a version folder."""
+def resolve_version_dir(model: str | os.PathLike[str], version: str | None = None) -> Any:
+    """Map a ``--model`` argument (store root or one version folder) to a version folder: a
+    ``Path`` for a local folder, a URI ``str`` for a Hadoop URI (needs a running SparkSession)."""
+    if uris.is_uri(model):
+        return _resolve_uri(os.fspath(model), version)
     path = Path(model)
     if not path.exists():
         raise ModelError(f"no model at {path}: the folder does not exist (train one with: meme-train --model-dir {path})")
@@ -123,6 +175,78 @@ def resolve_version_dir(model: str | os.PathLike[str], version: str | None = Non
     if not (path / current / MANIFEST).exists():
         raise ModelError(f"{path / CURRENT_FILE} names version {current!r}, but {path / current / MANIFEST} is missing")
     return path / current
+
+
+def _resolve_uri(model: str, version: str | None) -> str:
+    if uris.exists(None, uris.join(model, MANIFEST)):
+        if version and uris.name(model) != version:
+            raise ModelError(f"{model} is version {uris.name(model)}, but --model-version asks for {version}")
+        return model
+    if not uris.exists(None, model):
+        raise ModelError(f"no model at {model}: it does not exist (train one with: meme-train --model-dir {model})")
+    store = ModelStore(model)
+    if version:
+        if not store.has(version):
+            raise ModelError(f"model version {version!r} not found in {model}; available: {', '.join(store.versions()) or 'none'}")
+        return store.version_dir(version)
+    current = store.current()
+    if current is None:
+        raise ModelError(
+            f"no model at {model}: expected a model directory made by meme-train (with a {CURRENT_FILE} file) "
+            f"or one version folder (with {MANIFEST})"
+        )
+    if not store.has(current):
+        raise ModelError(f"{uris.join(model, CURRENT_FILE)} names version {current!r}, but its {MANIFEST} is missing")
+    return store.version_dir(current)
+
+
+SPARKFILES = uris.SPARKFILES
+local_asset = uris.local_asset
+_shipped: set[str] = set()
+
+
+def ship_file(spark: Any, local: Path, key: str) -> str:
+    """Hand a local file to every executor (``SparkContext.addFile``) under a name unique to
+    ``key`` (the version and model), so a new version is a new file and a hot-swap ships it
+    too; returns its ``sparkfiles:`` reference."""
+    shipped = f"{key}--{local.name}"
+    shipped = "".join(c if c.isalnum() or c in "-_." else "_" for c in shipped)
+    if shipped not in _shipped:
+        folder = uris.cache_root() / "shipped"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / shipped
+        if not target.exists():
+            tmp = folder / f".{shipped}.{os.getpid()}"
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, target)
+        spark.sparkContext.addFile(str(target))
+        _shipped.add(shipped)
+    return SPARKFILES + shipped
+
+
+def cached_version(spark: Any, version_uri: str) -> Path:
+    """A local copy of a version folder at a URI (its report left out), made once per version:
+    versions never change once published, so the copy is reused by every later load."""
+    target = uris.cache_dir("models", uris.parent(version_uri)) / uris.name(version_uri)
+    if (target / MANIFEST).is_file():
+        return target
+    staging = target.parent / f".{target.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for entry, _ in uris.list_dir(spark, version_uri):
+            if entry in ("report",) or entry.startswith((".", "_")):
+                continue
+            uris.copy_to_local(spark, uris.join(version_uri, entry), staging / entry)
+        if not (staging / MANIFEST).is_file():
+            raise ModelError(f"model version folder {version_uri} has no {MANIFEST}; was it written by meme-train?")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("model %s cached in %s", version_uri, target)
+    return target
 
 
 @dataclass
@@ -154,7 +278,7 @@ def _check_assets(pipeline: Any, where: Path) -> None:
         # lazy: ONNX Runtime is loaded only for a model with a graph, and only when it loads
         from memestream.effnet.runtime import get_embedder
 
-        get_embedder(asset)
+        get_embedder(local_asset(asset))
 
 
 def load_model(model: str | os.PathLike[str], version: str | None = None, which: str | None = None) -> LoadedModel:
@@ -172,7 +296,8 @@ class ModelVersion:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.is_uri = uris.is_uri(path)
+        self.path: Any = os.fspath(path) if self.is_uri else Path(path)
 
     @classmethod
     def create(cls, store: str | os.PathLike[str], name: str | None = None) -> "ModelVersion":
@@ -183,7 +308,7 @@ class ModelVersion:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return uris.name(self.path) if self.is_uri else self.path.name
 
     def model_path(self, name: str) -> Path:
         return self.path / MODELS_DIR / name
@@ -233,6 +358,8 @@ class ModelVersion:
         # lazy: console scripts check --model (resolve_version_dir) before Spark ML is imported
         from pyspark.ml import PipelineModel
 
+        if self.is_uri:
+            return self._load_uri(which)
         vdir = self.path
         manifest = read_manifest(vdir)
         name = which or manifest.get("best")
@@ -253,6 +380,51 @@ class ModelVersion:
             text_branch=TextBranch.load(vdir / branch_rel) if branch_rel else None,
             pipeline=pipeline,
             version=manifest.get("version", vdir.name),
+            name=name,
+            classes=list(manifest["classes"]),
+            feature_set=manifest.get("feature_set", "?"),
+            path=vdir,
+            manifest=manifest,
+        )
+
+    def _load_uri(self, which: str | None) -> LoadedModel:
+        """A version at a Hadoop URI. The PipelineModel is read by Spark from the URI (its
+        stages' data through Hadoop, as any Spark read); the files Python reads (manifest,
+        calibration, novelty reference, text branch, the featurizer's ONNX graph) come from a
+        local copy of the version (:func:`cached_version`), and the graph goes to the
+        executors by ``SparkContext.addFile`` under a name unique to the version: no executor
+        needs the model folder mounted."""
+        from pyspark.ml import PipelineModel
+
+        spark = uris.active_spark()
+        vdir = self.path
+        local = cached_version(spark, vdir)
+        manifest = read_manifest(local)
+        name = which or manifest.get("best")
+        models = manifest.get("models", {})
+        if name not in models:
+            raise ModelError(f"model {name!r} not in {uris.join(vdir, MANIFEST)}; available: {', '.join(models) or 'none'}")
+        rel = models[name]["path"]
+        mpath = uris.join(vdir, rel)
+        try:
+            pipeline = PipelineModel.load(mpath)
+        except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
+        stage = pipeline.stages[0] if pipeline.stages else None
+        if hasattr(stage, "getAssetPath") and stage.getAssetPath():
+            found = sorted((local / rel).glob(f"stages/0_*/data/{Path(stage.getAssetPath()).name}"))
+            if not found:
+                raise ModelError(f"the featurizer of {mpath} is missing its asset {Path(stage.getAssetPath()).name}")
+            stage._set(assetPath=ship_file(spark, found[0], f"{self.name}--{name}"))
+        _check_assets(pipeline, local / rel)
+        branch_rel = models[name].get("text_branch")
+        return LoadedModel(
+            calibrators=load_calibrators(local / rel),
+            novelty=NoveltyModel.load(local / rel),
+            text_branch=TextBranch.load(local / branch_rel) if branch_rel else None,
+            pipeline=pipeline,
+            version=manifest.get("version", self.name),
             name=name,
             classes=list(manifest["classes"]),
             feature_set=manifest.get("feature_set", "?"),

@@ -43,6 +43,10 @@ DEFAULT_CONF: dict[str, str] = {
     # on the TCP handshake/ACK timing; an Arrow UDF over 2 rows went 137 -> 85 ms a job.
     "spark.python.unix.domain.socket.enabled": "true",
     "spark.sql.parquet.compression.codec": "snappy",
+    # Delta rebuilds a table's snapshot (its log replayed) with a shuffle of 50 partitions by
+    # default: 50 tasks per snapshot update, several per append, for tables whose log is a few
+    # KB. The stream's appends spent most of each batch there.
+    "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.streaming.stopGracefullyOnShutdown": "false",
     # The driver keeps a record of every finished job, stage, task and SQL execution for the
     # UI even when the UI is off (defaults 1000/1000/100000/1000). A stream runs a few jobs
@@ -61,6 +65,33 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.worker.ui.retainedExecutors": "10",
     "spark.worker.ui.retainedDrivers": "10",
 }
+
+
+#: Delta Lake in every session (the output tables are Delta tables): its SQL extension and catalog.
+#: The jars themselves come from :func:`memestream.jars.spark_stack_conf` (``spark.jars``).
+DELTA_CONF: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+#: Spark redacts option and conf values whose *key* matches this in plans, logs and the UI. Spark's
+#: default covers "secret|password|token|access[.]?key"; the Kafka source's JAAS line carries the
+#: SASL password under ``kafka.sasl.jaas.config``, and SSL key material under ``kafka.ssl.*``
+#: keys: covered by the added ``jaas`` and ``ssl...key`` alternatives.
+REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|jaas|ssl[.].*key"
+#: Plans print a source's options unredacted; Spark replaces matches of this in explain output and
+#: the UI's SQL tab: the password inside a JAAS line (``password="..."``).
+PLAN_REDACTION_REGEX = r"(?i)password=(\"[^\"]*\"|\S+)"
+
+
+def stack_conf() -> dict[str, str]:
+    """The pinned stack's settings for a new session: the jars (Spark's Kafka source and Delta
+    Lake, resolved once into the cache: memestream.jars), Delta's extension and catalog, and the
+    redaction rule that hides Kafka credentials. JarsUnavailable (one line) when the jars are not
+    cached and cannot be fetched."""
+    from memestream.jars import spark_stack_conf
+
+    return {**spark_stack_conf(), **DELTA_CONF, "spark.redaction.regex": REDACTION_REGEX,
+            "spark.sql.redaction.string.regex": PLAN_REDACTION_REGEX}
 
 
 #: Settings that turn the Spark UI on for a long-running stream (``meme-stream``), with its
@@ -142,6 +173,7 @@ def build_spark(
     if master:
         builder = builder.master(master)
     merged = dict(DEFAULT_CONF)
+    merged.update(stack_conf())
     merged.update(conf or {})
     log4j = _log4j_conf_path()
     java_opts = f"-Dlog4j2.configurationFile=file:{log4j} -Dlog4j.configurationFile=file:{log4j}"
@@ -159,15 +191,72 @@ def build_spark(
     return spark
 
 
-def session_for(app_name: str, master: str | None = None):
+def session_for(app_name: str, master: str | None = None, **build_kwargs):
     """The running session (tests, notebooks: the caller owns it) or a new one from
-    :func:`build_spark`; returns ``(spark, created)``, so a console script stops only what
-    it built."""
+    :func:`build_spark` (``build_kwargs`` go to it); returns ``(spark, created)``, so a console
+    script stops only what it built."""
     # lazy, as in build_spark: console scripts import this module before their flags are checked
     from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
     try:
-        return SparkSession.active(), False
+        running = SparkSession.active()
     except PySparkRuntimeError:
-        return build_spark(app_name, master), True
+        running = None
+    if running is not None:
+        return running, False
+    # outside the except block: an error or Ctrl-C while building is not chained to "no session"
+    return build_spark(app_name, master, **build_kwargs), True
+
+
+def _executor_count(sc) -> int:
+    """Live executors (the driver's own entry left out)."""
+    return max(0, len(sc._jsc.sc().statusTracker().getExecutorInfos()) - 1)
+
+
+def release_executors(spark, timeout_s: float = 30.0) -> bool:
+    """Ask the cluster manager to kill this application's executors and not replace them, and
+    wait until they are gone; True when none is left.
+
+    Why, before ``SparkContext.stop()``: with ``local-cluster[...]`` the master and workers live
+    in the driver's JVM. A stop that tears them down while the application still wants its
+    executors (a stop from the JVM's shutdown hook, when Python just exits) lets the workers'
+    shutdown kill the executors, the master sees them fail and launches new ones on the workers
+    that are still up, and those die at once: dozens of stack traces at every exit. Asking for
+    zero executors first leaves nothing to relaunch.
+    """
+    import time
+
+    sc = spark.sparkContext
+    jsc = sc._jsc.sc()
+    try:
+        ids = jsc.getExecutorIds()
+        if ids.isEmpty():
+            return True
+        jsc.killExecutors(ids)
+    except Exception as exc:  # noqa: BLE001 - a backend that cannot kill executors: the plain stop follows
+        log.debug("could not release the executors before stopping: %s", exc)
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _executor_count(sc) == 0:
+            return True
+        time.sleep(0.2)
+    return _executor_count(sc) == 0
+
+
+def stop_spark(spark) -> None:
+    """Stop a session this program built, in order, while Python and the JVM are both up: its
+    streaming queries, then (``local-cluster``/standalone) its executors, then the SparkContext.
+    A console script calls it on every exit path; never the JVM's shutdown hook."""
+    try:
+        for query in spark.streams.active:
+            try:
+                query.stop()
+            except Exception as exc:  # noqa: BLE001 - stopping interrupts the batch; it replays on restart
+                log.debug("query %s stopped with: %s", query.name, exc)
+        master = spark.sparkContext.master or ""
+        if master.startswith(("local-cluster", "spark://")):
+            release_executors(spark)
+    finally:
+        spark.stop()

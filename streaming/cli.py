@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from memestream.abspath import absolute
+from memestream.abspath import absolute, is_uri
 from memestream.cli import (
     add_common_flags,
     env_flag,
@@ -20,14 +20,13 @@ from memestream.cli import (
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
 from memestream.inference import ENGINES
-from memestream.jars import spark_kafka_conf
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
 from memestream.modelstore import resolve_version_dir
 from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
-from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, build_spark, ui_url
+from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, UI_CONF, session_for, stop_spark, ui_url
 from streaming.config import DEFAULT_TRIGGER_S, KafkaSourceConfig, StreamConfig
-from streaming.counts import WindowSpec, parse_duration
+from streaming.config import WindowSpec, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--processed", envvar="MEMESTREAM_PROCESSED", default="archive", choices=["archive", "delete", "keep"],
              help="what happens to a processed input file (after its batch is committed)")
     env_flag(parser, "--max-bytes", envvar="MEMESTREAM_MAX_BYTES", type=positive_int, default=DEFAULT_MAX_BYTES, help="inputs above this size are quarantined")
-    env_flag(parser, "--kafka-impl", envvar="MEMESTREAM_KAFKA_IMPL", default="python", choices=["python", "spark"],
-             help="Kafka reader: python (built in, kafka-python) or spark (Spark's spark-sql-kafka-0-10 connector at the installed "
-             "PySpark's version, fetched from Maven Central once; not served for every version)")
     env_flag(parser, "--folder-source", envvar="MEMESTREAM_FOLDER_SOURCE", default="spool", choices=["spool", "binaryfile"],
              help="folder reader: spool (built in; offsets are the inbox mover's sequence numbers, so its state stays "
              "constant) or binaryfile (Spark's file source; remembers every file it has seen)")
@@ -109,20 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_retention_flags(parser: argparse.ArgumentParser) -> None:
-    """Bounded output bookkeeping: commit markers kept, in-stream compaction, retention."""
+    """Bounded output tables: in-stream OPTIMIZE/VACUUM and retention (streaming.upkeep)."""
     group = parser.add_argument_group("output upkeep (runs inside the stream)")
-    env_flag(group, "--keep-commits", envvar="MEMESTREAM_KEEP_COMMITS", type=positive_int, default=100,
-             help="commit markers kept per writer (older ones are rolled up into _commits/<writer>/_base.json); "
-             "also Spark's checkpoint minBatchesToRetain (at least 10)")
     env_flag(group, "--compact-every-batches", envvar="MEMESTREAM_COMPACT_EVERY_BATCHES", type=positive_int, default=50,
-             help="merge the sealed batches' part files (as meme-compact does) every N committed batches")
+             help="OPTIMIZE the recent days and VACUUM the Delta tables (as meme-compact does) every N committed batches")
     env_flag(group, "--compact-every-minutes", envvar="MEMESTREAM_COMPACT_EVERY_MINUTES", type=positive_float, default=10.0,
              help="... or every M minutes when something was committed since, whichever comes first")
     env_flag(group, "--retention-days", envvar="MEMESTREAM_RETENTION_DAYS", type=positive_int, default=None,
-             help="delete output date folders older than D days (at each in-stream compaction; default: keep all)")
+             help="delete rows of days older than D days (DELETE + VACUUM at each in-stream upkeep; default: keep all)")
     group.add_argument("--no-compact", action="store_true",
                        default=os.environ.get("MEMESTREAM_NO_COMPACT", "").lower() in ("1", "true", "yes"),
-                       help="no compaction inside the stream (run meme-compact yourself) [env: MEMESTREAM_NO_COMPACT=1]")
+                       help="no upkeep inside the stream (run meme-compact yourself) [env: MEMESTREAM_NO_COMPACT=1]")
 
 
 def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +130,7 @@ def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--max-message-bytes", envvar="MEMESTREAM_KAFKA_MAX_MESSAGE_BYTES", type=positive_int,
              default=DEFAULT_MAX_MESSAGE_BYTES, help="largest record to fetch (consumer fetch sizes)")
     env_flag(group, "--kafka-poll-timeout-ms", envvar="MEMESTREAM_KAFKA_POLL_TIMEOUT_MS", type=positive_int,
-             default=1000, help="one consumer poll in a read task")
+             default=120_000, help="one consumer poll in a read task (Spark's kafkaConsumer.pollTimeoutMs)")
     add_security_flags(parser)
 
 
@@ -162,6 +155,12 @@ def kafka_config_from_args(
     )
 
 
+def _location(text: str) -> Path | str:
+    """A local folder as a Path; a Hadoop URI (``hdfs://``, ``s3a://``, ``file:``...) stays a string
+    (``Path`` would fold ``hdfs://nn/x`` into ``hdfs:/nn/x``)."""
+    return text if is_uri(text) else Path(text)
+
+
 def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None = None) -> StreamConfig:
     """The flags as a StreamConfig (default paths under ``--data-dir``); ``kafka`` replaces the Kafka flags."""
     data = Path(args.data_dir)
@@ -173,9 +172,9 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
         kafka = kafka_config_from_args(args)
     return StreamConfig(
         source=args.source,
-        output=Path(args.output) if args.output else data / "output",
-        checkpoint=Path(args.checkpoint) if args.checkpoint else data / "checkpoints" / args.source,
-        model_dir=Path(args.model) if args.model else data / "models",
+        output=_location(args.output) if args.output else data / "output",
+        checkpoint=_location(args.checkpoint) if args.checkpoint else data / "checkpoints" / args.source,
+        model_dir=_location(args.model) if args.model else data / "models",
         inbox=Path(args.inbox) if args.inbox else data / "inbox",
         spool=Path(args.spool) if args.spool else data / "spool",
         archive=data / "archive",
@@ -190,12 +189,10 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
         watch=not args.no_watch,
         quiet=bool(args.quiet),
         kafka=kafka if args.source == "kafka" else None,
-        kafka_impl=args.kafka_impl,
         folder_impl=args.folder_source,
         scoring=args.scoring,
         text=args.text,
         ood=args.ood,
-        keep_commits=int(args.keep_commits),
         compact_every_batches=None if args.no_compact else int(args.compact_every_batches),
         compact_every_s=None if args.no_compact else float(args.compact_every_minutes) * 60,
         retention_days=int(args.retention_days) if args.retention_days is not None else None,
@@ -203,7 +200,9 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
 
 
 def _spark(args: argparse.Namespace, app: str, conf: dict[str, str] | None = None):
-    return build_spark(app, master=args.master, driver_memory=args.driver_memory,
+    """``(spark, created)``: a session of this process's caller (a test, a notebook) is used and
+    left running; one built here is stopped here."""
+    return session_for(app, master=args.master, driver_memory=args.driver_memory,
                        driver_java_options=args.driver_java_options, conf=conf)
 
 
@@ -218,25 +217,34 @@ def _demo(args: argparse.Namespace) -> int:
         cfg = config_from_args(args, kafka)
         if kafka_broker and not args.checkpoint:
             cfg = own_broker_checkpoint(cfg)
-        return run_demo(_spark(args, "meme-stream-demo"), cfg, sample_dir=absolute(Path(args.data_dir)) / "sample")
+        spark, created = _spark(args, "meme-stream-demo")
+        try:
+            return run_demo(spark, cfg, sample_dir=absolute(Path(args.data_dir)) / "sample")
+        finally:
+            if created:
+                stop_spark(spark)
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.demo:
         return _demo(args)
     cfg = config_from_args(args)
-    resolve_version_dir(cfg.model_dir, cfg.model_version)  # clear error before Spark starts
+    if not is_uri(cfg.model_dir):  # a Hadoop URI is read through Spark: checked when the model loads
+        resolve_version_dir(cfg.model_dir, cfg.model_version)  # clear error before Spark starts
     # Lazy: the query imports pyspark (seconds); --help and flag errors do not need it.
     from streaming import query
 
     conf = {} if args.no_ui else dict(UI_CONF)
-    if cfg.source == "kafka" and cfg.kafka_impl == "spark":
-        conf.update(spark_kafka_conf())  # Spark's Kafka source jars (Maven, cached), or one clear line
-    spark = _spark(args, f"meme-stream-{cfg.source}", conf)
+    conf["spark.scheduler.mode"] = "FAIR"  # the upkeep's OPTIMIZE/VACUUM share the cores with batches (streaming.upkeep)
+    spark, created = _spark(args, f"meme-stream-{cfg.source}", conf)
     url = None if args.no_ui else ui_url(spark)
     if url:
         print(f"Spark UI: {url} (Structured Streaming tab: {url.rstrip('/')}/StreamingQuery/)", file=sys.stderr)
-    summary = query.run_stream(spark, cfg)
+    try:
+        summary = query.run_stream(spark, cfg)
+    finally:
+        if created:
+            stop_spark(spark)  # in order, before exit: never left to the JVM's shutdown hook (local-cluster)
     print(
         f"processed {summary.rows} images in {summary.batches} batches ({summary.errors} quarantined); "
         f"tables in {cfg.output}",

@@ -10,15 +10,38 @@ from dataclasses import dataclass, field
 
 from memestream.novelty import DEFAULT_OOD_MODE, OOD_MODES
 from memestream.stacking import DEFAULT_TEXT_MODE, TEXT_MODES
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Mapping
 
-from memestream.abspath import absolute_fields
+from memestream.abspath import absolute_fields, is_uri
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
 from memestream.inference import ENGINES
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, bootstrap_list
-from streaming.counts import WindowSpec
+
+@dataclass(frozen=True)
+class WindowSpec:
+    window_s: int = 600
+    slide_s: int = 60
+    watermark_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0 or self.slide_s <= 0 or self.watermark_s < 0:
+            raise ValueError("window and slide must be positive and the watermark non-negative")
+        if self.slide_s > self.window_s:
+            raise ValueError(f"slide ({self.slide_s}s) must not exceed the window ({self.window_s}s)")
+
+
+def parse_duration(text: str) -> int:
+    """``"10 minutes"``, ``"30s"``, ``"1h"``, ``"90"`` -> seconds."""
+    units = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+    t = text.strip().lower().replace(" ", "")
+    num = "".join(ch for ch in t if ch.isdigit() or ch == ".")
+    unit = t[len(num):].rstrip("s") or "s"
+    if not num or unit not in units:
+        raise ValueError(f"expected a duration like '30s', '10 minutes' or '1h', found {text!r}")
+    return int(float(num) * units[unit])
+
 
 SOURCES = ("folder", "kafka")
 #: What happens to a processed folder input after its batch is committed.
@@ -26,8 +49,6 @@ PROCESSED = ("archive", "delete", "keep")
 #: spool: our Data Source over the mover's sequence names (state does not grow); binaryfile:
 #: Spark's file source (remembers every file seen; kept to compare).
 FOLDER_IMPLS = ("spool", "binaryfile")
-#: python: our Data Source (kafka-python); spark: Spark's built-in connector (its jar must be on the classpath).
-KAFKA_IMPLS = ("python", "spark")
 #: Seconds between micro-batch starts (``--trigger``). A file that lands while the stream is
 #: idle waits up to this long before a batch picks it up, so it bounds light-load latency from
 #: below; when batches take longer than this they run back to back anyway. An idle stream
@@ -36,33 +57,22 @@ KAFKA_IMPLS = ("python", "spark")
 DEFAULT_TRIGGER_S = 0.1
 
 
-#: Data-source option name -> KafkaSecurity field.
-_SECURITY_OPTIONS = {
-    "security.protocol": "security_protocol",
-    "sasl.mechanism": "sasl_mechanism",
-    "sasl.username": "sasl_plain_username",
-    "sasl.password": "sasl_plain_password",
-    "ssl.cafile": "ssl_cafile",
-    "ssl.certfile": "ssl_certfile",
-    "ssl.keyfile": "ssl_keyfile",
-}
-
-
 @dataclass(frozen=True)
 class KafkaSourceConfig:
-    """The Kafka input (``streaming.kafka_source``); travels to executors as data-source options (strings)."""
+    """The Kafka input: Spark's Kafka source (``spark-sql-kafka-0-10``, see :meth:`spark_options`);
+    kafka-python only checks broker and topic before the query starts (streaming.sources.check_topic)."""
 
     bootstrap_servers: str
     topic: str
     starting_offsets: str = "earliest"
     max_offsets_per_trigger: int | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    poll_timeout_ms: int = 1000
-    #: A read task fails (naming topic/partition/offset) after this long without progress.
-    stall_timeout_s: float = 60.0
-    #: Split a partition's range into Spark tasks of at most this many records (0 = no split).
-    max_records_per_task: int = 0
-    #: How long to try reaching the broker before BrokerError.
+    #: One consumer poll in a read task (the connector's ``kafkaConsumer.pollTimeoutMs``).
+    poll_timeout_ms: int = 120_000
+    #: Fail the query when offsets it was to read are gone (retention, topic recreated) instead of
+    #: silently skipping them (the connector's ``failOnDataLoss``).
+    fail_on_data_loss: bool = True
+    #: How long the pre-flight check tries to reach the broker before BrokerError.
     connect_timeout_s: float = 15.0
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -73,65 +83,34 @@ class KafkaSourceConfig:
             raise ConfigError(f"expected Kafka bootstrap servers and a topic, found {self.bootstrap_servers!r} "
                               f"and {self.topic!r}")
 
-    def options(self) -> dict[str, str]:
-        """Data-source options (Spark redacts values of keys containing 'password' in plans/logs)."""
+    def spark_options(self) -> dict[str, str]:
+        """Options of Spark's Kafka source (``spark.readStream.format("kafka")``). The offsets live in
+        the query's checkpoint only (no consumer group commits); the fetch sizes allow one record of
+        ``max_message_bytes`` plus framing; security maps to the Java client's ``kafka.*`` settings."""
+        one = self.max_message_bytes + RECORD_OVERHEAD_BYTES
         opts = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "topic": self.topic,
+            "kafka.bootstrap.servers": self.bootstrap_servers,
+            "subscribe": self.topic,
             "startingOffsets": self.starting_offsets,
-            "maxMessageBytes": str(self.max_message_bytes),
-            "pollTimeoutMs": str(self.poll_timeout_ms),
-            "stallTimeoutS": str(self.stall_timeout_s),
-            "maxRecordsPerTask": str(self.max_records_per_task),
-            "connectTimeoutS": str(self.connect_timeout_s),
+            "failOnDataLoss": str(self.fail_on_data_loss).lower(),
+            "includeHeaders": "true",
+            "kafkaConsumer.pollTimeoutMs": str(self.poll_timeout_ms),
+            "kafka.max.partition.fetch.bytes": str(one),
+            "kafka.fetch.max.bytes": str(max(one, 64 * 1024 * 1024)),
         }
         if self.max_offsets_per_trigger:
             opts["maxOffsetsPerTrigger"] = str(self.max_offsets_per_trigger)
-        sec = self.security.kwargs()
-        for opt, attr in _SECURITY_OPTIONS.items():
-            if attr in sec:
-                opts[opt] = str(sec[attr])
+        opts.update(self.security.java_client_options())
         return opts
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, str]) -> "KafkaSourceConfig":
-        opts = {str(k).lower(): v for k, v in options.items()}
-
-        def get(name: str, default: Any = None) -> Any:
-            value = opts.get(name.lower())
-            return default if value in (None, "") else value
-
-        try:
-            security = KafkaSecurity(**{attr: get(opt) for opt, attr in _SECURITY_OPTIONS.items() if get(opt)})
-            mopt = get("maxOffsetsPerTrigger")
-            return cls(
-                bootstrap_servers=get("bootstrap.servers", ""),
-                topic=get("topic", ""),
-                starting_offsets=str(get("startingOffsets", "earliest")).lower(),
-                max_offsets_per_trigger=int(mopt) if mopt else None,
-                max_message_bytes=int(get("maxMessageBytes", DEFAULT_MAX_MESSAGE_BYTES)),
-                poll_timeout_ms=int(get("pollTimeoutMs", 1000)),
-                stall_timeout_s=float(get("stallTimeoutS", 60.0)),
-                max_records_per_task=int(get("maxRecordsPerTask", 0)),
-                connect_timeout_s=float(get("connectTimeoutS", 15.0)),
-                security=security,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"bad memestream-kafka option: {exc}") from None
-
-    def consumer_kwargs(self, fetch_wait_ms: int = 500) -> dict[str, Any]:
-        one = self.max_message_bytes + RECORD_OVERHEAD_BYTES
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """kafka-python consumer settings for the pre-flight check (no group, nothing committed)."""
         return {
             "bootstrap_servers": bootstrap_list(self.bootstrap_servers),
-            "client_id": "memestream-source",
+            "client_id": "memestream-preflight",
             "group_id": None,
             "enable_auto_commit": False,
             "allow_auto_create_topics": False,
-            "auto_offset_reset": "earliest",
-            "max_partition_fetch_bytes": one,
-            "fetch_max_bytes": max(one, 64 * 1024 * 1024),
-            "receive_message_max_bytes": max(one, 64 * 1024 * 1024) + RECORD_OVERHEAD_BYTES,
-            "fetch_max_wait_ms": fetch_wait_ms,
             "request_timeout_ms": 30_000,
             "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
             **self.security.kwargs(),
@@ -148,9 +127,10 @@ class StreamConfig:
     """Everything one stream needs; invalid combinations fail here, with the flag's name."""
 
     source: str
-    output: Path
-    checkpoint: Path
-    model_dir: Path
+    #: Local folders (Path) or Hadoop URIs (str: hdfs://, s3a://, abfss://, gs://, file:), see memestream.uris.
+    output: Path | str
+    checkpoint: Path | str
+    model_dir: Path | str
     inbox: Path | None = None
     spool: Path | None = None
     archive: Path | None = None
@@ -165,36 +145,37 @@ class StreamConfig:
     watch: bool = True
     quiet: bool = False
     kafka: KafkaSourceConfig | None = None
-    kafka_impl: str = "python"
     folder_impl: str = "spool"
     scoring: str = "auto"
     #: The model's OCR text branch: off | cascade (OCR only when the image branch is unsure) | always.
     text: str = DEFAULT_TEXT_MODE
     #: Novelty ("none of these"): off | flag (keep the label, ood = true) | reject (label NULL, counted as unknown).
     ood: str = DEFAULT_OOD_MODE
-    #: Bounded bookkeeping for a long life: commit markers kept per writer (older ones rolled up;
-    #: also Spark's minBatchesToRetain, at least 10), and compaction inside the stream every
-    #: N batches or M seconds (None = that trigger off; both None = no in-stream compaction),
-    #: each run bounded to ``compact_budget_s``; date folders older than ``retention_days`` go.
-    keep_commits: int = 100
+    #: Bounded tables for a long life (``streaming.upkeep``): OPTIMIZE, retention and VACUUM
+    #: inside the stream every N recorded batches or M seconds (None = that trigger off; both
+    #: None = no in-stream upkeep); rows of days older than ``retention_days`` are deleted.
     compact_every_batches: int | None = 50
     compact_every_s: float | None = 600.0
-    compact_budget_s: float = 60.0
     retention_days: int | None = None
 
     @property
     def compacts(self) -> bool:
-        """Whether the stream compacts its output itself (a background thread)."""
+        """Whether the stream keeps its tables bounded itself (a background thread)."""
         return self.compact_every_batches is not None or self.compact_every_s is not None
 
     def __post_init__(self) -> None:
+        for name in ("output", "checkpoint", "model_dir"):  # a URI stays a str; a local path becomes a Path
+            value = getattr(self, name)
+            if isinstance(value, str) and not is_uri(value):
+                object.__setattr__(self, name, Path(value))
+            elif isinstance(value, PurePath) and is_uri(str(value)):
+                raise ConfigError(f"--{name.replace('_dir', '')} {value}: pass a URI as a string (a Path folds 'hdfs://' into 'hdfs:/')")
         absolute_fields(self)  # the paths mean what they meant where the config was built
         _one_of("--source", self.source, SOURCES)
         _one_of("--scoring", self.scoring, ENGINES)
         _one_of("--text", self.text, TEXT_MODES)
         _one_of("--ood", self.ood, OOD_MODES)
         _one_of("--processed", self.processed, PROCESSED)
-        _one_of("--kafka-impl", self.kafka_impl, KAFKA_IMPLS)
         _one_of("--folder-source", self.folder_impl, FOLDER_IMPLS)
         if self.source == "kafka" and not isinstance(self.kafka, KafkaSourceConfig):
             raise ConfigError(f"a Kafka stream needs a KafkaSourceConfig (bootstrap servers and topic), found {self.kafka!r}")
@@ -206,8 +187,6 @@ class StreamConfig:
                             ("--max-bytes", self.max_bytes)):
             if value <= 0:
                 raise ConfigError(f"{flag} expects a positive number, found {value}")
-        if self.keep_commits < 2:
-            raise ConfigError(f"--keep-commits expects at least 2 (the newest decides a replay), found {self.keep_commits}")
         for flag, opt in (("--compact-every-batches", self.compact_every_batches), ("--compact-every-minutes", self.compact_every_s),
                           ("--retention-days", self.retention_days)):
             if opt is not None and opt <= 0:
@@ -215,7 +194,7 @@ class StreamConfig:
 
     def identity(self) -> dict[str, str]:
         """What a checkpoint is bound to: changing any of these needs a new checkpoint."""
-        ident = {"source": self.source, "output": str(self.output.resolve())}
+        ident = {"source": self.source, "output": self.output if isinstance(self.output, str) else str(self.output.resolve())}
         if self.source == "folder":
             ident["spool"] = str(self.spool.resolve()) if self.spool else ""
             ident["folder_impl"] = self.folder_impl

@@ -12,67 +12,33 @@ start + W, and a row at t belongs to every window with start <= t < end.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-import numpy as np
-import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-_US = 1_000_000
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    window_s: int = 600
-    slide_s: int = 60
-    watermark_s: int = 3600
-
-    def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.slide_s <= 0 or self.watermark_s < 0:
-            raise ValueError("window and slide must be positive and the watermark non-negative")
-        if self.slide_s > self.window_s:
-            raise ValueError(f"slide ({self.slide_s}s) must not exceed the window ({self.window_s}s)")
+from streaming.config import WindowSpec, parse_duration  # noqa: F401 - defined without Spark, for --help
 
 
-def parse_duration(text: str) -> int:
-    """``"10 minutes"``, ``"30s"``, ``"1h"``, ``"90"`` -> seconds."""
-    units = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
-    t = text.strip().lower().replace(" ", "")
-    num = "".join(ch for ch in t if ch.isdigit() or ch == ".")
-    unit = t[len(num):].rstrip("s") or "s"
-    if not num or unit not in units:
-        raise ValueError(f"expected a duration like '30s', '10 minutes' or '1h', found {text!r}")
-    return int(float(num) * units[unit])
+def with_late(df: DataFrame, watermark: datetime | None, event_col: str = "event_time") -> DataFrame:
+    """Add ``late``: the row's event time is below ``watermark`` (None: nothing is late yet)."""
+    if watermark is None:
+        return df.withColumn("late", F.lit(False))
+    return df.withColumn("late", F.coalesce(F.col(event_col) < F.lit(watermark), F.lit(False)))
 
 
-def late_mask(event_us: np.ndarray, watermark_us: int | None) -> np.ndarray:
-    if watermark_us is None:
-        return np.zeros(event_us.shape, dtype=bool)
-    return event_us < watermark_us
+def watermark_after(max_event_time: datetime | None, spec: WindowSpec) -> datetime | None:
+    """The watermark a batch sees: the largest event time of earlier batches minus the allowed delay."""
+    return None if max_event_time is None else max_event_time - timedelta(seconds=spec.watermark_s)
 
 
-def window_deltas(labels: list[str | None], event_us: np.ndarray, late: np.ndarray, spec: WindowSpec) -> pa.Table:
-    """Count rows per (window, label) for labelled, on-time rows; returns an Arrow table."""
-    ok = np.array([lbl is not None for lbl in labels], dtype=bool) & ~late
-    w_us, s_us = spec.window_s * _US, spec.slide_s * _US
-    per_row = -(-w_us // s_us)  # windows a row can fall in (ceil)
-    counts: dict[tuple[int, str], int] = {}
-    idx = np.nonzero(ok)[0]
-    if idx.size:
-        t = event_us[idx]
-        last_start = (t // s_us) * s_us
-        for k in range(per_row):
-            starts = last_start - k * s_us
-            inside = t < starts + w_us
-            for i, start in zip(idx[inside], starts[inside]):
-                key = (int(start), labels[i])  # type: ignore[index]
-                counts[key] = counts.get(key, 0) + 1
-    keys = sorted(counts)
-    starts = np.array([k[0] for k in keys], dtype=np.int64)
-    return pa.table(
-        {
-            "window_start": pa.array(starts, type=pa.timestamp("us", tz="UTC")),
-            "window_end": pa.array(starts + w_us, type=pa.timestamp("us", tz="UTC")),
-            "label": pa.array([k[1] for k in keys], type=pa.string()),
-            "count": pa.array([counts[k] for k in keys], type=pa.int64()),
-        }
+def window_deltas(df: DataFrame, spec: WindowSpec, label_col: str = "label", event_col: str = "event_time") -> DataFrame:
+    """Rows per (window, label) of one batch's labelled, on-time rows (``late`` must be there):
+    Spark's own sliding ``window()``, run on the executors like the rest of the batch."""
+    win = F.window(event_col, f"{spec.window_s} seconds", f"{spec.slide_s} seconds")
+    return (
+        df.where(F.col(label_col).isNotNull() & ~F.col("late"))
+        .groupBy(win.alias("w"), F.col(label_col).alias("label"))
+        .agg(F.count(F.lit(1)).alias("count"))
+        .select(F.col("w.start").alias("window_start"), F.col("w.end").alias("window_end"), "label", "count")
     )

@@ -1,9 +1,9 @@
 """What ``meme-dashboard`` shows, read from the stream's output tables with DuckDB.
 
-:class:`Snapshots` reads every panel in one pass (one scan of each table into memory, then
+:class:`Snapshots` reads every panel in one pass (one scan of each table's Delta snapshot into memory, then
 small queries), keeps the newest snapshot for the refresh interval, and turns any problem into
-a ``message`` for the page instead of an exception. DuckDB needs no JVM, and the file list
-(:mod:`streaming.duck`) skips hidden and retired generations exactly as every other reader does.
+a ``message`` for the page instead of an exception. DuckDB needs no JVM, and ``deltalake``
+hands it exactly the files of the committed version (:mod:`streaming.duck`), as every Delta reader sees them.
 """
 from __future__ import annotations
 
@@ -101,8 +101,9 @@ class Snapshots:
         with self._lock:
             con = self._connection()
             duck.register_views(con, self.output)
-            row = con.execute("SELECT payload FROM quarantine WHERE image_id = ? AND payload IS NOT NULL LIMIT 1",
-                              [image_id]).fetchone()
+            rows = con.execute("SELECT payload FROM quarantine WHERE image_id = ? AND payload IS NOT NULL LIMIT 1",
+                               [image_id]).fetchall()  # fetchall: no unfinished result left on the connection
+            row = rows[0] if rows else None
         return bytes(row[0]) if row and row[0] else None
 
     def _read(self) -> dict[str, Any]:

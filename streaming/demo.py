@@ -24,8 +24,7 @@ from producers.broker import start_broker
 from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
 from streaming.config import StreamConfig
 from streaming.query import run_stream
-from streaming.schema import PREDICTIONS, QUARANTINE, read_table
-from streaming.sinks import OutputTables
+from streaming.schema import PREDICTIONS, QUARANTINE, label_totals, read_table
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +106,20 @@ def run_demo(spark, cfg: StreamConfig, sample_dir: Path) -> int:
     ensure_model(spark, sample_dir, cfg.model_dir, cfg.quiet)
     inputs = demo_inputs()
     feed(cfg, inputs)
-    before = OutputTables(cfg.output).label_totals()
+    before = label_totals(cfg.output)
     if cfg.source == "folder":
         summary = run_stream(spark, replace(cfg, available_now=True))
     else:
         summary = run_stream(spark, cfg, until=lambda s: s.rows >= len(inputs))
     preds = read_table(cfg.output, PREDICTIONS).to_pandas()
     quarantine = read_table(cfg.output, QUARANTINE).to_pandas()
-    after = OutputTables(cfg.output).label_totals()
+    after = label_totals(cfg.output)
     print("")
     print(f"demo: classified {summary.rows} inputs in {summary.batches} batch(es); {summary.errors} quarantined")
     print("demo: totals per class:", ", ".join(f"{k} {after.get(k, 0)} (+{after.get(k, 0) - before.get(k, 0)})" for k in sorted(after)))
     if len(quarantine):
         reasons = quarantine.groupby("error_code").size().to_dict()
         print("demo: quarantined by reason:", ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
-    print(f"demo: predictions table: {cfg.output / PREDICTIONS} ({len(preds)} rows in all)")
+    print(f"demo: predictions table (Delta): {cfg.output / PREDICTIONS} ({len(preds)} rows in all)")
     print(f"demo: try: meme-query --output {cfg.output} \"SELECT label, count(*) FROM predictions GROUP BY label\"")
     return 0

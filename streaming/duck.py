@@ -6,11 +6,11 @@ Spark ones in :mod:`streaming.tables` (same names, columns and types; DuckDB spe
 types its own way, see docs/query.md), so a query that avoids dialect-specific
 functions gives the same answer on both engines.
 
-DuckDB's ``read_parquet`` glob does not skip hidden names, so the file list is built
-here with the rule Spark applies: any file or folder whose name starts with ``.`` or
-``_`` is invisible. That skips the writers' staging files (``.part-*.tmp``), commit
-markers (``_commits/``) and the generations compaction leaves behind
-(``.date=D.compact-*``, ``.date=D.retired-*``, ``.date=D.expired-*``).
+Each output table is a Delta Lake table: ``deltalake`` (delta-rs, no JVM) reads its
+transaction log and hands DuckDB the snapshot's files as a pyarrow dataset, so only the
+files of the committed version are read (no listing, no hidden-name rules) and DuckDB
+pushes column selection and filters into the scan. :mod:`streaming.snapshots` picks the
+version (``--as-of``) and refuses the old plain-Parquet layout.
 
 This module imports neither pyspark nor pandas, so a query process starts fast.
 """
@@ -18,28 +18,28 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import IO, Any, Sequence
 
 from memestream.errors import ConfigError
-from streaming import schema
-from streaming.schema import ViewInfo, check_output_dir, data_files  # noqa: F401 - one folder layout for both engines
+from streaming import schema, snapshots
+from streaming.schema import ViewInfo, check_output_dir  # noqa: F401 - re-exported for meme-query
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS, QUARANTINE, CLASS_COUNTS = schema.PREDICTIONS, schema.QUARANTINE, schema.CLASS_COUNTS
+PREDICTIONS, QUARANTINE, CLASS_COUNTS, BATCHES = schema.PREDICTIONS, schema.QUARANTINE, schema.CLASS_COUNTS, schema.BATCHES
 CLASS_COUNT_DELTAS = "class_count_deltas"
 CLASS_TOTALS = "class_totals"
 TABLES: tuple[str, ...] = schema.TABLES
+#: The view each Delta table is registered as (``class_counts`` is the summed view over the deltas).
+VIEW_OF: dict[str, str] = {table: CLASS_COUNT_DELTAS if table == CLASS_COUNTS else table for table in TABLES}
 
-#: Columns of each table when it has no files yet, in DuckDB types: the one definition
-#: (:data:`streaming.schema.COLUMNS`, Spark SQL types) translated type by type (tests
-#: check that the two engines report the same columns and types); when files exist
-#: their schema wins.
+#: Columns of each table in DuckDB types: the one definition (:data:`streaming.schema.COLUMNS`,
+#: Spark SQL types) translated type by type; tests check that both engines and a Delta table
+#: read through ``deltalake`` report exactly these.
 _DUCK_TYPES = {
     "string": "VARCHAR", "double": "DOUBLE", "bigint": "BIGINT", "boolean": "BOOLEAN", "binary": "BLOB",
     "timestamp": "TIMESTAMP WITH TIME ZONE", "map<string,string>": "MAP(VARCHAR, VARCHAR)",
-    "map<string,double>": "MAP(VARCHAR, DOUBLE)",
+    "map<string,double>": "MAP(VARCHAR, DOUBLE)", "map<string,bigint>": "MAP(VARCHAR, BIGINT)",
 }
 EMPTY_SCHEMAS: dict[str, list[tuple[str, str]]] = {
     table: [(name, _DUCK_TYPES[kind]) for name, kind in schema.COLUMNS[table]] + [(schema.DATE, "DATE")] for table in TABLES
@@ -51,25 +51,6 @@ CLASS_COUNTS_SQL = (
     f"FROM {CLASS_COUNT_DELTAS} GROUP BY window_start, window_end, label"
 )
 CLASS_TOTALS_SQL = f'SELECT label, COUNT(*) AS "count" FROM {PREDICTIONS} WHERE label IS NOT NULL GROUP BY label'
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def empty_select(table: str) -> str:
-    """A zero-row SELECT with the table's columns and types."""
-    cols = ", ".join(f'CAST(NULL AS {typ}) AS "{name}"' for name, typ in EMPTY_SCHEMAS[table])
-    return f"SELECT {cols} WHERE false"
-
-
-def table_select(files: Sequence[Path]) -> str:
-    """SELECT over an explicit file list, ``date`` taken from the ``date=`` folder names."""
-    listing = ", ".join(_quote(str(f)) for f in files)
-    return (
-        f"SELECT * FROM read_parquet([{listing}], hive_partitioning = true, "
-        f"hive_types = {{'date': 'DATE'}}, union_by_name = true)"
-    )
 
 
 def connect(threads: int | None = None):
@@ -87,32 +68,33 @@ def connect(threads: int | None = None):
     return con
 
 
-def register_views(con, output: str | os.PathLike[str]) -> list[ViewInfo]:
-    """Create ``predictions``, ``quarantine``, ``class_count_deltas``, ``class_counts`` (summed
-    deltas) and ``class_totals`` as views over ``output``; a table without files is an empty,
-    typed view. Call again to pick up files written since (views hold the file list)."""
+def register_views(con, output: str | os.PathLike[str], as_of: str | int | None = None) -> list[ViewInfo]:
+    """Create ``predictions``, ``quarantine``, ``class_count_deltas``, ``batches``, ``class_counts``
+    (summed deltas) and ``class_totals`` as views over the Delta tables under ``output``, at
+    ``as_of`` (a ``predictions`` version or an ISO timestamp: :mod:`streaming.snapshots`;
+    default the latest). A table that does not exist yet is an empty view with its columns.
+    Call again to see versions committed since (a view holds one snapshot)."""
     root = check_output_dir(output)
     infos: list[ViewInfo] = []
-    for table in TABLES:
-        folder = root / table
-        files = data_files(folder)
-        view = CLASS_COUNT_DELTAS if table == CLASS_COUNTS else table
-        con.execute(f'CREATE OR REPLACE TEMP VIEW "{view}" AS ' + (table_select(files) if files else empty_select(table)))
-        if not folder.exists():
-            note = "folder does not exist yet: registered empty"
-            log.info("%s: %s does not exist yet; view registered empty", view, folder)
-        elif not files:
-            note = "no data files yet: registered empty"
-            log.info("%s: no Parquet files under %s yet; view registered empty", view, folder)
-        else:
-            note = f"{len(files)} file(s)"
-            log.debug("%s: %d file(s) under %s", view, len(files), folder)
-        infos.append(ViewInfo(view, folder, len(files), note))
+    for table, snap in snapshots.resolve(root, as_of).items():
+        view = VIEW_OF[table]
+        con.register(view, dataset(snap))
+        files = snap.files
+        log.debug("%s: %s (%s)", view, snap.uri, snap.note)
+        infos.append(ViewInfo(view, snap.uri, files, snap.note))
     con.execute(f"CREATE OR REPLACE TEMP VIEW {CLASS_COUNTS} AS {CLASS_COUNTS_SQL}")
     infos.append(ViewInfo(CLASS_COUNTS, None, 0, f"SUM(count) of {CLASS_COUNT_DELTAS} per window_start, window_end, label"))
     con.execute(f"CREATE OR REPLACE TEMP VIEW {CLASS_TOTALS} AS {CLASS_TOTALS_SQL}")
     infos.append(ViewInfo(CLASS_TOTALS, None, 0, f"COUNT(*) of {PREDICTIONS} per label (label not null)"))
     return infos
+
+
+def dataset(snap: snapshots.Snapshot):
+    """What DuckDB scans for one snapshot: the Delta files as a pyarrow dataset (lazy: DuckDB
+    pushes projections and filters into it), or an empty table with the columns."""
+    if snap.table is None:
+        return schema.arrow_schema(snap.name).empty_table()
+    return snap.table.to_pyarrow_dataset()
 
 
 def columns(con, view: str) -> list[tuple[str, str]]:
@@ -129,10 +111,12 @@ def describe_views(con, infos: Sequence[ViewInfo], stream: IO[str]) -> None:
 
 
 def vanished_file(exc: BaseException) -> bool:
-    """True for the error DuckDB raises when a listed file is gone (compaction or retention swapped it)."""
+    """True for the error a scan raises when a file of the snapshot is gone (VACUUM removed it)."""
     import duckdb
 
     text = str(exc)
+    if isinstance(exc, duckdb.InvalidInputException):  # a pyarrow dataset file gone mid-scan
+        return "Could not open Parquet input source" in text or "not found" in text.lower()
     return isinstance(exc, duckdb.IOException) and ("No such file" in text or "No files found" in text or "Cannot open" in text)
 
 
@@ -153,6 +137,8 @@ def run_sql(con, sql: str, limit: int | None = None):
         return rel.to_arrow_table()
     except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
             duckdb.ConversionException, duckdb.InvalidInputException, duckdb.NotImplementedException) as exc:
+        if vanished_file(exc):
+            raise
         raise ConfigError(f"query failed: {_one_line(exc)}") from None
 
 
@@ -161,14 +147,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(lines)[:500] if lines else type(exc).__name__
 
 
-def query(con, output: str | os.PathLike[str], sql: str, limit: int | None = None):
-    """``run_sql`` over fresh views, listing the files again once if one vanished mid-query."""
+def query(con, output: str | os.PathLike[str], sql: str, limit: int | None = None, as_of: str | int | None = None):
+    """``run_sql`` over the registered views; if a file of the snapshot vanished mid-query
+    (VACUUM of an old version), registers the views again once (the latest snapshot, or ``as_of``)."""
     for attempt in (1, 2):
         try:
             return run_sql(con, sql, limit)
         except Exception as exc:  # noqa: BLE001 - only a vanished file is retried
             if attempt == 2 or not vanished_file(exc):
                 raise
-            log.info("a file vanished while reading %s (compaction?); listing again", output)
-            register_views(con, output)
+            log.info("a file vanished while reading %s (VACUUM?); opening the tables again", output)
+            register_views(con, output, as_of)
     raise AssertionError("unreachable")

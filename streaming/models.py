@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from memestream import uris
 from memestream.errors import ModelError
 from memestream.modelstore import CURRENT_FILE, LoadedModel, ModelStore, load_model
 
@@ -19,7 +20,8 @@ class ModelHolder:
     """The current model, reloaded when the store's current version changes (unless pinned)."""
 
     def __init__(self, model_dir: str | Path, pinned_version: str | None = None) -> None:
-        self.model_dir = Path(model_dir)
+        # a Hadoop URI stays a string (memestream.uris); CURRENT is then read through Hadoop
+        self.model_dir = str(model_dir) if uris.is_uri(model_dir) else Path(model_dir)
         self.pinned = pinned_version
         self.model: LoadedModel = load_model(self.model_dir, pinned_version)
         self._failed: set[str] = set()
@@ -28,14 +30,18 @@ class ModelHolder:
                  ", ".join(self.model.classes), self.model.path)
 
     def _wanted(self) -> str | None:
-        if self.pinned or not (self.model_dir / CURRENT_FILE).exists():
+        if self.pinned:
+            return None
+        if isinstance(self.model_dir, str):
+            return ModelStore(self.model_dir).current()
+        if not (self.model_dir / CURRENT_FILE).exists():
             return None
         return ModelStore(self.model_dir).current()
 
     def refresh(self) -> LoadedModel:
         """Return the model to use for the next batch, switching if a new one is current."""
         wanted = self._wanted()
-        if wanted and wanted != self.model.path.name and wanted not in self._failed:
+        if wanted and wanted != uris.name(self.model.path) and wanted not in self._failed:
             try:
                 new = load_model(self.model_dir, wanted)
             except ModelError as exc:

@@ -1,13 +1,14 @@
 """The streaming query: open the source, run ``foreachBatch``, stop cleanly.
 
 The only module that touches ``readStream``/``writeStream``. What to read comes from
-:mod:`streaming.sources` / :mod:`streaming.kafka_source` (:class:`StreamSource`); each
+:mod:`streaming.sources` (:class:`StreamSource`); each
 micro-batch is handled by :class:`streaming.batch.BatchProcessor`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -18,14 +19,13 @@ from pyspark.sql import DataFrame, SparkSession
 
 from memestream.errors import CheckpointError, ConfigError, MemestreamError
 from memestream.inbox import InboxMover
+from memestream.spool import SpoolSequence
 from streaming.batch import BatchProcessor, LiveSummary, StageHook
-from streaming.compact import CompactConfig, StreamCompactor
 from streaming.config import StreamConfig
-from streaming.kafka_source import spark_kafka_available, topic_source
 from streaming.models import ModelHolder
-from streaming.schema import DEFAULT_WRITER
-from streaming.sinks import OutputTables
-from streaming.sources import StreamSource, folder_frame, folder_source, kafka_frame, spark_kafka_frame, spark_kafka_source
+from streaming.sinks import DeltaOutput
+from streaming.sources import StreamSource, folder_frame, folder_source, kafka_source, spark_kafka_frame
+from streaming.upkeep import StreamUpkeep, UpkeepConfig
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def check_checkpoint(cfg: StreamConfig) -> str:
             detail = "; ".join(f"{k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"checkpoint {cfg.checkpoint} belongs to another configuration ({detail}); "
                                   "use a new --checkpoint or the original settings")
-        return str(old.get("writer") or DEFAULT_WRITER)
+        return str(old.get("writer") or "main")
     if cfg.checkpoint.exists() and any(cfg.checkpoint.iterdir()):
         raise CheckpointError(f"{cfg.checkpoint} is not empty but was not written by meme-stream; use a new --checkpoint")
     writer = f"{cfg.source}_{uuid.uuid4().hex[:6]}"
@@ -78,22 +78,15 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
         assert cfg.spool is not None  # StreamConfig checks it
         cfg.spool.mkdir(parents=True, exist_ok=True)
         source = folder_source(cfg.spool, cfg.max_files_per_trigger, cfg.folder_impl, folder_tasks(spark),
-                               keep_processed=cfg.processed == "keep")
+                               keep_processed=cfg.processed == "keep", available_now=cfg.available_now)
         if cfg.folder_impl == "spool":
             from streaming.spool_source import register
 
             register(spark)
         return open_stream(spark, source).transform(folder_frame)
     assert cfg.kafka is not None  # StreamConfig checks it
-    if cfg.kafka_impl == "spark":
-        if not spark_kafka_available(spark):
-            raise ConfigError(
-                "--kafka-impl spark needs Spark's Kafka connector (org.apache.spark:spark-sql-kafka-0-10_2.13) "
-                "on the classpath, and it is not there; add it with spark-submit --packages/--jars or "
-                "spark.jars, or use the default --kafka-impl python"
-            )
-        return open_stream(spark, spark_kafka_source(cfg.kafka)).transform(spark_kafka_frame)
-    return open_stream(spark, topic_source(spark, cfg.kafka)).transform(kafka_frame)
+    # Spark's Kafka source (its jar is in every session); broker and topic are checked first
+    return open_stream(spark, kafka_source(cfg.kafka)).transform(spark_kafka_frame)
 
 
 def folder_tasks(spark: SparkSession) -> int:
@@ -163,46 +156,56 @@ class StopFlag:
         self.event.set()
 
 
-#: Spark keeps this many batches of its checkpoint's offsets/commits logs (older ones are
-#: purged as batches complete); set per query from ``--keep-commits``.
-MIN_BATCHES_TO_RETAIN = "spark.sql.streaming.minBatchesToRetain"
+def bounded_by_us(cfg: StreamConfig) -> bool:
+    """``--available-now`` on the spool source: PySpark 4.1 gives a Python source no read limit
+    under Spark's availableNow trigger (it would read everything as one batch), so the source
+    caps each batch itself and stops at what the spool held at start, and the run loop ends
+    the query once a committed batch reaches the spool's high-water mark read at start (:func:`drained_to`)."""
+    return cfg.available_now and cfg.source == "folder" and cfg.folder_impl == "spool"
 
 
-def min_batches_to_retain(cfg: StreamConfig) -> int:
-    """Spark's checkpoint history: as long as our markers' (``--keep-commits``), at least 10."""
-    return max(10, cfg.keep_commits)
+def spool_high_water(cfg: StreamConfig) -> int:
+    """The spool's last handed-out sequence number: an ``--available-now`` run's target (every
+    file in the spool now has a number at or below it)."""
+    with SpoolSequence(cfg.spool).locked() as held:  # type: ignore[arg-type]
+        return held.last
+
+
+def drained_to(query, target: int) -> bool:  # noqa: ANN001
+    """Whether the spool query has committed a batch ending at or past ``target``. Spark posts a
+    batch's progress after its commit; a run with nothing to read gets an idle progress (its
+    checkpoint's offset) within ``spark.sql.streaming.noDataProgressEventInterval``."""
+    progress = query.lastProgress
+    if not progress:
+        return False
+    end = progress["sources"][0]["endOffset"] if progress["sources"] else None
+    if isinstance(end, dict):
+        end = end.get("seq")
+    match = re.search(r"seq\W+(\d+)", str(end)) if end is not None else None  # JSON, or a parsed map
+    return match is not None and int(match.group(1)) >= target
 
 
 def start_query(spark: SparkSession, cfg: StreamConfig, processor: BatchProcessor):
-    """Start the query with ``processor`` as its ``foreachBatch`` and the configured trigger.
-
-    The query captures the session's SQL conf when it starts, so ``minBatchesToRetain`` is
-    set just for the start and the caller's session is left as it was.
-    """
+    """Start the query with ``processor`` as its ``foreachBatch`` and the configured trigger."""
     frame = source_frame(spark, cfg)
     writer = (
         frame.writeStream.queryName(f"memestream-{cfg.source}")
         .foreachBatch(processor)
         .option("checkpointLocation", str(cfg.checkpoint / "spark"))
     )
-    writer = writer.trigger(availableNow=True) if cfg.available_now else writer.trigger(processingTime=f"{cfg.trigger_seconds} seconds")
-    before = spark.conf.get(MIN_BATCHES_TO_RETAIN, None)
-    spark.conf.set(MIN_BATCHES_TO_RETAIN, str(min_batches_to_retain(cfg)))
-    try:
-        return writer.start()
-    finally:
-        if before is None:
-            spark.conf.unset(MIN_BATCHES_TO_RETAIN)
-        else:
-            spark.conf.set(MIN_BATCHES_TO_RETAIN, before)
+    if cfg.available_now and not bounded_by_us(cfg):
+        writer = writer.trigger(availableNow=True)
+    else:  # the spool source drains to its start-time target in capped batches, then goes idle
+        writer = writer.trigger(processingTime=f"{cfg.trigger_seconds} seconds")
+    return writer.start()
 
 
-def start_compactor(cfg: StreamConfig, tables: OutputTables) -> StreamCompactor | None:
-    """The in-stream compaction thread (None with ``--no-compact``)."""
+def start_upkeep(spark: SparkSession, cfg: StreamConfig, processor: BatchProcessor) -> StreamUpkeep | None:
+    """The in-stream upkeep thread (None with ``--no-compact``)."""
     if not cfg.compacts:
         return None
-    config = CompactConfig(cfg.output, retention_days=cfg.retention_days, time_budget_s=cfg.compact_budget_s)
-    return StreamCompactor(tables, config, cfg.compact_every_batches, cfg.compact_every_s).start()
+    config = UpkeepConfig(str(cfg.output), retention_days=cfg.retention_days)
+    return StreamUpkeep(spark, config, lambda: processor.committed, cfg.compact_every_batches, cfg.compact_every_s).start()
 
 
 def run_stream(
@@ -216,11 +219,11 @@ def run_stream(
 
     ``on_stage`` is called at fixed points of every batch (:data:`streaming.batch.STAGES`).
     """
-    OutputTables(cfg.output).ensure_writable()
-    tables = OutputTables(cfg.output, writer=check_checkpoint(cfg), keep_commits=cfg.keep_commits)
+    output = DeltaOutput(str(cfg.output), writer=check_checkpoint(cfg))
+    output.ensure_tables(spark)
     models = ModelHolder(cfg.model_dir, cfg.model_version)
-    summary = LiveSummary(tables.label_totals(), quiet=cfg.quiet)
-    processor = BatchProcessor(cfg, tables, models, summary, on_stage)
+    summary = LiveSummary(output.label_totals(spark), quiet=cfg.quiet)
+    processor = BatchProcessor(cfg, output, models, summary, on_stage)
     processor.scoring.warm_up(spark, models.model)
     mover = None
     if cfg.source == "folder" and cfg.watch and cfg.inbox is not None:
@@ -232,32 +235,77 @@ def run_stream(
             mover.start()
     stop = stop or StopFlag()
     stop.install()
+    target = spool_high_water(cfg) if bounded_by_us(cfg) else None
     query = start_query(spark, cfg, processor)
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
-    compactor = start_compactor(cfg, tables)
+    upkeep = start_upkeep(spark, cfg, processor)
     keeper = None if cfg.available_now else WorkerKeeper(lambda: processor.scoring.warm_up(spark, processor.models.model))
     drained = False
+    restarted = False
     try:
-        while query.isActive:
-            if until is not None and until(summary):
-                stop.event.set()
-            if stop.event.is_set():
-                log.info("%s: stopping after the current batch", f"{stop.signal_name} received" if stop.signal_name else "done")
-                _graceful_stop(query)
-                break
-            if keeper is not None:
-                keeper.tick(processor.last_active, processor.running)
-            query.awaitTermination(0.5)
+        while True:
+            try:
+                _run_loop(query, processor, stop, summary, until, keeper, target)
+            except Exception:  # awaitTermination raises what the query died of
+                if restarted or not kafka_replay_metrics_failure(query):
+                    raise
+            else:
+                if restarted or not kafka_replay_metrics_failure(query):
+                    break
+            # Spark 4.1.1's Kafka source fails the first trigger after a restart that replayed a batch,
+            # once that batch is committed (kafka_replay_metrics_failure): start again from the checkpoint
+            log.warning("Spark's Kafka source failed reporting metrics after replaying a batch (SPARK-55271); "
+                        "restarting the query from its checkpoint")
+            restarted = True
+            query = start_query(spark, cfg, processor)
         drained = not stop.event.is_set() and query.exception() is None
     finally:
-        if compactor is not None:  # a drained --available-now run ends with one last (bounded) pass
-            compactor.stop(final_pass=cfg.available_now and drained)
+        if upkeep is not None:  # a drained --available-now run ends with one last pass
+            upkeep.stop(final_pass=cfg.available_now and drained)
         if mover is not None:
             mover.stop()
     exc = query.exception()
     if exc is not None:
         raise StreamFailed(_describe_failure(exc))
     return summary
+
+
+def _run_loop(query, processor: BatchProcessor, stop: StopFlag, summary: LiveSummary,  # noqa: ANN001
+              until: Callable[[LiveSummary], bool] | None, keeper: WorkerKeeper | None, target: int | None) -> None:
+    """Wait for ``query`` to end (drained, stopped, or failed), stopping it between batches when asked."""
+    while query.isActive:
+        if until is not None and until(summary):
+            stop.event.set()
+        if target is not None and drained_to(query, target):
+            _graceful_stop(query)
+            break
+        if stop.event.is_set():
+            log.info("%s: stopping after the current batch", f"{stop.signal_name} received" if stop.signal_name else "done")
+            _graceful_stop(query)
+            break
+        if keeper is not None:
+            keeper.tick(processor.last_active, processor.running)
+        query.awaitTermination(0.5)
+
+
+def kafka_replay_metrics_failure(query) -> bool:  # noqa: ANN001
+    """Whether ``query`` died of Spark 4.1.1's Kafka source bug SPARK-55271: after a restart whose
+    first trigger replays a batch from the checkpoint (a crash mid-batch), the source never asked
+    for the latest offsets, and its progress metrics (``KafkaMicroBatchStream.metrics``) throw a
+    NullPointerException. That happens after the replayed batch is committed; a new query over the
+    same checkpoint runs on normally (and the output tables would skip a replay anyway)."""
+    jsq = getattr(query, "_jsq", None)  # Spark Connect: no JVM handle, no retry
+    if jsq is None or not jsq.exception().isDefined():
+        return False
+    cause = jsq.exception().get().getCause()
+    while cause is not None:
+        if cause.getClass().getName() == "java.lang.NullPointerException" and any(
+            f.getClassName().startswith("org.apache.spark.sql.kafka010.KafkaMicroBatchStream") and f.getMethodName() == "metrics"
+            for f in cause.getStackTrace()
+        ):
+            return True
+        cause = cause.getCause()
+    return False
 
 
 def _graceful_stop(query, timeout: float = 60.0) -> None:

@@ -1,9 +1,10 @@
-"""``meme-query``: run SQL (DuckDB by default, or Spark) over the stream's output folder.
+"""``meme-query``: run SQL (DuckDB by default, or Spark) over the stream's Delta tables.
 
 Operators ask the same few questions (what came in the last hour, which images the
 model was unsure about, why images were quarantined, how fast the stream goes); this
 registers the output tables as views so each question is one SQL line, and prints or
-saves the answer. It only reads files, so it is safe while the stream is running.
+saves the answer. It reads one committed Delta snapshot of each table (``--as-of`` an older
+one), so it is safe while the stream is running.
 
 DuckDB (:mod:`streaming.duck`) answers in a fraction of a second; ``--engine spark``
 keeps the Spark path for data on a cluster or an object store (docs/query.md compares
@@ -39,6 +40,7 @@ views:
   class_counts        window_start, window_end, label, count (per-batch deltas summed)
   class_count_deltas  the raw per-batch deltas behind class_counts (with batch_id)
   class_totals        label, count over all predictions with a label
+  batches             one row per committed micro-batch and writer (rows, errors, label_totals, ...)
 
 examples:
   # list the views and their columns
@@ -62,6 +64,10 @@ examples:
   # rolling class counts of the last windows, as JSON lines
   meme-query --output out --format json "SELECT * FROM class_counts ORDER BY window_start DESC, label"
 
+  # time travel: the tables as of predictions' version 3, or as they were at an instant (UTC)
+  meme-query --output out --as-of 3 "SELECT count(*) AS n FROM predictions"
+  meme-query --output out --as-of 2026-12-06T17:00:00Z "SELECT label, count FROM class_totals"
+
   # the same views on Spark instead of DuckDB (dialect differences: docs/query.md)
   meme-query --engine spark --output out "SELECT label, count(*) AS n FROM predictions GROUP BY label"
 """
@@ -78,6 +84,7 @@ class QueryConfig:
     limit: int | None
     master: str | None = None
     engine: str = "duckdb"
+    as_of: int | str | None = None
 
     def __post_init__(self) -> None:
         absolute_fields(self)
@@ -86,8 +93,8 @@ class QueryConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-query",
-        description="Run SQL (DuckDB, or Spark with --engine spark) over meme-stream's output folder (views: predictions, quarantine, "
-        "class_counts, class_count_deltas, class_totals). Without SQL, lists the views and their columns.",
+        description="Run SQL (DuckDB, or Spark with --engine spark) over meme-stream's output folder of Delta tables (views: predictions, quarantine, "
+        "class_counts, class_count_deltas, class_totals, batches). Without SQL, lists the views and their columns.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env_flag(parser, "--engine", envvar="MEMESTREAM_QUERY_ENGINE", default="duckdb", choices=ENGINES,
              help="duckdb (in-process, starts in a fraction of a second) or spark (data on a cluster/object store)")
+    parser.add_argument(
+        "--as-of", metavar="VERSION|TIMESTAMP", default=None,
+        help="time travel: a version of predictions (the other tables as they were then) or an ISO timestamp "
+        "(every table at its latest version at or before it; no zone = UTC). Default: the latest versions")
     env_flag(parser, "--master", envvar="SPARK_MASTER", help="Spark master, with --engine spark (default: local[*])")
     add_common_flags(parser)
     return parser
@@ -124,7 +135,13 @@ def config_from_args(args: argparse.Namespace) -> QueryConfig:
     if limit is None:
         limit = 100 if (fmt == "table" and out is None) else 0
     sql = args.sql.strip() if args.sql and args.sql.strip() else None
-    return QueryConfig(Path(args.output), sql, fmt, out, limit or None, args.master, args.engine)
+    as_of = None
+    if args.as_of is not None:
+        from streaming.snapshots import parse_as_of
+
+        parsed = parse_as_of(args.as_of)  # a bad value is a one-line ConfigError before any table is read
+        as_of = parsed if isinstance(parsed, int) else parsed.isoformat()
+    return QueryConfig(Path(args.output), sql, fmt, out, limit or None, args.master, args.engine, as_of)
 
 
 def quiet_query_context_logs() -> None:
@@ -228,17 +245,17 @@ def _execute_duckdb(con, config: QueryConfig, stream: IO[str]):
 
     if not isinstance(con, duckdb.DuckDBPyConnection):  # None, or a SparkSession passed by habit
         con = duck.connect()
-    infos = duck.register_views(con, config.output)
+    infos = duck.register_views(con, config.output, config.as_of)
     if config.sql is None:
         duck.describe_views(con, infos, stream)
         return None
-    return duck.query(con, config.output, config.sql, config.limit)
+    return duck.query(con, config.output, config.sql, config.limit, config.as_of)
 
 
 def _execute_spark(spark, config: QueryConfig, stream: IO[str]):
     from streaming.tables import register_views
 
-    infos = register_views(spark, config.output)
+    infos = register_views(spark, config.output, config.as_of)
     if config.sql is None:
         describe_views(spark, infos, stream)
         return None
@@ -249,9 +266,9 @@ def _execute_spark(spark, config: QueryConfig, stream: IO[str]):
         except Exception as exc:  # noqa: BLE001 - only a vanished file is retried
             if attempt == 2 or not _vanished_file(exc):
                 raise
-            # meme-compact or retention swapped a date folder between listing and reading
-            log.info("a file vanished while reading %s (compaction?); listing again", config.output)
-            register_views(spark, config.output)
+            # VACUUM removed a file of the snapshot between opening the table and reading it
+            log.info("a file vanished while reading %s (VACUUM?); opening the tables again", config.output)
+            register_views(spark, config.output, config.as_of)
     return table
 
 

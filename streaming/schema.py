@@ -1,50 +1,50 @@
-"""The output tables, defined once: names, columns and types, and the folder layout under ``--output``.
+"""The output tables, defined once: names, columns and types, and where they live under ``--output``.
 
-Everything that writes or reads the tables (``streaming.sinks``, ``streaming.batch``,
-``streaming.tables``, ``meme-compact``, ``meme-query``, the demo) takes them from here::
+Every table is a Delta Lake table, partitioned by ``date`` (UTC), written by the executors
+inside ``foreachBatch`` (``streaming.sinks``) and read by Spark (``delta.`OUTPUT/predictions```),
+DuckDB/pandas through ``deltalake`` (``meme-query``, the dashboard) or any Delta reader::
 
-    OUTPUT/
-      predictions/date=YYYY-MM-DD/part-<writer>-<batch>.parquet
-      quarantine/date=.../...
-      class_counts/date=.../...
-      _commits/<writer>/<batch>.json     commit markers (``_`` and ``.`` names are hidden from readers)
-      .lock                              the writers' lock
+    OUTPUT/                      a folder or a Hadoop URI (file:, hdfs://, s3a://, abfss://, gs://)
+      predictions/_delta_log/    one row per input image (errors included)
+      quarantine/_delta_log/     one row per rejected input, with its bytes
+      class_counts/_delta_log/   per-batch deltas of rolling window counts (readers sum them)
+      batches/_delta_log/        one row per committed micro-batch and writer: its totals, and for
+                                 the folder source the inputs to move (replayed after a crash)
 
 This module imports neither Spark nor the streaming code, so the command-line tools that
-only touch files stay quick to start.
+only read tables stay quick to start.
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
+from memestream.abspath import is_uri
 from memestream.errors import DataError
-from memestream.hidden import is_reader_hidden, walk_visible
 
 PREDICTIONS = "predictions"
 QUARANTINE = "quarantine"
 CLASS_COUNTS = "class_counts"
-#: Tables with a folder under OUTPUT (one ``date=YYYY-MM-DD`` sub-folder per event date).
-TABLES: tuple[str, ...] = (PREDICTIONS, QUARANTINE, CLASS_COUNTS)
-#: Commit markers: ``OUTPUT/_commits/<writer>/<batch>.json``.
-COMMITS = "_commits"
-#: The writers' lock file (fcntl) under OUTPUT.
-LOCK = ".lock"
-#: The partition column: in the folder name (``date=...``), never in the files.
+BATCHES = "batches"
+#: Every Delta table under OUTPUT, in the order a batch writes them (``batches`` last: its row
+#: says the batch is complete).
+TABLES: tuple[str, ...] = (PREDICTIONS, QUARANTINE, CLASS_COUNTS, BATCHES)
+#: The partition column (a DATE, UTC): the event date for predictions/quarantine, the window
+#: start's date for class_counts, the commit date for batches.
 DATE = "date"
-DEFAULT_WRITER = "main"
-_PART_RE = re.compile(r"^part-([A-Za-z0-9_]+)-(\d{10})\.parquet$")
+#: Each stream writes under its own name (``writer``), kept in its checkpoint: batch ids restart
+#: per checkpoint, so (writer, batch_id) names a batch, and the writer is Delta's ``txnAppId``.
+WRITER = "writer"
 
 _IDENTITY = (
     ("image_id", "string"), ("source", "string"), ("origin", "string"), ("path", "string"),
     ("kafka_key", "string"), ("headers", "map<string,string>"), ("event_time", "timestamp"),
     ("processing_time", "timestamp"),
 )
-#: Columns of each table in file order (Spark SQL types); ``date`` is added as the partition.
+#: Columns of each table in order (Spark SQL types), without the ``date`` partition (added last).
 COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     PREDICTIONS: (
         *_IDENTITY, ("label", "string"), ("confidence", "double"), ("probabilities", "map<string,double>"),
@@ -53,15 +53,20 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         # novelty score ("none of these": ood = above the model's threshold; nearest class)
         ("ocr_ran", "boolean"), ("ocr_text", "string"), ("ocr_error", "string"),
         ("novelty", "double"), ("ood", "boolean"), ("nearest_class", "string"),
-        ("late", "boolean"), ("batch_id", "bigint"),
+        ("late", "boolean"), ("batch_id", "bigint"), (WRITER, "string"),
     ),
     QUARANTINE: (
         *_IDENTITY, ("error", "string"), ("error_code", "string"), ("size_bytes", "bigint"),
-        ("quarantine_path", "string"), ("payload", "binary"), ("batch_id", "bigint"),
+        ("quarantine_path", "string"), ("payload", "binary"), ("batch_id", "bigint"), (WRITER, "string"),
     ),
     CLASS_COUNTS: (
         ("window_start", "timestamp"), ("window_end", "timestamp"), ("label", "string"), ("count", "bigint"),
-        ("batch_id", "bigint"),
+        ("batch_id", "bigint"), (WRITER, "string"),
+    ),
+    BATCHES: (
+        (WRITER, "string"), ("batch_id", "bigint"), ("rows", "bigint"), ("errors", "bigint"), ("late", "bigint"),
+        ("max_event_time", "timestamp"), ("model_version", "string"), ("label_totals", "map<string,bigint>"),
+        ("moves", "map<string,string>"), ("committed_at", "timestamp"),
     ),
 }
 
@@ -72,9 +77,10 @@ _ARROW_TYPES = {
     "boolean": pa.bool_(),
     "binary": pa.binary(),
     "timestamp": pa.timestamp("us", tz="UTC"),
-    "date": pa.string(),  # the partition value as pyarrow's hive partitioning reads it
+    "date": pa.date32(),
     "map<string,string>": pa.map_(pa.string(), pa.string()),
     "map<string,double>": pa.map_(pa.string(), pa.float64()),
+    "map<string,bigint>": pa.map_(pa.string(), pa.int64()),
 }
 
 
@@ -83,7 +89,7 @@ class ViewInfo:
     """What a query engine registered for one view: shown by ``meme-query`` without SQL."""
 
     name: str
-    path: Path | None
+    path: str | None
     files: int
     note: str
 
@@ -94,71 +100,89 @@ def column_names(table: str) -> tuple[str, ...]:
 
 
 def ddl(table: str) -> str:
-    """Spark DDL of ``table`` as read back (``date`` partition last): the schema of an empty view."""
+    """Spark DDL of ``table`` (``date`` partition last): the schema a new table is created with."""
     return ", ".join(f"{name} {kind}" for name, kind in (*COLUMNS[table], (DATE, "date")))
 
 
 def arrow_schema(table: str) -> pa.Schema:
-    """Arrow schema of ``table`` as pyarrow reads it back (``date`` partition last, as a string)."""
+    """Arrow schema of ``table`` (``date`` partition last, a date32)."""
     return pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in (*COLUMNS[table], (DATE, "date"))])
 
 
 # ---------------------------------------------------------------------------------------
-# Folder layout
+# Where the tables live
 # ---------------------------------------------------------------------------------------
-def part_name(batch_id: int, writer: str = DEFAULT_WRITER) -> str:
-    """File of one batch of one writer inside a ``date=`` folder."""
-    return f"part-{writer}-{batch_id:010d}.parquet"
+def _check_table(table: str) -> None:
+    if table not in TABLES:
+        raise DataError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
 
 
-def batch_of(name: str) -> tuple[str, int] | None:
-    """``part-<writer>-<batch>.parquet`` -> (writer, batch)."""
-    m = _PART_RE.match(name)
-    return (m.group(1), int(m.group(2))) if m else None
-
-
-def check_output_dir(output: str | os.PathLike[str]) -> Path:
-    """The output folder as a Path; a clear error when it is missing or not a folder."""
-    path = Path(output)
-    if not path.exists():
-        raise DataError(
-            f"output folder {path} does not exist; expected the --output folder of meme-stream "
-            f"(with {PREDICTIONS}/, {QUARANTINE}/, {CLASS_COUNTS}/ inside)"
-        )
-    if not path.is_dir():
-        raise DataError(f"output path {path} is a file; expected the --output folder of meme-stream")
-    return path
+def table_uri(output: str | os.PathLike[str], table: str) -> str:
+    """``OUTPUT/<table>`` as a string Spark and ``deltalake`` both accept (a path or a URI)."""
+    _check_table(table)
+    return f"{os.fspath(output).rstrip('/')}/{table}"
 
 
 def table_dir(output: str | os.PathLike[str], table: str) -> Path:
-    """``OUTPUT/<table>``; raises for a name that is not one of :data:`TABLES`."""
-    if table not in TABLES:
-        raise DataError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    """``OUTPUT/<table>`` as a local Path (only for a local ``output``)."""
+    _check_table(table)
+    if is_uri(output):
+        from memestream.inputs import local_path
+
+        return Path(local_path(os.fspath(output))) / table
     return Path(output) / table
 
 
-def data_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Parquet files a reader would see under ``folder`` (hidden/staging names skipped)."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    return [p for p in walk_visible(root, is_reader_hidden) if p.name.endswith(".parquet")]
+def is_delta_table(location: str | os.PathLike[str]) -> bool:
+    """Whether a local folder (or ``file:`` URI) holds a Delta table (a ``_delta_log`` folder)."""
+    text = os.fspath(location)
+    if is_uri(text) and not text.startswith("file:"):
+        raise DataError(f"is_delta_table checks local folders only, found {text}")
+    if text.startswith("file:"):
+        from memestream.inputs import local_path
+
+        text = local_path(text)
+    return (Path(text) / "_delta_log").is_dir()
 
 
-def date_dirs(folder: str | os.PathLike[str]) -> list[Path]:
-    """``date=YYYY-MM-DD`` sub-folders of one table, oldest first."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{DATE}="))
+def check_output_dir(output: str | os.PathLike[str]) -> str:
+    """The output location as a string; a clear error when a local one is missing or a file."""
+    text = os.fspath(output)
+    if is_uri(text) and not text.startswith("file:"):
+        return text
+    path = table_dir(text, PREDICTIONS).parent
+    if not path.exists():
+        raise DataError(
+            f"output folder {path} does not exist; expected the --output folder of meme-stream "
+            f"(with the Delta tables {', '.join(TABLES)} inside)"
+        )
+    if not path.is_dir():
+        raise DataError(f"output path {path} is a file; expected the --output folder of meme-stream")
+    return text
 
 
-def read_table(output: str | os.PathLike[str], table: str) -> pa.Table:
-    """One output table read with pyarrow (what a non-Spark reader does); empty, with the
-    table's columns, while it has no files. Spark readers use :func:`streaming.tables.table_frame`."""
-    import pyarrow.dataset as ds  # only readers need it; writers and meme-compact do not
+def read_table(output: str | os.PathLike[str], table: str, version: int | str | None = None) -> pa.Table:
+    """One output table read through ``deltalake`` (no JVM): the snapshot at ``version`` (a table
+    version or an ISO timestamp; default the latest). Empty, with the table's columns, while the
+    table does not exist yet. Spark readers use :func:`streaming.tables.table_frame`."""
+    from deltalake import DeltaTable  # only readers need it
 
-    folder = table_dir(output, table)
-    if not data_files(folder):
-        return arrow_schema(table).empty_table()
-    return ds.dataset(str(folder), format="parquet", partitioning="hive").to_table()
+    uri = table_uri(output, table)
+    try:
+        dt = DeltaTable(uri)
+    except Exception as exc:  # noqa: BLE001 - deltalake raises TableNotFoundError for "no table yet"
+        if type(exc).__name__ == "TableNotFoundError":
+            return arrow_schema(table).empty_table()
+        raise
+    if version is not None:
+        dt.load_as_version(version)
+    return pa.table(dt.to_pyarrow_table())
+
+
+def label_totals(output: str | os.PathLike[str]) -> dict[str, int]:
+    """Images per label over every writer's recorded batches (the ``batches`` table), without Spark."""
+    totals: dict[str, int] = {}
+    for entries in read_table(output, BATCHES).column("label_totals").to_pylist():
+        for label, n in entries or ():
+            totals[label] = totals.get(label, 0) + int(n)
+    return totals

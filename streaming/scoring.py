@@ -29,8 +29,8 @@ from streaming.schema import PREDICTIONS, column_names
 log = logging.getLogger(__name__)
 
 #: Columns :meth:`StreamScorer.score` returns before ``date``: the predictions table's without
-#: what the batch adds (``late``, ``batch_id``), plus the bytes of bad inputs for the quarantine.
-SCORED_COLUMNS = tuple(c for c in column_names(PREDICTIONS) if c not in ("late", "batch_id")) + ("payload",)
+#: what the batch adds (``late``, ``batch_id``, ``writer``), plus the bytes of bad inputs for the quarantine.
+SCORED_COLUMNS = tuple(c for c in column_names(PREDICTIONS) if c not in ("late", "batch_id", "writer")) + ("payload",)
 
 
 @dataclass
@@ -63,7 +63,7 @@ class StreamScorer:
         kept, in the output layout (:data:`SCORED_COLUMNS` plus ``date``)."""
         scorer = self.scorer(model)
         if self._extra is None:
-            self._extra = {"processing_time": F.current_timestamp(), "date": F.date_format(F.col("event_time"), "yyyy-MM-dd")}
+            self._extra = {"processing_time": F.current_timestamp(), "date": F.to_date(F.col("event_time"))}
         return scorer.score(frame, output=(*SCORED_COLUMNS, "date"), extra=self._extra)
 
     def warm_up(self, spark: SparkSession, model: LoadedModel) -> None:

@@ -35,7 +35,7 @@ class StreamSource:
 
 
 def folder_source(spool: Path, max_files_per_trigger: int = 1000, impl: str = "spool", num_partitions: int = 2,
-                  keep_processed: bool = False) -> StreamSource:
+                  keep_processed: bool = False, available_now: bool = False) -> StreamSource:
     """Files atomically placed in ``spool`` (never half-written ones), as listing rows
     (path, modificationTime, length): the bytes are read later, in the scoring step.
 
@@ -43,7 +43,9 @@ def folder_source(spool: Path, max_files_per_trigger: int = 1000, impl: str = "s
     whose offsets are the mover's sequence numbers, so its state does not grow with the files
     seen. ``impl="binaryfile"``: Spark's file source, which remembers every file ever seen (kept
     for comparison). Either way processed files are archived/deleted by the query itself right
-    after their batch's commit marker is written.
+    after their batch's commit marker is written. ``available_now``: the query runs with
+    ``Trigger.AvailableNow`` (the spool source then answers with everything present at start:
+    PySpark 4.1 gives Python sources no availableNow hook of their own; streaming.spool_source).
     """
     if impl == "spool":
         from streaming.spool_source import SOURCE_NAME
@@ -54,6 +56,7 @@ def folder_source(spool: Path, max_files_per_trigger: int = 1000, impl: str = "s
                 "maxFilesPerTrigger": str(max_files_per_trigger),
                 "numPartitions": str(num_partitions),
                 "keepProcessed": str(keep_processed).lower(),
+                "availableNow": str(available_now).lower(),
             },
             path=str(spool),
         )
@@ -105,23 +108,46 @@ def with_content(df: DataFrame, max_bytes: int) -> DataFrame:
     return out.withColumn("size_bytes", F.length("content").cast("long"))
 
 
-def spark_kafka_source(kafka_cfg: KafkaSourceConfig) -> StreamSource:
-    """The topic through Spark's built-in Kafka connector (needs its jar on the classpath)."""
-    options = {
-        "kafka.bootstrap.servers": kafka_cfg.bootstrap_servers,
-        "subscribe": kafka_cfg.topic,
-        "startingOffsets": kafka_cfg.starting_offsets,
-        "includeHeaders": "true",
-        "failOnDataLoss": "true",
-        "kafka.max.partition.fetch.bytes": str(kafka_cfg.max_message_bytes),
-    }
-    if kafka_cfg.max_offsets_per_trigger:
-        options["maxOffsetsPerTrigger"] = str(kafka_cfg.max_offsets_per_trigger)
-    return StreamSource("kafka", options)
+def check_topic(kafka_cfg: KafkaSourceConfig) -> list[int]:
+    """Fail fast, before Spark starts the query: broker unreachable, TLS/SASL refused or topic
+    missing -> BrokerError, one line naming broker and topic (Spark's connector would otherwise
+    retry or fail deep in a stack trace). Returns the topic's partition ids. kafka-python is used
+    for this check only; the records are read by Spark's Kafka source."""
+    from kafka import KafkaConsumer
+
+    from memestream.errors import BrokerError
+
+    try:
+        consumer = KafkaConsumer(**kafka_cfg.consumer_kwargs())
+    except Exception as exc:  # noqa: BLE001 - NoBrokersAvailable, timeouts, SSL setup
+        from memestream.kafka_diagnose import explain_connect_failure
+
+        why = explain_connect_failure(kafka_cfg.bootstrap_servers, kafka_cfg.security)  # which TLS/SASL step failed
+        if why:
+            raise BrokerError(f"Kafka broker at {kafka_cfg.bootstrap_servers} for topic {kafka_cfg.topic!r}: {why}") from None
+        raise BrokerError(f"expected a Kafka broker at {kafka_cfg.bootstrap_servers} for topic {kafka_cfg.topic!r}, "
+                          f"could not connect ({exc})") from None
+    try:
+        # all topics listed, never one asked for by name (a broker may auto-create it)
+        parts = consumer.partitions_for_topic(kafka_cfg.topic) if kafka_cfg.topic in consumer.topics() else None
+    finally:
+        consumer.close()
+    if not parts:
+        raise BrokerError(f"expected topic {kafka_cfg.topic!r} on Kafka broker {kafka_cfg.bootstrap_servers}, found none "
+                          "(create it: meme-publish --create-topic, or producers.kafka.ensure_topic)")
+    return sorted(parts)
+
+
+def kafka_source(kafka_cfg: KafkaSourceConfig, check: bool = True) -> StreamSource:
+    """The topic through Spark's Kafka source (``format("kafka")``, its jar is in every session:
+    memestream.jars); ``check`` runs :func:`check_topic` first. Rows -> :func:`spark_kafka_frame`."""
+    if check:
+        check_topic(kafka_cfg)
+    return StreamSource("kafka", kafka_cfg.spark_options())
 
 
 def spark_kafka_frame(raw: DataFrame) -> DataFrame:
-    """Rows of Spark's Kafka connector -> frame columns (the same as from our own source)."""
+    """Rows of Spark's Kafka source -> frame columns (headers as a utf-8 string map, key as a string)."""
     headers = F.map_from_entries(
         F.transform(F.coalesce(F.col("headers"), F.array()), lambda h: F.struct(h["key"], h["value"].cast("string")))
     )

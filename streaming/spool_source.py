@@ -19,6 +19,23 @@ Rules that keep it exactly once:
 
 Listing cost follows the files *in* the spool, not the history: processed files leave it, and
 with ``--processed keep`` names at or below the start are skipped without a ``stat``.
+
+PySpark 4.1's Python stream reader has no admission control: ``latestOffset()`` gets no start
+offset and no read limit, and there is no ``SupportsTriggerAvailableNow`` (both came in 4.2). So:
+
+- **Bounded batches.** The reader keeps its *position*, the end of the last batch planned, and
+  ``latestOffset()`` returns at most ``maxFilesPerTrigger`` files past it. Spark tells the reader
+  the position on a restart: it calls ``partitions(end, end)`` with the newest offset of the
+  checkpoint's offset log (``setLatestSeenOffset``) before planning anything, and replays an
+  uncommitted batch with ``partitions(start, end)``; every ``partitions`` call moves the position
+  up to its end. So after a restart the cap still holds and the next batch starts exactly where
+  the checkpoint's last one ended.
+- **Trigger.AvailableNow.** Spark wraps a Python source (``AvailableNowMicroBatchStreamWrapper``)
+  and calls ``latestOffset()`` once, at query start, as the target of the whole run. With the
+  ``availableNow`` option the reader answers with the spool's sequence high-water mark (every
+  file present then, hand-copied ones adopted at once; never below a committed position): the
+  query drains exactly what was there at start, in one batch (the cap cannot apply under 4.1),
+  then stops. Without the option a capped answer would end the run after one capped batch.
 """
 from __future__ import annotations
 
@@ -29,13 +46,6 @@ from pathlib import Path
 from typing import Iterator
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import (
-    ReadAllAvailable,
-    ReadLimit,
-    ReadMaxFiles,
-    ReadMaxRows,
-    SupportsTriggerAvailableNow,
-)
 
 from memestream.errors import ConfigError
 from memestream.hidden import is_inbox_ignored
@@ -137,28 +147,34 @@ def split_even(names: list[str], parts: int) -> list[list[str]]:
     return [c for c in out if c]
 
 
-class SpoolStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+class SpoolStreamReader(DataSourceStreamReader):
     """Driver side plans ``(start, end]`` sequence ranges; ``read`` stats the files in the executors."""
 
-    def __init__(self, spool: Path, max_files: int, num_partitions: int, keep_processed: bool) -> None:
+    def __init__(self, spool: Path, max_files: int, num_partitions: int, keep_processed: bool,
+                 available_now: bool = False) -> None:
         self.spool = spool
         self.max_files = max_files
         self.num_partitions = max(1, num_partitions)
         self.keep_processed = keep_processed
+        self.available_now = available_now
+        #: End (sequence number) of the last batch planned: what latestOffset() counts from.
+        self._position: int | None = None
         self._target: int | None = None
         self._stale = 0
 
     # ---------------------------------------------------------------- driver side
 
-    def _list(self, after: int, settle_s: float = ADOPT_SETTLE_S) -> list[tuple[int, str]]:
-        """Adopt strays and list what is past ``after``, all under the spool lock."""
+    def _list(self, after: int, settle_s: float = ADOPT_SETTLE_S) -> tuple[list[tuple[int, str]], int]:
+        """Adopt strays and list what is past ``after``, all under the spool lock; also the last
+        sequence number handed out (every file in the spool has one at or below it)."""
         with SpoolSequence(self.spool).locked() as held:
             held.ensure_above(after)
             listing = scan(self.spool, after)
             # adopted names get numbers above every name handed out so far: they sort last
             files = listing.files + adopt(self.spool, held, listing.strays, settle_s)
+            last = held.last
         self._check_stale(after, listing.below)
-        return files
+        return files, last
 
     def _check_stale(self, start: int, below: int) -> None:
         """Files at or below the committed start are left over (a failed archive move, or a spooled
@@ -171,36 +187,41 @@ class SpoolStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                         below, self.spool, start)
         self._stale = below
 
+    def _advance(self, end: int) -> None:
+        self._position = end if self._position is None else max(self._position, end)
+
     def initialOffset(self) -> dict:
         return {"seq": 0}  # a new checkpoint: every file already waiting is read
 
-    def getDefaultReadLimit(self) -> ReadLimit:
-        return ReadMaxFiles(self.max_files)
-
-    def prepareForTriggerAvailableNow(self) -> None:
-        # everything there now, including files copied in by hand a moment ago
-        files = self._list(0, settle_s=0.0)
-        self._target = files[-1][0] if files else 0
-        log.info("spool %s: available-now target sequence %d (%d file(s) waiting)", self.spool, self._target, len(files))
-
-    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
-        begin = int(start.get("seq", 0))
-        files = self._list(begin)
-        if self._target is not None:
-            files = [f for f in files if f[0] <= self._target]
-        cap = None
-        if isinstance(limit, ReadMaxFiles):
-            cap = int(limit.max_files)
-        elif isinstance(limit, ReadMaxRows):
-            cap = int(limit.max_rows)
-        elif not isinstance(limit, ReadAllAvailable):
-            cap = self.max_files
-        if cap is not None:
-            files = files[:cap]
-        return {"seq": files[-1][0] if files else begin}
+    def latestOffset(self) -> dict:
+        """The end of the next batch: at most ``max_files`` files past the position; with
+        ``available_now``, never past what the spool held at the first call (the query then
+        stops once a trigger finds nothing new: ``streaming.query.run_stream``)."""
+        begin = self._position if self._position is not None else 0
+        if self.available_now:
+            # everything there now, including files copied in by hand a moment ago
+            files, last = self._list(begin, settle_s=0.0)
+            if self._target is None:
+                self._target = max(last, begin)
+                log.info("spool %s: available-now target sequence %d (%d file(s) waiting)",
+                         self.spool, self._target, len(files))
+            files = [f for f in files if f[0] <= self._target][:self.max_files]
+            ceiling = self._target
+        else:
+            files, ceiling = self._list(begin)
+            files = files[:self.max_files]
+        # Nothing waiting: answer the sequence's high-water mark (nothing lies between the position
+        # and it, as listing and renaming into the spool share one lock), never a number below a
+        # position Spark has not told this reader yet (before a restart's first planned batch).
+        end = files[-1][0] if files else max(begin, ceiling)
+        self._advance(end)
+        return {"seq": end}
 
     def partitions(self, start: dict, end: dict) -> list[InputPartition]:
         lo, hi = int(start.get("seq", 0)), int(end.get("seq", 0))
+        # Spark plans every batch it runs here, and on a restart first calls partitions(end, end)
+        # with the checkpoint's newest offset: the position follows both.
+        self._advance(hi)
         names = [name for _, name in scan(self.spool, lo, hi).files]
         if not names:
             return []
@@ -258,7 +279,8 @@ class MemestreamSpoolDataSource(DataSource):
         except ValueError as exc:
             raise ConfigError(f"bad memestream-spool option: {exc}") from None
         keep = str(opts.get("keepprocessed", "false")).lower() == "true"
-        return SpoolStreamReader(Path(spool), max_files, num_partitions, keep)
+        available_now = str(opts.get("availablenow", "false")).lower() == "true"
+        return SpoolStreamReader(Path(spool), max_files, num_partitions, keep, available_now)
 
 
 def register(spark) -> None:  # noqa: ANN001

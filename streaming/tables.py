@@ -1,9 +1,12 @@
-"""Register the output tables under ``--output`` as Spark SQL views.
+"""Register the Delta tables under ``--output`` as Spark SQL views.
 
-``meme-query`` and notebooks read the same folders through these views, so a query written
-against ``predictions`` works the same everywhere, including on a fresh output folder where
-the stream has not written anything yet (the view is then empty but has the right columns,
-from :mod:`streaming.schema`, so a dashboard query returns zero rows instead of crashing).
+``meme-query --engine spark`` and notebooks read the same tables through these views, so a
+query written against ``predictions`` works the same everywhere, including on a fresh output
+folder where the stream has not written anything yet (the view is then empty but has the
+right columns, from :mod:`streaming.schema`, so a dashboard query returns zero rows instead
+of crashing). Each table is read with ``spark.read.format("delta").load(OUTPUT/<table>)``
+(the session needs Delta Lake: ``memestream.spark``); ``as_of`` is resolved per table by
+:mod:`streaming.snapshots`, exactly as DuckDB does, and passed on as ``versionAsOf``.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import os
 
 from pyspark.sql import DataFrame, SparkSession
 
-from streaming.schema import CLASS_COUNTS, PREDICTIONS, TABLES, ViewInfo, check_output_dir, data_files, ddl, table_dir
+from streaming import snapshots
+from streaming.schema import CLASS_COUNTS, PREDICTIONS, TABLES, ViewInfo, check_output_dir, ddl, table_uri
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +33,54 @@ CLASS_TOTALS_SQL = (
 )
 
 
-def table_frame(spark: SparkSession, output: str | os.PathLike[str], table: str) -> tuple[DataFrame, int]:
-    """One output table as a Spark DataFrame plus its file count; empty with the schema when no files.
+def _missing_table(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(code in text for code in ("DELTA_MISSING_DELTA_TABLE", "DELTA_TABLE_NOT_FOUND", "PATH_NOT_FOUND",
+                                         "is not a Delta table", "DELTA_EMPTY_DIRECTORY"))
+
+
+def table_frame(spark: SparkSession, output: str | os.PathLike[str], table: str,
+                version: int | None = None) -> tuple[DataFrame, bool]:
+    """One output table as a Spark DataFrame (``version``: Delta ``versionAsOf``; default the
+    latest) and whether it exists; empty with the table's columns when it does not exist yet.
     (Without Spark: :func:`streaming.schema.read_table`.)"""
-    folder = table_dir(output, table)
-    files = data_files(folder)
-    if not files:
-        return spark.createDataFrame([], ddl(table)), 0
-    df = spark.read.option("basePath", str(folder)).parquet(str(folder))
-    return df, len(files)
+    from pyspark.errors import AnalysisException
+
+    snapshots.check_not_legacy(output, table)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    try:
+        df = reader.load(table_uri(output, table))
+        df.schema  # noqa: B018 - resolves the table now, so a missing one is reported here
+    except AnalysisException as exc:
+        if not _missing_table(exc):
+            raise
+        return spark.createDataFrame([], ddl(table)), False
+    return df, True
 
 
-def register_views(spark: SparkSession, output: str | os.PathLike[str]) -> list[ViewInfo]:
-    """Register ``predictions``, ``quarantine``, ``class_counts`` (summed deltas),
-    ``class_count_deltas`` and ``class_totals`` as temporary views over ``output``."""
+def register_views(spark: SparkSession, output: str | os.PathLike[str], as_of: str | int | None = None) -> list[ViewInfo]:
+    """Register ``predictions``, ``quarantine``, ``class_count_deltas``, ``batches``,
+    ``class_counts`` (summed deltas) and ``class_totals`` as temporary views over ``output``,
+    at ``as_of`` (a ``predictions`` version or an ISO timestamp, see :mod:`streaming.snapshots`)."""
     root = check_output_dir(output)
+    resolved = snapshots.resolve(root, as_of) if as_of is not None else None
     infos: list[ViewInfo] = []
     for table in TABLES:
-        folder = table_dir(root, table)
-        df, files = table_frame(spark, root, table)
         view = CLASS_COUNT_DELTAS if table == CLASS_COUNTS else table
-        df.createOrReplaceTempView(view)
-        if not folder.exists():
-            note = "folder does not exist yet: registered empty"
-            log.info("%s: %s does not exist yet; view registered empty", view, folder)
-        elif files == 0:
-            note = "no data files yet: registered empty"
-            log.info("%s: no Parquet files under %s yet; view registered empty", view, folder)
+        uri = table_uri(root, table)
+        if resolved is not None and resolved[table].version is None:
+            df, exists, note = spark.createDataFrame([], ddl(table)), False, resolved[table].note
         else:
-            note = f"{files} file(s)"
-            log.debug("%s: %d file(s) under %s", view, files, folder)
-        infos.append(ViewInfo(view, folder, files, note))
+            version = resolved[table].version if resolved is not None else None
+            df, exists = table_frame(spark, root, table, version)
+            note = f"Delta version {version}" if version is not None else "Delta, latest version"
+            if not exists:
+                note = "no Delta table yet: registered empty"
+                log.info("%s: no Delta table at %s yet; view registered empty", view, uri)
+        df.createOrReplaceTempView(view)
+        infos.append(ViewInfo(view, uri, 0, note))
     spark.sql(CLASS_COUNTS_SQL).createOrReplaceTempView(CLASS_COUNTS)
     infos.append(ViewInfo(CLASS_COUNTS, None, 0, f"SUM(count) of {CLASS_COUNT_DELTAS} per window_start, window_end, label"))
     spark.sql(CLASS_TOTALS_SQL).createOrReplaceTempView(CLASS_TOTALS)

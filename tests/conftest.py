@@ -103,3 +103,19 @@ def trained_model_dir(spark, sample_dataset, tmp_path_factory):
     )
     train(spark, cfg)
     return root
+
+
+@pytest.fixture()
+def offline_mvn(tmp_path):
+    """Factory: ``offline_mvn(artifact) -> folder`` holding an ``mvn`` that fails the way Maven
+    does without network for ``artifact``; put the folder first on PATH."""
+
+    def make(artifact: str) -> Path:
+        bindir = tmp_path / "offline-bin"
+        bindir.mkdir(exist_ok=True)
+        (bindir / "mvn").write_text(f"#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not transfer artifact "
+                                    f"{artifact} from/to central: Unknown host repo.maven.apache.org'\nexit 1\n")
+        (bindir / "mvn").chmod(0o755)
+        return bindir
+
+    return make

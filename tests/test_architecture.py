@@ -114,7 +114,7 @@ def _named_in_code() -> set[str]:
     from memestream.features import FEATURE_SETS
     from streaming import schema
 
-    tables = (schema.PREDICTIONS, schema.QUARANTINE, schema.CLASS_COUNTS)
+    tables = schema.TABLES
     return {*tables, *(c for t in tables for c in schema.column_names(t)), *FEATURE_SETS}
 
 

@@ -118,7 +118,7 @@ def _synthetic_samples(n_images: int, grow: bool, slow_down: bool) -> tuple[list
         samples.append({
             "t_s": t, "images": i, "jvm_live_heap_mib": 80.0 + (i / 1000 if grow else 0), "driver_jvm": 500.0,
             "python_driver": 200.0, "python_workers": 300.0, "rss_mib": 1000.0,
-            "output_files": 30 + (i // 100 if grow else 0), "checkpoint_files": 40, "checkpoint_bytes": 50_000,
+            "output_files": 30 + (i // 10 if grow else 0), "delta_log_files": 25, "checkpoint_files": 40, "checkpoint_bytes": 50_000,
             "spool_files": 3000 if i < n_images else 0,
         })
         progress.append((t, i))
@@ -138,7 +138,7 @@ def test_longrun_targets_pass_when_flat_and_fail_when_growing_or_slowing():
 
     bad = {t["key"]: t for t in compute_targets(*_synthetic_samples(n, grow=True, slow_down=True), n)}
     assert bad["jvm_live_heap_mib"]["pass"] is False and bad["jvm_live_heap_mib"]["ratio"] > 1.1
-    assert bad["output_files"]["pass"] is False and bad["output_files"]["slope_per_10k_images"] == 100
+    assert bad["output_files"]["pass"] is False and bad["output_files"]["slope_per_10k_images"] == 1000
     assert bad["images_per_s"]["pass"] is False and bad["images_per_s"]["ratio"] == 0.5
     assert bad["checkpoint_bytes"]["pass"] is True  # only what grows fails
 
@@ -182,7 +182,7 @@ def test_longrun_quick_run_counts_every_image_and_writes_json_and_plot(spark, tm
     assert saved["stop"]["graceful"] and saved["stop"]["exit_code"] == 0
     assert saved["stream_command"][-1] == "--no-ui"  # pass-through flags reach meme-stream, last
     last = saved["samples"][-1]
-    assert last["images"] == 300 and last["spool_files"] == 0 and last["output_markers"] >= 1
+    assert last["images"] == 300 and last["spool_files"] == 0 and last["delta_log_files"] >= 1
     for key in ("driver_jvm", "python_driver", "rss_mib", "output_files", "output_bytes", "checkpoint_files",
                 "checkpoint_bytes", "spool_bytes", "inbox_files", "t_s", "fed"):
         assert key in last, key
@@ -340,26 +340,29 @@ def test_memory_sampler_reports_the_largest_single_python_worker(tmp_path):
 
 
 def test_predictions_watcher_counts_rows_errors_and_ocr_failures_once(tmp_path):
-    """The stream benchmark's reader of the predictions table: a row counts once even when its
-    file is read again, and OCR runs and OCR failures are counted (a broken OCR engine falls
-    back to the image branch and would otherwise pass for a fast cascade)."""
+    """The stream benchmark's reader of the predictions table: a row counts once its Delta commit
+    is in the log (a Parquet file no commit names is not read), once even when it comes again,
+    and OCR runs and OCR failures are counted (a broken OCR engine falls back to the image branch
+    and would otherwise pass for a fast cascade)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from deltalake import write_deltalake
 
     from bench.stream import PredictionsWatcher
 
-    part = tmp_path / "predictions" / "date=2026-11-30"
-    part.mkdir(parents=True)
-    pq.write_table(pa.table({
-        "origin": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"],
-        "error": [None, None, "not_an_image", None],
-        "ocr_ran": [True, False, None, True],
-        "ocr_error": [None, None, None, "ocr_failed: boom"],
-    }), part / "part-0.parquet")
+    table = tmp_path / "predictions"
+
+    def rows(origins, errors, ocr_ran, ocr_errors):
+        return pa.table({"origin": origins, "error": pa.array(errors, pa.string()), "ocr_ran": pa.array(ocr_ran, pa.bool_()),
+                         "ocr_error": pa.array(ocr_errors, pa.string()), "date": ["2026-11-30"] * len(origins)})
+
+    write_deltalake(str(table), rows(["a.jpg", "b.jpg", "c.jpg", "d.jpg"], [None, None, "not_an_image", None],
+                                     [True, False, None, True], [None, None, None, "ocr_failed: boom"]), partition_by=["date"])
     watcher = PredictionsWatcher(tmp_path, "origin")
     assert watcher.poll() == 4 and watcher.poll() == 0
-    pq.write_table(pa.table({"origin": ["a.jpg", "e.jpg"], "error": [None, None], "ocr_ran": [True, False], "ocr_error": [None, None]}),
-                   part / "part-1.parquet")
+    pq.write_table(rows(["z.jpg"], [None], [True], [None]).drop(["date"]), table / "part-uncommitted.parquet")
+    assert watcher.poll() == 0  # written, not committed: no reader sees it yet
+    write_deltalake(str(table), rows(["a.jpg", "e.jpg"], [None, None], [True, False], [None, None]), mode="append")
     assert watcher.poll() == 1
     assert (watcher.errors, watcher.ocr_rows, watcher.ocr_errors) == (1, 2, 1)
     assert set(watcher.first_seen) == {"a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"}
@@ -383,3 +386,42 @@ def test_a_failing_meme_train_is_one_clear_error_not_another_model(tmp_path, mon
         assert len(runs) == 1 and not (ctx.tmp / "model").exists()  # no model fitted in its place
     finally:
         ctx.close()
+
+
+def test_query_scenario_writes_a_delta_table_and_times_a_cold_duckdb_query(tmp_path):
+    """bench.query's folder is a Delta table in the contract's schema; meme-query answers over it cold."""
+    from deltalake import DeltaTable
+
+    from bench.query import cold_query, write_output
+    from streaming.schema import PREDICTIONS, arrow_schema, read_table
+
+    out = write_output(tmp_path / "out", 330, batch_rows=33)
+    assert DeltaTable(str(out / PREDICTIONS)).version() == 9  # one commit per batch
+    table = read_table(out, PREDICTIONS)
+    assert table.num_rows == 330 and table.schema.names == arrow_schema(PREDICTIONS).names
+    wall, cpu = cold_query("duckdb", out)
+    assert 0 < wall < 60 and cpu > 0
+    wall, _ = cold_query("duckdb", out, extra=["--as-of", "4"])
+    assert wall > 0
+
+
+def test_upkeep_bench_records_batches_with_and_without_the_upkeep_thread(spark, monkeypatch, capsys):
+    """bench.upkeep on the test session: the upkeep run ends with the predictions compacted to one
+    file per date and VACUUMed, the run without it keeps every small file; the log stays checkpointed."""
+    import bench.upkeep as upkeep_bench
+
+    results = []
+    real = upkeep_bench.measure
+    monkeypatch.setattr(upkeep_bench, "measure", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+    assert upkeep_bench.main(["--batches", "3", "--rows", "6", "--compact-every", "2", "--pause", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:11] for line in lines] == ["upkeep off:", "upkeep on :"]
+    off, on = results
+    assert off["batches_rows"] == on["batches_rows"] == 3  # one batches row per recorded batch
+    assert off["passes"] == 0 and off["live_files"] == off["disk_files"] >= 3 * 2  # a file per batch and date at least
+    assert on["passes"] >= 1 and on["live_files"] == on["disk_files"] == 2  # OPTIMIZEd per date, then VACUUMed
+    for r in (off, on):
+        # predictions' log: its creation, the retention property, an append per batch (and the upkeep's commits)
+        assert 0 < r["log_commits_after_checkpoint"] <= 20 and r["log_json_commits"] >= 2 + 3
+        assert f"{r['live_files']} live files, {r['disk_files']} on disk" in lines[r["upkeep"]]
+    assert spark.range(1).count() == 1  # the shared session was not stopped

@@ -117,8 +117,12 @@ def get_embedder(onnx_path: str | os.PathLike[str]) -> Embedder:
     """The process's Embedder for this file, rebuilt only when the file's mtime or size changes.
 
     A Spark Python worker is reused across tasks, so it builds one session and keeps it.
+    ``sparkfiles:NAME`` is a graph shipped with ``SparkContext.addFile`` (a model read from
+    a Hadoop URI, :func:`memestream.uris.local_asset`).
     """
-    path = Path(onnx_path)
+    from memestream.uris import local_asset
+
+    path = Path(local_asset(onnx_path))
     try:
         st = path.stat()
     except OSError:

@@ -49,7 +49,7 @@ def _configs(tmp_path: Path) -> dict[str, tuple[object, dict[str, object]]]:
     from producers import broker, folder
     from producers import kafka as publish
     from streaming import cli as stream
-    from streaming import compact, dashboard, query_cli
+    from streaming import dashboard, query_cli, upkeep
 
     (tmp_path / "ca.pem").write_text("")
     ssl = ["--security-protocol", "SSL", "--ssl-cafile", "ca.pem", "--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem"]
@@ -66,7 +66,7 @@ def _configs(tmp_path: Path) -> dict[str, tuple[object, dict[str, object]]]:
         "meme-broker": (_parse(broker, []), {"data_dir": t / "memestream-data/broker"}),
         "meme-dashboard": (_parse(dashboard, ["--output", "out", "--data-dir", "d"]), {"output": t / "out", "data_dir": t / "d"}),
         "meme-query": (_parse(query_cli, ["--output", "out", "--out", "r.csv", "SELECT 1"]), {"output": t / "out", "out": t / "r.csv"}),
-        "meme-compact": (_parse(compact, ["--output", "out"]), {"output": t / "out"}),
+        "meme-compact": (_parse(upkeep, ["--output", "out"]), {"output": str(t / "out")}),
         "meme-drop": (_parse(folder, ["--watch"]), {"inbox": t / "memestream-data/inbox", "spool": t / "memestream-data/spool"}),
         "meme-publish": (pub, {"posts_csv": t / "posts.csv"}),
         "meme-publish (security)": (pub.publisher.security, {"ssl_cafile": str(t / "ca.pem")}),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 
-from pyspark.sql.streaming.datasource import ReadAllAvailable
 
 from memestream import spool as spool_mod
 from memestream.inbox import InboxMover
@@ -62,7 +61,7 @@ def test_concurrent_movers_and_a_listing_reader_never_skip_or_repeat_a_file(tmp_
         start = reader.initialOffset()
         while True:
             finished = done.is_set()  # read before listing: a final pass after the movers stop
-            end = reader.latestOffset(start, ReadAllAvailable())
+            end = reader.latestOffset()
             for part in reader.partitions(start, end):
                 planned.extend(part.names)
             start = end

@@ -182,7 +182,8 @@ def test_no_network_and_no_cache_is_one_clear_line(tmp_path, monkeypatch, capsys
     assert main(["--fetch-jars"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("fetching Apache Kafka") and len(err) == 2, err  # progress line, then the error
-    assert "Maven Central cannot be reached (no network?)" in err[1] and "MEMESTREAM_JAR_CACHE" in err[1]
+    assert "Maven Central cannot be reached" in err[1] and "no network?" in err[1] and "MEMESTREAM_JAR_CACHE" in err[1]
+    assert "org.apache.kafka:kafka_2.13:pom:4.1.1" in err[1] and str(tmp_path / "empty-cache") in err[1]  # artifact, cache
     assert not list((tmp_path / "empty-cache").glob("kafka-*")), "nothing half-downloaded is left as cached"
 
 

@@ -16,9 +16,11 @@ def _cfg(**kw) -> StreamConfig:
     return StreamConfig(**{**base, **kw})
 
 
-def test_config_round_trips_through_options_and_masks_password():
+def test_config_maps_to_the_spark_source_and_masks_password():
     cfg = KafkaSourceConfig("h:1", "t", "latest", 5, 1234, security=KafkaSecurity("SASL_SSL", "PLAIN", "u", "pw-xyz"))
-    assert KafkaSourceConfig.from_options(cfg.options()) == cfg
+    opts = cfg.spark_options()
+    assert opts["subscribe"] == "t" and opts["startingOffsets"] == "latest" and opts["maxOffsetsPerTrigger"] == "5"
+    assert opts["kafka.security.protocol"] == "SASL_SSL" and "pw-xyz" in opts["kafka.sasl.jaas.config"]
     assert "pw-xyz" not in repr(cfg)
 
 
@@ -26,13 +28,12 @@ def test_config_round_trips_through_options_and_masks_password():
     (dict(source="ftp"), "--source must be one of folder, kafka, found 'ftp'"),
     (dict(scoring="gpu"), "--scoring must be one of auto, python, spark"),
     (dict(processed="shred"), "--processed must be one of archive, delete, keep"),
-    (dict(kafka_impl="java"), "--kafka-impl must be one of python, spark"),
     (dict(folder_impl="nfs"), "--folder-source must be one of spool, binaryfile, found 'nfs'"),
     (dict(source="kafka"), "needs a KafkaSourceConfig"),
     (dict(spool=None), "needs a spool folder"),
     (dict(archive=None), "--processed archive needs an archive folder"),
     (dict(trigger_seconds=0), "--trigger expects a positive number"),
-    (dict(keep_commits=1), "--keep-commits expects at least 2"),
+    (dict(retention_days=0), "--retention-days expects a positive"),
     (dict(compact_every_s=0), "--compact-every-minutes expects a positive number"),
 ])
 def test_bad_stream_settings_fail_when_built(bad, message):
@@ -50,15 +51,15 @@ def test_output_upkeep_flags_and_their_env_fallbacks(monkeypatch):
     from streaming.cli import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args([]))
-    assert (cfg.keep_commits, cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (100, 50, 600.0, None)
+    assert (cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (50, 600.0, None)
     assert cfg.compacts
-    args = ["--keep-commits", "20", "--compact-every-batches", "5", "--compact-every-minutes", "0.5", "--retention-days", "30"]
+    args = ["--compact-every-batches", "5", "--compact-every-minutes", "0.5", "--retention-days", "30"]
     cfg = config_from_args(build_parser().parse_args(args))
-    assert (cfg.keep_commits, cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (20, 5, 30.0, 30)
+    assert (cfg.compact_every_batches, cfg.compact_every_s, cfg.retention_days) == (5, 30.0, 30)
     monkeypatch.setenv("MEMESTREAM_NO_COMPACT", "1")
-    monkeypatch.setenv("MEMESTREAM_KEEP_COMMITS", "7")
+    monkeypatch.setenv("MEMESTREAM_RETENTION_DAYS", "7")
     cfg = config_from_args(build_parser().parse_args([]))
-    assert not cfg.compacts and cfg.keep_commits == 7
+    assert not cfg.compacts and cfg.retention_days == 7
 
 
 def test_default_trigger_is_short_and_the_cli_uses_the_config_default(monkeypatch):

@@ -4,13 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from pyspark.sql import functions as F
 
-from streaming.counts import WindowSpec, late_mask, parse_duration, window_deltas
-
-
-def _us(dt: datetime) -> int:
-    return int(dt.timestamp() * 1_000_000)
+from streaming.counts import WindowSpec, parse_duration, watermark_after, window_deltas, with_late
 
 
 def test_parse_duration_accepts_spark_and_short_forms():
@@ -27,28 +22,36 @@ def test_window_spec_rejects_slide_longer_than_window():
         WindowSpec(window_s=60, slide_s=120)
 
 
-def test_window_deltas_match_spark_window_function(spark):
-    """Our per-batch counting must agree with Spark's own sliding window() semantics."""
+def test_window_deltas_count_every_labelled_on_time_row_in_each_of_its_windows(spark):
+    """Every labelled row lands in window/slide windows, each starting on a slide boundary."""
     base = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
     rng = np.random.default_rng(5)
     times = [base + timedelta(seconds=int(s)) for s in rng.integers(0, 1800, 200)]
     labels = [["doom", "cats", None][i % 3] for i in range(200)]
+    df = spark.createDataFrame(list(zip(times, labels)), "event_time timestamp, label string")
     spec = WindowSpec(window_s=600, slide_s=120, watermark_s=0)
-    ours = window_deltas(labels, np.array([_us(t) for t in times]), np.zeros(200, dtype=bool), spec)
-    got = {(r["window_start"], r["label"]): r["count"] for r in ours.to_pylist()}
-
-    df = spark.createDataFrame(list(zip(times, labels)), "t timestamp, label string").where("label is not null")
-    rows = df.groupBy(F.window("t", "600 seconds", "120 seconds"), "label").count().collect()
-    expected = {(r["window"]["start"].replace(tzinfo=timezone.utc), r["label"]): r["count"] for r in rows}
+    rows = window_deltas(with_late(df, None), spec).collect()
+    got = {(r["window_start"].replace(tzinfo=timezone.utc), r["label"]): r["count"] for r in rows}
+    expected: dict = {}
+    for t, label in zip(times, labels):
+        if label is None:
+            continue
+        last = int(t.timestamp()) // 120 * 120
+        for k in range(5):
+            start = last - 120 * k
+            if start <= t.timestamp() < start + 600:
+                key = (datetime.fromtimestamp(start, timezone.utc), label)
+                expected[key] = expected.get(key, 0) + 1
     assert got == expected
-    assert sum(got.values()) == 5 * sum(lbl is not None for lbl in labels)  # each row in window/slide windows
+    assert sum(got.values()) == 5 * sum(lbl is not None for lbl in labels)
 
 
-def test_late_rows_are_not_counted_but_on_time_rows_are():
-    base = _us(datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
-    events = np.array([base, base + 3_600_000_000], dtype=np.int64)
-    late = late_mask(events, watermark_us=base + 1)
-    assert late.tolist() == [True, False]
-    deltas = window_deltas(["doom", "doom"], events, late, WindowSpec(60, 60, 0))
-    assert deltas.column("count").to_pylist() == [1]
-    assert late_mask(events, None).tolist() == [False, False]
+def test_late_rows_are_not_counted_but_on_time_rows_are(spark):
+    base = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    df = spark.createDataFrame([(base, "doom"), (base + timedelta(hours=1), "doom")], "event_time timestamp, label string")
+    marked = with_late(df, base + timedelta(seconds=1))
+    assert [r["late"] for r in marked.orderBy("event_time").collect()] == [True, False]
+    assert [r["count"] for r in window_deltas(marked, WindowSpec(60, 60, 0)).collect()] == [1]
+    assert [r["late"] for r in with_late(df, None).collect()] == [False, False]
+    assert watermark_after(None, WindowSpec(60, 60, 30)) is None
+    assert watermark_after(base, WindowSpec(60, 60, 30)) == base - timedelta(seconds=30)

@@ -138,7 +138,13 @@ def test_missing_and_broken_tables_are_a_message_not_a_stack_trace(tmp_path, run
     assert data["summary"]["predictions"] == 0 and data["counts"] == [] and "message" not in data
     bad = tmp_path / "not-yet" / "predictions" / "date=2026-11-29"
     bad.mkdir(parents=True)
-    (bad / "part-main-0000000000.parquet").write_bytes(b"this is not parquet")
+    (bad / "part-main-0000000000.parquet").write_bytes(b"this is not parquet")  # the layout before Delta Lake
+    time.sleep(0.5)
+    status, body = _get(url + "api/data")
+    message = json.loads(body)["message"]
+    assert status == 200 and "could not read" in message and "meme-compact --output" in message and "--convert" in message
+    (tmp_path / "not-yet" / "predictions" / "_delta_log").mkdir()
+    (tmp_path / "not-yet" / "predictions" / "_delta_log" / "00000000000000000000.json").write_text("{not json\n")
     time.sleep(0.5)
     status, body = _get(url + "api/data")
     assert status == 200 and "could not read" in json.loads(body)["message"]
@@ -192,17 +198,16 @@ def test_page_in_headless_chromium(streamed, running, tmp_path, monkeypatch):
         shutil.copy(shot, DOCS / "dashboard.png")
 
 
-def test_quarantine_payload_thumbnail(tmp_path, running, image_bytes):
+def test_quarantine_payload_thumbnail(tmp_path, running, image_bytes, delta_output):
     """Kafka inputs have no file: the quarantine table's payload is the thumbnail's source."""
-    import pyarrow as pa
-
-    from streaming.sinks import BatchMarker, OutputTables
+    from datetime import date
 
     out = tmp_path / "output"
+    out.mkdir()
     image, junk = image_bytes("cats", 3), b"not an image at all"
-    table = pa.table({"image_id": ["ab" * 32, "cd" * 32], "payload": [image, junk], "error_code": ["unsupported_format", "garbage"],
-                      "date": ["2026-11-29", "2026-11-29"]})
-    OutputTables(out).commit_batch(0, {"quarantine": table}, BatchMarker(0, 2, 2, 0, None))
+    delta_output(out, "quarantine", [
+        {"image_id": "ab" * 32, "payload": image, "error_code": "unsupported_format", "date": date(2026, 11, 29)},
+        {"image_id": "cd" * 32, "payload": junk, "error_code": "garbage", "date": date(2026, 11, 29)}])
     url = running(out)
     status, body = _get(url + "thumb/payload/" + "ab" * 32)
     assert status == 200 and body[:2] == b"\xff\xd8"

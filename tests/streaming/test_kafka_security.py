@@ -62,8 +62,6 @@ def test_publish_and_stream_over_sasl_scram_and_ssl(secure_broker, spark, tmp_pa
                                                     monkeypatch, capsys):
     from producers.kafka import main as publish_main
     from streaming.config import KafkaSourceConfig
-    from streaming.kafka_source import KafkaStreamReader, topic_source
-    from streaming.query import open_stream
     from streaming.query import run_stream
     from streaming.schema import read_table
     from tests.streaming.conftest import make_config
@@ -87,23 +85,31 @@ def test_publish_and_stream_over_sasl_scram_and_ssl(secure_broker, spark, tmp_pa
     assert sorted(dict(h)["filename"][:3] for h in preds["headers"]) == ["sas"] * 3 + ["tls"] * 3
     assert preds["label"].notna().all()
 
-    # The same records over the SSL listener, through the reader meme-stream uses.
+
+
+def test_spark_source_reads_over_sasl_scram_and_tls_and_hides_the_password(secure_broker, spark, capsys):
+    """Source level (no sink): Spark's Kafka source with the security flags mapped to kafka.* options."""
+    from producers.kafka import ImagePublisher, PublisherConfig
+    from streaming.config import KafkaSourceConfig
+    from streaming.sources import kafka_source
+
+    topic = f"secure-{uuid.uuid4().hex[:8]}"
+    ensure_topic(secure_broker.bootstrap, topic)
+    with ImagePublisher(PublisherConfig(secure_broker.bootstrap, topic)) as pub:
+        for i in range(4):
+            pub.publish(b"img-%d" % i, {"n": str(i)})
+        pub.flush()
+    sasl = KafkaSourceConfig(secure_broker.sasl, topic, security=KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-512", USER, PASSWORD))
     tls = KafkaSourceConfig(secure_broker.ssl, topic, security=KafkaSecurity("SSL", ssl_cafile=str(secure_broker.pki.ca_pem)))
-    reader = KafkaStreamReader(tls)
-    try:
-        from pyspark.sql.streaming.datasource import ReadAllAvailable
+    for cfg in (sasl, tls):
+        src = kafka_source(cfg)  # the pre-flight check passes too
+        rows = spark.read.format(src.format).options(**src.options).load().select("value", "offset").collect()
+        assert sorted(bytes(r.value) for r in rows) == [b"img-%d" % i for i in range(4)]
 
-        end = reader.latestOffset(reader.initialOffset(), ReadAllAvailable())
-        assert end == {"0": 6}
-        rows = list(reader.read(reader.partitions({"0": 0}, end)[0]))
-    finally:
-        reader.stop()
-    assert sorted(r[1] for r in rows) == sorted(preds["kafka_key"])
-
-    # The password is an option of the source: it must not show in the plan Spark prints.
-    df = open_stream(spark, topic_source(spark, cfg.kafka))
-    plan = df._jdf.queryExecution().toString()
-    print(plan)
+    # The password is in an option of the source (the JAAS line): it must not show in what Spark prints.
+    df = spark.readStream.format("kafka").options(**kafka_source(sasl, check=False).options).load()
+    df.explain(True)
+    plan = capsys.readouterr().out
     assert "StreamingRelation" in plan and PASSWORD not in plan
 
 
@@ -129,7 +135,7 @@ def test_wrong_password_is_one_clear_line_for_publish_and_stream(secure_broker, 
 
     with pytest.raises(BrokerError, match=r"does not accept SASL mechanism SCRAM-SHA-256 \(it accepts: SCRAM-SHA-512\)"):
         from streaming.config import KafkaSourceConfig
-        from streaming.kafka_source import check_topic
+        from streaming.sources import check_topic
 
         check_topic(KafkaSourceConfig(secure_broker.sasl, topic, connect_timeout_s=3,
                                       security=KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-256", USER, PASSWORD)))
@@ -138,7 +144,7 @@ def test_wrong_password_is_one_clear_line_for_publish_and_stream(secure_broker, 
 def test_untrusted_certificate_is_one_clear_line(secure_broker, tmp_path, image_bytes, capsys):
     from producers.kafka import main as publish_main
     from streaming.config import KafkaSourceConfig
-    from streaming.kafka_source import check_topic
+    from streaming.sources import check_topic
 
     topic = f"secure-{uuid.uuid4().hex[:8]}"
     ensure_topic(secure_broker.bootstrap, topic)

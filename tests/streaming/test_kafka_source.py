@@ -1,4 +1,6 @@
-"""The memestream-kafka Python Data Source against a real Apache Kafka broker and a real Spark session."""
+"""Spark's Kafka source (spark-sql-kafka-0-10, in every session) through streaming.sources against a real
+Apache Kafka broker: option mapping, the pre-flight check, each record once, admission control,
+a broker restart."""
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +10,11 @@ import numpy as np
 import pytest
 
 from memestream.errors import BrokerError
+from memestream.kafka import KafkaSecurity
 from memestream.testing import free_port
-from producers.broker import start_broker
 from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
-from streaming import kafka_source as ks
 from streaming.config import KafkaSourceConfig
-from streaming.kafka_source import KafkaStreamReader, check_topic, spark_kafka_available, spread_limit, topic_source
-from streaming.query import open_stream
+from streaming.sources import check_topic, kafka_source
 
 
 def publish(bootstrap: str, topic: str, payloads: list[bytes], first: int = 0) -> None:
@@ -25,9 +25,24 @@ def publish(bootstrap: str, topic: str, payloads: list[bytes], first: int = 0) -
         pub.flush()
 
 
+def topic_rows(spark, cfg: KafkaSourceConfig):
+    """The connector's rows reshaped like the stream's input (content, kafka_key, headers, topic, partition, offset, event_time)."""
+    from pyspark.sql import functions as F
+
+    src = kafka_source(cfg)
+    raw = spark.readStream.format(src.format).options(**src.options).load()
+    return raw.select(
+        F.col("value").alias("content"),
+        F.col("key").cast("string").alias("kafka_key"),
+        F.map_from_entries(F.transform(F.coalesce(F.col("headers"), F.array()),
+                                       lambda h: F.struct(h["key"], h["value"].cast("string")))).alias("headers"),
+        "topic", "partition", "offset", F.col("timestamp").alias("event_time"),
+    )
+
+
 def run_available_now(spark, cfg: KafkaSourceConfig, tmp_path, name: str = "run") -> list[int]:
     """One availableNow run into a parquet sink (same checkpoint each call); rows per micro-batch."""
-    q = (open_stream(spark, topic_source(spark, cfg)).writeStream.format("parquet")
+    q = (topic_rows(spark, cfg).writeStream.format("parquet")
          .option("path", str(tmp_path / "out")).option("checkpointLocation", str(tmp_path / "ckpt"))
          .trigger(availableNow=True).queryName(f"{name}_{uuid.uuid4().hex[:6]}").start())
     assert q.awaitTermination(300), "availableNow query did not finish"
@@ -44,45 +59,39 @@ def big_noisy_png(seed: int = 5) -> bytes:
     return buf.tobytes()
 
 
-def test_spread_limit_is_fair():
-    assert spread_limit({0: 100, 1: 2, 2: 100}, 10) == {0: 4, 1: 2, 2: 4}
-    assert spread_limit({0: 1, 1: 1}, 10) == {0: 1, 1: 1}
-    assert sum(spread_limit({0: 7, 1: 7, 2: 7}, 5).values()) == 5
+def test_options_map_to_the_connector_and_security_to_kafka_settings(tmp_path):
+    cfg = KafkaSourceConfig("h1:9092,h2:9092", "memes", starting_offsets="latest", max_offsets_per_trigger=7,
+                            security=KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "scraper", 's3cr"t',
+                                                   ssl_cafile=str(tmp_path / "ca.pem")))
+    opts = cfg.spark_options()
+    assert {k: opts[k] for k in ("kafka.bootstrap.servers", "subscribe", "startingOffsets", "maxOffsetsPerTrigger",
+                                 "failOnDataLoss", "includeHeaders")} == {
+        "kafka.bootstrap.servers": "h1:9092,h2:9092", "subscribe": "memes", "startingOffsets": "latest",
+        "maxOffsetsPerTrigger": "7", "failOnDataLoss": "true", "includeHeaders": "true"}
+    assert int(opts["kafka.max.partition.fetch.bytes"]) > cfg.max_message_bytes
+    assert opts["kafka.security.protocol"] == "SASL_SSL" and opts["kafka.sasl.mechanism"] == "SCRAM-SHA-512"
+    assert opts["kafka.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.scram.ScramLoginModule required username="scraper" password="s3cr\\"t";')
+    assert opts["kafka.ssl.truststore.type"] == "PEM" and opts["kafka.ssl.truststore.location"] == str(tmp_path / "ca.pem")
+    assert not any(k.startswith(("kafka.group", "kafka.enable.auto")) for k in opts)  # the checkpoint is the position
+    plain = KafkaSourceConfig("h:1", "t", security=KafkaSecurity("SASL_PLAINTEXT", "PLAIN", "u", "p")).spark_options()
+    assert plain["kafka.sasl.jaas.config"].startswith("org.apache.kafka.common.security.plain.PlainLoginModule required")
+    (tmp_path / "c.pem").write_text("CERT")
+    (tmp_path / "k.pem").write_text("KEY")
+    mtls = KafkaSecurity("SSL", ssl_certfile=str(tmp_path / "c.pem"), ssl_keyfile=str(tmp_path / "k.pem"))
+    assert {k: v for k, v in mtls.java_client_options().items() if "keystore" in k} == {
+        "kafka.ssl.keystore.type": "PEM", "kafka.ssl.keystore.certificate.chain": "CERT", "kafka.ssl.keystore.key": "KEY"}
+    assert "s3cr" not in repr(cfg)
 
 
-def test_partitions_split_ranges_and_new_partitions():
-    reader = KafkaStreamReader(KafkaSourceConfig("h:1", "t", max_records_per_task=4))
-    parts = reader.partitions({"0": 0, "1": 5}, {"0": 10, "1": 5, "2": 3})
-    assert [(p.partition, p.start, p.end) for p in parts] == [(0, 0, 4), (0, 4, 8), (0, 8, 10), (2, 0, 3)]
-
-
-def test_spark_kafka_connector_probe(spark):
-    # pip-installed PySpark ships without spark-sql-kafka; the probe must say so, not raise.
-    assert spark_kafka_available(spark) is False
-
-
-@pytest.mark.kafka
-def test_latest_offset_does_not_trust_reported_end(kafka_broker, kafka_topic):
-    from kafka import KafkaConsumer, TopicPartition
-    from pyspark.sql.streaming.datasource import ReadAllAvailable
-
-    publish(kafka_broker.bootstrap, kafka_topic, [b"m%d" % i for i in range(20)])
-    consumer = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap)
-    tp = TopicPartition(kafka_topic, 0)
-    reported = consumer.end_offsets([tp])[tp]
-    consumer.close()
-    reader = KafkaStreamReader(KafkaSourceConfig(kafka_broker.bootstrap, kafka_topic))
-    try:
-        assert reader.initialOffset() == {"0": 0}
-        # Kafka reports 20; tansu reported 1 (base offset of the last batch + 1): the probe must not care.
-        assert reader.latestOffset({"0": 0}, ReadAllAvailable()) == {"0": 20}, f"broker reported {reported}"
-        publish(kafka_broker.bootstrap, kafka_topic, [b"late"], first=20)
-        assert reader.latestOffset({"0": 20}, ReadAllAvailable()) == {"0": 21}
-        rows = list(reader.read(reader.partitions({"0": 0}, {"0": 21})[0]))
-    finally:
-        reader.stop()
-    assert [r[5] for r in rows] == list(range(21))
-    assert rows[7][0] == b"m7" and rows[7][2] == {"i": "7"} and rows[20][0] == b"late"
+def test_the_password_is_redacted_in_the_query_plan(spark, capsys):
+    cfg = KafkaSourceConfig("127.0.0.1:1", "t", security=KafkaSecurity("SASL_PLAINTEXT", "PLAIN", "u", "hunter2-secret"))
+    src = kafka_source(cfg, check=False)
+    df = spark.readStream.format(src.format).options(**src.options).load()
+    df.explain(True)
+    plan = capsys.readouterr().out
+    assert "kafka.sasl.jaas.config" in plan and "hunter2" not in plan, plan
+    assert "hunter2" not in spark.sparkContext.getConf().toDebugString()
 
 
 @pytest.mark.kafka
@@ -145,8 +154,8 @@ def test_broker_restart_mid_stream_exactly_once(spark, restartable_broker, tmp_p
     topic = "restart-memes"
     ensure_topic(bootstrap, topic)
     publish(bootstrap, topic, [b"before-%d" % i for i in range(6)])
-    cfg = KafkaSourceConfig(bootstrap, topic, stall_timeout_s=30)
-    q = (open_stream(spark, topic_source(spark, cfg)).writeStream.format("parquet")
+    cfg = KafkaSourceConfig(bootstrap, topic)
+    q = (topic_rows(spark, cfg).writeStream.format("parquet")
          .option("path", str(tmp_path / "out")).option("checkpointLocation", str(tmp_path / "ckpt"))
          .trigger(processingTime="500 milliseconds").start())
     try:
@@ -172,40 +181,3 @@ def test_broker_restart_mid_stream_exactly_once(spark, restartable_broker, tmp_p
                                                             [b"after-%d" % i for i in range(4)])
 
 
-@pytest.mark.kafka
-def test_broker_gone_fails_clearly_with_topic_partition_offset(tmp_path):
-    from pyspark.sql.streaming.datasource import ReadAllAvailable
-
-    with start_broker(log_dir=tmp_path) as broker:
-        ensure_topic(broker.bootstrap, "gone")
-        publish(broker.bootstrap, "gone", [b"a", b"b", b"c"])
-        reader = KafkaStreamReader(KafkaSourceConfig(broker.bootstrap, "gone", stall_timeout_s=2, connect_timeout_s=1))
-        assert reader.latestOffset(reader.initialOffset(), ReadAllAvailable()) == {"0": 3}
-        broker.stop()
-        with pytest.raises(BrokerError, match=r"topic gone: Kafka broker 127\.0\.0\.1:\d+ unreachable"):
-            reader.latestOffset({"0": 3}, ReadAllAvailable())
-        with pytest.raises(BrokerError, match=r"topic gone partition 0 at offset 1"):
-            list(reader.read(reader.partitions({"0": 1}, {"0": 3})[0]))
-        reader.stop()
-
-
-@pytest.mark.kafka
-def test_read_range_reuses_a_healthy_consumer_and_drops_a_broken_one(kafka_broker, kafka_topic):
-    """Tasks in one worker share a pooled consumer (no reconnect per micro-batch); a
-    consumer whose reads failed is closed, never handed to the next task."""
-    publish(kafka_broker.bootstrap, kafka_topic, [b"r%d" % i for i in range(6)])
-    cfg = KafkaSourceConfig(kafka_broker.bootstrap, kafka_topic)
-    ks._POOL.clear()
-    assert [r[0] for r in ks.read_range(cfg, 0, 0, 3)] == [b"r0", b"r1", b"r2"]
-    assert len(ks._POOL) == 1
-    pooled = next(iter(ks._POOL.values()))
-    assert [r[0] for r in ks.read_range(cfg, 0, 3, 6)] == [b"r3", b"r4", b"r5"]
-    assert next(iter(ks._POOL.values())) is pooled  # the same client served the second range
-
-    rows = ks.read_range(cfg, 0, 4, 6)
-    assert next(rows)[0] == b"r4"
-    rows.close()  # the consumer stopped mid-range (task cancelled): not returned to the pool
-    assert ks._POOL == {}
-    assert [r[0] for r in ks.read_range(cfg, 0, 5, 6)] == [b"r5"]
-    assert len(ks._POOL) == 1 and next(iter(ks._POOL.values())) is not pooled
-    ks._POOL.clear()

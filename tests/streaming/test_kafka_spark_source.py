@@ -1,10 +1,6 @@
-"""--kafka-impl spark: Spark's own Kafka source (spark-sql-kafka-0-10 at the installed PySpark's version,
-or the 4.2.0 fallback when Maven Central does not serve that version, as for 4.3.0).
-
-The connector is resolved from Maven Central like the broker's jars. When no candidate can be had,
-meme-stream says so in one line, and the end-to-end test is skipped with Maven's answer as the
-reason; otherwise that test holds Spark's reader to the Python reader's promises: exactly once
-across kill -9, bad records quarantined, and the same rows as the Python reader for the same topic.
+"""meme-stream over Kafka reads with Spark's Kafka source (spark-sql-kafka-0-10 at the installed PySpark's
+exact version, in every session: memestream.jars). Without its jars (not cached, no network) meme-stream
+says so in one line naming the artifact and the cache; with them, a run is exactly once across kill -9.
 """
 from __future__ import annotations
 
@@ -18,76 +14,27 @@ import pytest
 
 from producers.kafka import ImagePublisher, PublisherConfig, ensure_topic
 
-pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE_MVN = ("#!/bin/sh\necho '[ERROR] Failed to execute goal: Could not transfer artifact "
-               "org.apache.spark:spark-sql-kafka-0-10_2.13:pom:4.3.0 from/to central: Unknown host'\nexit 1\n")
 
 
-def test_kafka_impl_spark_without_the_connector_is_one_clear_line(tmp_path, monkeypatch, capsys, trained_model_dir):
-    from streaming.cli import main
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "mvn").write_text(OFFLINE_MVN)
-    (bindir / "mvn").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("MEMESTREAM_JAR_CACHE", str(tmp_path / "cache"))
-    rc = main(["--source", "kafka", "--kafka-impl", "spark", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t",
-               "--model", str(trained_model_dir), "--data-dir", str(tmp_path / "d"), "--available-now"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err[-1].startswith("meme-stream: error: --kafka-impl spark: "), err
-    assert "Spark's Kafka source" in err[-1] and "use --kafka-impl python" in err[-1]
+def test_missing_jars_offline_is_one_clear_line(tmp_path, trained_model_dir, offline_mvn):
+    """A fresh process (no session to borrow) whose jar cache is empty and whose Maven is offline."""
+    bindir = offline_mvn("org.apache.spark:spark-sql-kafka-0-10_2.13:pom:4.1.1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+           "MEMESTREAM_JAR_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "streaming.cli", "--source", "kafka", "--bootstrap-servers", "127.0.0.1:1",
+                           "--topic", "t", "--model", str(trained_model_dir), "--data-dir", str(tmp_path / "d"),
+                           "--available-now"], env=env, capture_output=True, text=True, timeout=300)
+    err = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("fetching ")]
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("meme-stream: error: "), err
+    assert "org.apache.spark:spark-sql-kafka-0-10_2.13" in err[0] or "io.delta:delta-spark" in err[0]
+    assert str(tmp_path / "cache") in err[0]
 
 
-# A stand-in mvn that serves the 4.2.0 connector (plus a Scala library PySpark already ships) and
-# answers "not found" for 4.3.0, as Maven Central does; it counts its calls in calls.log.
-FAKE_MVN = """#!/bin/sh
-echo call >> "$(dirname "$0")/calls.log"
-for a in "$@"; do
-  case "$a" in -f) pom=next ;; -DoutputDirectory=*) out="${a#-DoutputDirectory=}" ;; *) [ "$pom" = next ] && pom="$a" ;; esac
-done
-if grep -q '<version>4.3.0</version>' "$pom"; then
-  echo '[ERROR] Failed to execute goal: Could not find artifact org.apache.spark:spark-sql-kafka-0-10_2.13:jar:4.3.0 in central'
-  exit 1
-fi
-mkdir -p "$out" && touch "$out/spark-sql-kafka-0-10_2.13-4.2.0.jar" "$out/kafka-clients-3.9.2.jar" "$out/scala-library-2.13.15.jar"
-"""
+def test_the_kafka_impl_flag_is_gone():
+    from streaming.cli import build_parser
 
-
-def test_unserved_connector_falls_back_to_4_2_0_once_with_a_warning(tmp_path, monkeypatch, caplog):
-    from memestream import jars
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "mvn").write_text(FAKE_MVN)
-    (bindir / "mvn").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("MEMESTREAM_JAR_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(jars, "_installed_spark_version", lambda: "4.3.0")
-    assert jars.spark_kafka_candidates("4.3.0") == ["4.3.0", "4.2.0"]
-    assert jars.spark_kafka_candidates("4.1.1") == ["4.1.1"] and jars.spark_kafka_candidates("5.0.0") == ["5.0.0"]
-
-    with caplog.at_level("WARNING", logger="memestream.jars"):
-        conf = jars.spark_kafka_conf()
-    names = sorted(Path(j).name for j in conf["spark.jars"].split(","))
-    assert names == ["kafka-clients-3.9.2.jar", "spark-sql-kafka-0-10_2.13-4.2.0.jar"]  # PySpark's Scala kept
-    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warning) == 1 and "4.3.0" in warning[0] and "using the 4.2.0 connector" in warning[0]
-    assert (bindir / "calls.log").read_text().count("call") == 2  # 4.3.0 refused, 4.2.0 fetched
-
-    jars.spark_kafka_conf()  # the "not served" answer is remembered: no Maven call at all
-    assert (bindir / "calls.log").read_text().count("call") == 2
-    assert not (tmp_path / "cache" / "spark-sql-kafka-4.3.0").exists()
-
-
-def _connector_or_skip() -> list[Path]:
-    from memestream.jars import JarsUnavailable, resolve_spark_kafka
-
-    try:
-        return resolve_spark_kafka(quiet=True)[1]
-    except JarsUnavailable as exc:  # e.g. neither 4.3.0 nor the 4.2.0 fallback served: nothing to run
-        pytest.skip(f"Spark's Kafka source cannot run here: {exc}")
+    assert "--kafka-impl" not in build_parser().format_help()
 
 
 def _stream(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -97,10 +44,10 @@ def _stream(args: list[str], kill_at: str | None = None) -> subprocess.Completed
     return subprocess.run([sys.executable, *entry, *args], env=env, capture_output=True, timeout=900)
 
 
+@pytest.mark.kafka
 @pytest.mark.slow
-def test_spark_reader_matches_the_python_reader_exactly_once_across_kill9(kafka_broker, tmp_path, trained_model_dir,
+def test_kafka_stream_is_exactly_once_across_kill9(kafka_broker, tmp_path, trained_model_dir,
                                                                           image_bytes, bad_payloads):
-    _connector_or_skip()
     from streaming.schema import read_table
 
     topic = "memes-spark-reader"
@@ -113,26 +60,14 @@ def test_spark_reader_matches_the_python_reader_exactly_once_across_kill9(kafka_
         pub.flush()
     common = ["--source", "kafka", "--bootstrap-servers", kafka_broker.bootstrap, "--topic", topic,
               "--model", str(trained_model_dir), "--max-offsets-per-trigger", "3", "--available-now", "--quiet"]
-    spark_args = [*common, "--kafka-impl", "spark", "--data-dir", str(tmp_path / "spark")]
-    crashed = _stream(spark_args, kill_at="files:1")
+    args = [*common, "--data-dir", str(tmp_path / "spark")]
+    crashed = _stream(args, kill_at="files:1")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
-    done = _stream(spark_args)
+    done = _stream(args)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    python = _stream([*common, "--kafka-impl", "python", "--data-dir", str(tmp_path / "python")])
-    assert python.returncode == 0, python.stderr.decode()[-2000:]
 
-    cols = ["origin", "kafka_key", "label", "error_code"]
-    by_spark = read_table(tmp_path / "spark" / "output", "predictions").to_pandas()
-    by_python = read_table(tmp_path / "python" / "output", "predictions").to_pandas()
-    assert len(by_spark) == len(payloads) and by_spark["origin"].is_unique  # exactly once across the kill
-    left = by_spark.sort_values("origin").reset_index(drop=True)
-    right = by_python.sort_values("origin").reset_index(drop=True)
-    assert left[cols].fillna("").values.tolist() == right[cols].fillna("").values.tolist()
-    assert [dict(h) for h in left["headers"]] == [dict(h) for h in right["headers"]]
-    for a, b in zip(left["probabilities"], right["probabilities"]):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert dict(a).keys() == dict(b).keys()
-            assert all(abs(dict(a)[k] - dict(b)[k]) < 1e-9 for k in dict(a))
+    preds = read_table(tmp_path / "spark" / "output", "predictions").to_pandas()
+    assert len(preds) == len(payloads) and preds["origin"].is_unique  # exactly once across the kill
+    assert sorted(dict(h)["n"] for h in preds["headers"]) == sorted(str(i) for i in range(len(payloads)))
     quarantine = read_table(tmp_path / "spark" / "output", "quarantine").to_pandas()
     assert sorted(quarantine["error_code"]) == ["not_an_image", "truncated"]

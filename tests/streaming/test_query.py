@@ -13,7 +13,7 @@ from streaming.config import KafkaSourceConfig
 from streaming.models import ModelHolder
 from streaming.query import run_stream
 from streaming.schema import read_table
-from streaming.sinks import OutputTables
+from streaming.sinks import DeltaOutput
 from tests.streaming.conftest import make_config
 
 BAD_KINDS = {
@@ -69,9 +69,12 @@ def test_folder_stream_classifies_every_input_once_and_quarantines_bad_ones(spar
     per_label = counts.groupby("label")["count"].sum().to_dict()
     expected = ok.groupby("label").size().to_dict()
     assert per_label == {k: v * 10 for k, v in expected.items()}  # 10-minute window, 1-minute slide
-    assert OutputTables(stream_root / "output").label_totals() == expected
-    # the same table through Spark
-    assert spark.read.parquet(str(stream_root / "output" / "predictions")).count() == len(preds)
+    assert DeltaOutput(stream_root / "output", "any").label_totals(spark) == expected
+    # the same table through Spark, and each batch recorded once with its totals
+    assert spark.read.format("delta").load(str(stream_root / "output" / "predictions")).count() == len(preds)
+    batches = read_table(stream_root / "output", "batches").to_pandas()
+    assert batches["rows"].sum() == len(preds) and batches["batch_id"].is_unique
+    assert set(preds["writer"]) == set(batches["writer"]) and len(set(batches["writer"])) == 1
 
 
 def test_restart_with_same_checkpoint_processes_only_new_files(spark, stream_root, trained_model_dir, image_bytes):
@@ -130,10 +133,13 @@ def test_incompatible_checkpoint_and_missing_model_are_clear_errors(spark, strea
         run_stream(spark, make_config(stream_root, tmp_path / "nowhere", checkpoint=tmp_path / "ck2"))
 
 
-def test_kafka_impl_spark_without_its_jar_is_a_clear_error(spark, stream_root, trained_model_dir):
-    cfg = make_config(stream_root, trained_model_dir, source="kafka", kafka_impl="spark",
-                      kafka=KafkaSourceConfig("127.0.0.1:9", "memes"), checkpoint=stream_root / "ck-kafka")
-    with pytest.raises(ConfigError, match="Kafka connector"):
+def test_kafka_stream_with_no_broker_is_a_clear_error_before_the_query_starts(spark, stream_root, trained_model_dir):
+    from memestream.errors import BrokerError
+    from memestream.testing import free_port
+
+    cfg = make_config(stream_root, trained_model_dir, source="kafka", checkpoint=stream_root / "ck-kafka",
+                      kafka=KafkaSourceConfig(f"127.0.0.1:{free_port()}", "memes", connect_timeout_s=1))
+    with pytest.raises(BrokerError, match="expected a Kafka broker at 127.0.0.1"):
         run_stream(spark, cfg)
 
 
@@ -148,59 +154,43 @@ def test_meme_stream_cli_errors_are_one_line(tmp_path, capsys):
     assert "slide" in capsys.readouterr().err
 
 
-def _layout(output) -> dict[str, list[str]]:
-    return {str(d.relative_to(output)): sorted(p.name for p in d.iterdir())
-            for t in ("predictions", "quarantine", "class_counts") for d in sorted((output / t).glob("date=*"))}
+def _data_files(table_uri: str) -> int:
+    from deltalake import DeltaTable
+
+    return len(DeltaTable(table_uri).file_uris())
 
 
-def test_long_running_bookkeeping_stays_bounded_and_in_stream_compaction_changes_no_row(
-        spark, tmp_path, trained_model_dir, image_bytes, bad_payloads, monkeypatch):
-    """One-file batches with 3 markers kept, a short Spark checkpoint history (3 instead of the
-    stream's 10+) and compaction every 3 batches inside the stream; against the same inputs
-    streamed without compaction."""
-    from streaming import query
-
-    monkeypatch.setattr(query, "min_batches_to_retain", lambda cfg: 3)
-    files = {f"img{i:02d}.jpg": image_bytes(["doom", "cats", "animal_crossing"][i % 3], 900 + i) for i in range(8)}
+def test_in_stream_upkeep_compacts_and_changes_no_row(spark, tmp_path, trained_model_dir, image_bytes, bad_payloads):
+    """One-file batches with OPTIMIZE/VACUUM every 3 batches inside the stream, against the same
+    inputs streamed without upkeep: the same rows, fewer live files."""
+    files = {f"img{i:02d}.jpg": image_bytes(["doom", "cats", "animal_crossing"][i % 3], 900 + i) for i in range(7)}
     files["bad.jpg"] = bad_payloads["text"]
     roots = {}
-    for name, every in (("plain", None), ("compacted", 3)):
+    for name, every in (("plain", None), ("upkept", 3)):
         root = roots[name] = tmp_path / name
         (root / "inbox").mkdir(parents=True)
         _drop(root / "inbox", files)
-        cfg = make_config(root, trained_model_dir, max_files_per_trigger=1, keep_commits=3,
+        cfg = make_config(root, trained_model_dir, max_files_per_trigger=1,
                           compact_every_batches=every, compact_every_s=None)
         assert run_stream(spark, cfg).batches == len(files)
 
-    root = roots["compacted"]
-    out = root / "output"
+    root = roots["upkept"]
     preds = _predictions(root)
     assert sorted(preds["origin"]) == sorted(files) and preds["image_id"].is_unique  # exactly once
     labelled = preds[preds["label"].notna()].groupby("label").size().to_dict()
-    assert OutputTables(out).label_totals() == labelled  # the rollup plus the kept markers
-    # the same rows as the stream that did not compact (batch order and event times differ)
+    assert DeltaOutput(root / "output", "any").label_totals(spark) == labelled
     cols = ["origin", "image_id", "label", "confidence", "error_code", "late"]
     plain = _predictions(roots["plain"])
     assert preds[cols].sort_values("origin").reset_index(drop=True).equals(plain[cols].sort_values("origin").reset_index(drop=True))
-    quarantined = [sorted(read_table(r / "output", "quarantine").to_pandas()["origin"]) for r in (root, roots["plain"])]
-    assert quarantined[0] == quarantined[1] == ["bad.jpg"]
     counts = [read_table(r / "output", "class_counts").to_pandas().groupby("label")["count"].sum().to_dict()
               for r in (root, roots["plain"])]
     assert counts[0] == counts[1] == {k: v * 10 for k, v in labelled.items()}
-    # sealed batches (below the newest) in at most one file per date per table; without compaction, one per batch
-    newest = int(preds["batch_id"].max())
-    for folder, names in _layout(out).items():
-        sealed = [n for n in names if not n.endswith(f"-{newest:010d}.parquet")]
-        assert len(sealed) <= 1, (folder, names)
-    assert sum(len(v) for k, v in _layout(roots["plain"] / "output").items() if k.startswith("predictions/")) == len(files)
-    # bounded bookkeeping: 3 markers and the rollup; Spark's offsets/commits logs purged to ~3
-    writer = next((out / "_commits").glob("folder_*"))
-    assert sorted(p.name for p in writer.iterdir()) == [f"{b:010d}.json" for b in range(newest - 2, newest + 1)] + ["_base.json"]
-    spark_ck = root / "checkpoints" / "spark"
-    for log_dir in ("offsets", "commits"):
-        entries = sorted(int(p.name) for p in (spark_ck / log_dir).iterdir() if p.name.isdigit())
-        assert entries[-1] == newest and len(entries) <= 4, (log_dir, entries)
-    assert not (spark_ck / "state").exists()  # windowed counts are Python (markers): no Spark state store
+    # without upkeep one file per batch; with it, the optimized days hold fewer
+    plain_files = _data_files(str(roots["plain"] / "output" / "predictions"))
+    assert plain_files == len(files)
+    assert _data_files(str(root / "output" / "predictions")) < plain_files
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{root / 'output' / 'predictions'}`").collect()
+    assert any(r["operation"] == "OPTIMIZE" for r in history)
 
 
 def test_folder_batches_get_one_task_per_core(spark):

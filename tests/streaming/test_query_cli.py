@@ -1,11 +1,10 @@
-"""meme-query over a hand-written output folder in the documented layout, on both engines."""
+"""meme-query over Delta tables written with deltalake in the documented layout, on both engines."""
 from __future__ import annotations
 
 import io
 import json
 from datetime import datetime, timedelta, timezone
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -14,29 +13,10 @@ from streaming import duck, query_cli
 from streaming.query_cli import build_parser, config_from_args, execute
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
-
-PRED_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("source", pa.string()),
-        ("origin", pa.string()),
-        ("label", pa.string()),
-        ("confidence", pa.float64()),
-        ("probabilities", pa.map_(pa.string(), pa.float64())),
-        ("error", pa.string()),
-        ("error_code", pa.string()),
-        ("processing_time", pa.timestamp("us", tz="UTC")),
-        ("batch_id", pa.int64()),
-    ]
-)
+DAY1, DAY2 = datetime(2026, 11, 26, 12, tzinfo=timezone.utc), datetime(2026, 11, 27, 12, tzinfo=timezone.utc)
 
 
-def _write(path, rows, schema):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-
-
-def _pred(i, label, conf, batch, error=None):
+def _pred(i, label, conf, batch, day, error=None):
     return {
         "image_id": f"{i:064x}",
         "source": "folder",
@@ -46,31 +26,27 @@ def _pred(i, label, conf, batch, error=None):
         "probabilities": None if error else [(label, conf), ("other", 1 - conf)],
         "error": error,
         "error_code": error.split(":")[0] if error else None,
+        "event_time": day,
         "processing_time": NOW - timedelta(minutes=i),
         "batch_id": batch,
+        "writer": "main",
     }
 
 
 @pytest.fixture()
-def output(tmp_path):
-    """predictions over two dates and batches, class_counts deltas, no quarantine folder."""
+def output(tmp_path, delta_output):
+    """predictions over two dates and two commits (versions 0 and 1), class_counts deltas, no quarantine table."""
     out = tmp_path / "out"
-    d1, d2 = "date=2026-11-26", "date=2026-11-27"
-    _write(out / "predictions" / d1 / "part-0000000001.parquet",
-           [_pred(1, "doom", 0.9, 1), _pred(2, "doom", 0.55, 1), _pred(3, "cats", 0.8, 1)], PRED_SCHEMA)
-    _write(out / "predictions" / d2 / "part-0000000002.parquet",
-           [_pred(4, "cats", 0.99, 2), _pred(5, None, 0.0, 2, error="truncated: half a JPEG")], PRED_SCHEMA)
-    # a staging file must be ignored by readers
-    _write(out / "predictions" / d2 / ".part-0000000003.parquet.tmp", [_pred(9, "doom", 0.9, 3)], PRED_SCHEMA)
-    cc_schema = pa.schema([("window_start", pa.timestamp("us", tz="UTC")), ("window_end", pa.timestamp("us", tz="UTC")),
-                           ("label", pa.string()), ("count", pa.int64()), ("batch_id", pa.int64())])
+    out.mkdir()
+    delta_output(out, "predictions", [_pred(1, "doom", 0.9, 1, DAY1), _pred(2, "doom", 0.55, 1, DAY1), _pred(3, "cats", 0.8, 1, DAY1)])
+    delta_output(out, "predictions", [_pred(4, "cats", 0.99, 2, DAY2), _pred(5, None, 0.0, 2, DAY2, error="truncated: half a JPEG")])
+    # a Parquet file no commit names (a writer that died before committing) must be ignored by readers
+    stray = next((out / "predictions").glob("date=2026-11-27/*.parquet"))
+    stray.with_name("part-uncommitted.parquet").write_bytes(stray.read_bytes())
     w0, w1 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc), datetime(2026, 11, 27, 12, 5, tzinfo=timezone.utc)
-    _write(out / "class_counts" / d2 / "part-0000000001.parquet",
-           [{"window_start": w0, "window_end": w1, "label": "doom", "count": 2, "batch_id": 1},
-            {"window_start": w0, "window_end": w1, "label": "cats", "count": 1, "batch_id": 1}], cc_schema)
-    _write(out / "class_counts" / d2 / "part-0000000002.parquet",
-           [{"window_start": w0, "window_end": w1, "label": "doom", "count": 3, "batch_id": 2}], cc_schema)
-    (out / "_commits").mkdir()
+    delta_output(out, "class_counts", [{"window_start": w0, "window_end": w1, "label": "doom", "count": 2, "batch_id": 1},
+                                       {"window_start": w0, "window_end": w1, "label": "cats", "count": 1, "batch_id": 1}])
+    delta_output(out, "class_counts", [{"window_start": w0, "window_end": w1, "label": "doom", "count": 3, "batch_id": 2}])
     return out
 
 
@@ -119,7 +95,7 @@ def test_views_totals_and_summed_class_counts(engine, output):
     assert [json.loads(line) for line in buf.getvalue().splitlines()] == [
         {"label": "cats", "count": 1}, {"label": "doom", "count": 5}]
     totals = {r["label"]: r["count"] for r in _sql(engine, "SELECT * FROM class_totals")}
-    assert totals == {"doom": 2, "cats": 2}  # error row (null label) and staging file excluded
+    assert totals == {"doom": 2, "cats": 2}  # error row (null label) and the uncommitted file excluded
     assert _sql(engine, "SELECT count(*) AS n FROM predictions") == [{"n": 5}]
     assert "date" in _columns(engine, "predictions")
 
@@ -138,7 +114,7 @@ def test_fresh_output_dir_all_views_empty(engine, tmp_path):
     text = buf.getvalue()
     for view in ("predictions", "quarantine", "class_counts", "class_count_deltas", "class_totals"):
         assert view in text
-    assert "registered empty" in text
+    assert "registered empty" in text and "batches" in text
     assert _sql(engine, "SELECT count(*) AS n FROM class_counts") == [{"n": 0}]
 
 
@@ -194,7 +170,7 @@ def test_a_file_vanishing_mid_query_is_retried_once(spark, output, monkeypatch):
     def flaky(*args):
         calls.append(1)
         if len(calls) == 1:
-            raise RuntimeError("[FAILED_READ_FILE.FILE_NOT_EXIST] File part-0000000001.parquet does not exist")
+            raise RuntimeError("[FAILED_READ_FILE.FILE_NOT_EXIST] File part-00000-x.snappy.parquet does not exist")
         return real(*args)
 
     monkeypatch.setattr(query_cli, "run_sql", flaky)
@@ -205,15 +181,84 @@ def test_a_file_vanishing_mid_query_is_retried_once(spark, output, monkeypatch):
         execute(spark, _config("--engine", "spark", "--output", str(output), "SELECT 1"), io.StringIO())
 
 
-def test_duckdb_relists_once_when_a_file_vanishes(output):
-    """A compaction swap between listing and reading: DuckDB's IOException triggers one relisting."""
+def test_duckdb_reopens_the_tables_once_when_a_file_vanishes(output, delta_output):
+    """VACUUM between opening a snapshot and reading it: the scan's error triggers one reopening."""
+    from deltalake import DeltaTable
+
     con = duck.connect()
     duck.register_views(con, output)
-    victim = output / "predictions" / "date=2026-11-26" / "part-0000000001.parquet"
-    moved = victim.with_name("part-main-0000000000-0000000001.parquet")
-    victim.rename(moved)  # what compaction does: same rows, another name
-    assert duck.query(con, output, "SELECT count(*) AS n FROM predictions").to_pylist() == [{"n": 5}]
-    duck.register_views(con, output)
-    moved.unlink()
-    with pytest.raises(Exception, match="No such file|No files found|Cannot open"):
+    delta_output(output, "predictions", [_pred(6, "doom", 0.7, 3, DAY1)])  # a second file in DAY1's partition
+    table = DeltaTable(str(output / "predictions"))
+    assert table.optimize.compact().get("numFilesRemoved") == 2  # a new version with the same rows in one file
+    table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)  # the old files go
+    assert duck.query(con, output, "SELECT count(*) AS n FROM predictions").to_pylist() == [{"n": 6}]
+    duck.register_views(con, output, as_of=1)  # the old version's files are gone for good
+    with pytest.raises(Exception, match="Could not open Parquet input source"):
         duck.run_sql(con, "SELECT count(*) FROM predictions")
+
+
+def test_as_of_a_version_reads_predictions_then_and_the_other_tables_as_they_were(engine, output, delta_output):
+    buf = io.StringIO()
+    assert _run(engine, "--output", str(output), "--as-of", "0", "--format", "json",
+                "SELECT count(*) AS n FROM predictions", stream=buf) == 1
+    assert json.loads(buf.getvalue()) == {"n": 3}
+    # the fixture wrote class_counts after predictions' version 1: not there while version 0 was the newest
+    assert _sql(engine, "SELECT count(*) AS n FROM class_count_deltas") == [{"n": 0}]
+    delta_output(output, "predictions", [_pred(6, "doom", 0.7, 3, DAY2)])  # version 2
+    delta_output(output, "class_counts", [{"window_start": DAY2, "window_end": DAY2, "label": "doom", "count": 1, "batch_id": 3}])
+    _run(engine, "--output", str(output), "--as-of", "1", "SELECT 1", stream=io.StringIO())
+    assert _sql(engine, "SELECT count(*) AS n FROM predictions") == [{"n": 5}]
+    assert _sql(engine, "SELECT count(*) AS n FROM class_count_deltas") == [{"n": 3}]  # not batch 3's row
+    _run(engine, "--output", str(output), "SELECT 1", stream=io.StringIO())
+    assert _sql(engine, "SELECT count(*) AS n FROM class_count_deltas") == [{"n": 4}]
+    with pytest.raises(DataError, match="predictions has versions 0..2"):
+        _run(engine, "--output", str(output), "--as-of", "7", "SELECT 1")
+
+
+def test_as_of_a_timestamp_reads_each_table_at_or_before_it(engine, tmp_path, delta_output):
+    import time
+
+    from deltalake import DeltaTable
+
+    out = tmp_path / "out"
+    out.mkdir()
+    delta_output(out, "predictions", [_pred(1, "doom", 0.9, 1, DAY1)])
+    time.sleep(0.05)
+    between = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    delta_output(out, "predictions", [_pred(2, "cats", 0.9, 2, DAY1)])
+    delta_output(out, "quarantine", [{"image_id": "q", "error_code": "truncated", "event_time": DAY1}])
+    stamps = [h["timestamp"] for h in DeltaTable(str(out / "predictions")).history()]
+    assert min(stamps) < between.timestamp() * 1000 < max(stamps)
+    _run(engine, "--output", str(out), "--as-of", between.isoformat(), "SELECT 1", stream=io.StringIO())
+    assert _sql(engine, "SELECT count(*) AS n FROM predictions") == [{"n": 1}]
+    assert _sql(engine, "SELECT count(*) AS n FROM quarantine") == [{"n": 0}]  # created later: empty, with columns
+    assert "error_code" in _columns(engine, "quarantine")
+    naive = between.replace(tzinfo=None).isoformat(sep=" ")  # no zone = UTC
+    _run(engine, "--output", str(out), "--as-of", naive, "SELECT 1", stream=io.StringIO())
+    assert _sql(engine, "SELECT count(*) AS n FROM predictions") == [{"n": 1}]
+
+
+def test_bad_as_of_is_one_line(tmp_path, capsys):
+    rc = query_cli.main(["--output", str(tmp_path), "--as-of", "yesterday", "SELECT 1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--as-of expects a table version" in err[0]
+
+
+@pytest.mark.parametrize("engine_name", ["duckdb", "spark"])
+def test_old_plain_parquet_output_is_refused_with_the_convert_command(engine_name, tmp_path, capsys, monkeypatch, request):
+    from streaming.schema import arrow_schema
+
+    out = tmp_path / "old"
+    (out / "predictions" / "date=2026-11-26").mkdir(parents=True)
+    (out / "_commits").mkdir()
+    pq.write_table(arrow_schema("predictions").empty_table().drop_columns(["date"]),
+                   out / "predictions" / "date=2026-11-26" / "part-main-0000000001.parquet")
+    if engine_name == "spark":
+        session = request.getfixturevalue("spark")
+        monkeypatch.setattr(query_cli, "build_spark", lambda *a, **k: session)
+    rc = query_cli.main(["--engine", engine_name, "--output", str(out), "SELECT count(*) FROM predictions"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1, err
+    assert "plain-Parquet" in err[0] and f"meme-compact --output {out} --convert" in err[0]

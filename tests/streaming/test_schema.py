@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from memestream.errors import DataError
-from streaming.batch import build_tables
-from streaming.counts import WindowSpec
 from streaming.schema import (
     CLASS_COUNTS,
     PREDICTIONS,
     QUARANTINE,
     TABLES,
     arrow_schema,
-    batch_of,
     column_names,
     ddl,
-    part_name,
     read_table,
     table_dir,
 )
@@ -44,11 +41,27 @@ def _scored(rows: int = 2) -> pa.Table:
     return pa.table({k: pa.array(v[:rows], type=types.get(k)) for k, v in values.items()})
 
 
-def test_the_writer_builds_exactly_the_defined_columns():
-    tables, marker = build_tables(_scored(), 7, WindowSpec(600, 60, 3600), None, [None, "/q/b000007-y.png"])
-    for name in TABLES:
-        assert tables[name].column_names == [*column_names(name), "date"], name
-    assert marker.rows == 2 and marker.errors == 1 and tables[QUARANTINE].num_rows == 1
+def _tables(spark, scored: pa.Table, batch_id: int):
+    """The writer's frames for one scored batch (streaming.batch), and its totals."""
+    from pyspark.sql import functions as F
+
+    from streaming.batch import batch_totals, labelled_batch, table_frames
+    from tests.streaming.conftest import make_config
+
+    frame = spark.createDataFrame(scored).withColumn("date", F.to_date("date"))
+    target = F.when(F.col("error").isNotNull(), F.concat(F.lit(f"/q/b{batch_id:06d}-"), F.col("origin")))
+    batch = labelled_batch(frame, batch_id, "main", None, target)
+    cfg = make_config(Path("/tmp/unused"), Path("/tmp/unused-model"))
+    return table_frames(batch, cfg, batch_id, "main"), batch_totals(batch, batch_id)
+
+
+def test_the_writer_builds_exactly_the_defined_columns(spark):
+    tables, record = _tables(spark, _scored(), 7)
+    for name in (PREDICTIONS, QUARANTINE, CLASS_COUNTS):
+        assert tables[name].columns == [*column_names(name), "date"], name
+        assert tables[name].schema.simpleString() == spark.createDataFrame([], ddl(name)).schema.simpleString(), name
+    assert record.rows == 2 and record.errors == 1 and tables[QUARANTINE].count() == 1
+    assert tables[QUARANTINE].first()["quarantine_path"] == "/q/b000007-y.png"
 
 
 def test_spark_ddl_and_arrow_schema_name_the_same_columns(spark):
@@ -65,22 +78,26 @@ def test_pyarrow_reader_gives_the_columns_of_an_empty_table(tmp_path):
     assert table_dir(tmp_path, CLASS_COUNTS) == tmp_path / "class_counts"
 
 
-def test_part_names_round_trip():
-    assert part_name(12, "folder_1a2b3c") == "part-folder_1a2b3c-0000000012.parquet"
-    assert batch_of(part_name(12, "folder_1a2b3c")) == ("folder_1a2b3c", 12)
-    assert batch_of("part-x-12.parquet") is None and batch_of(".part-main-0000000001.parquet.tmp") is None
+def test_read_table_reads_a_delta_table_at_a_version(tmp_path, delta_output):
+    rows = [{"image_id": "a" * 64, "event_time": datetime(2026, 11, 27, 12, tzinfo=timezone.utc), "label": "doom", "writer": "main"}]
+    assert delta_output(tmp_path, PREDICTIONS, rows) == 0
+    assert delta_output(tmp_path, PREDICTIONS, rows) == 1
+    assert read_table(tmp_path, PREDICTIONS).num_rows == 2
+    first = read_table(tmp_path, PREDICTIONS, version=0)
+    assert first.num_rows == 1 and first.schema.names == arrow_schema(PREDICTIONS).names
+    assert first.column("date").to_pylist() == [datetime(2026, 11, 27).date()]
     assert PREDICTIONS in TABLES
 
 
-def test_rejected_out_of_distribution_rows_count_as_unknown_not_as_a_class():
+def test_rejected_out_of_distribution_rows_count_as_unknown_not_as_a_class(spark):
     scored = _scored()
     labels = scored.column("label").to_pylist()
     codes = scored.column("error_code").to_pylist()
     # the good row becomes a rejected foreign image: no label, error_code out_of_distribution, no error
     scored = scored.set_column(scored.column_names.index("label"), "label", pa.array([None, labels[1]], type=pa.string()))
     scored = scored.set_column(scored.column_names.index("error_code"), "error_code", pa.array(["out_of_distribution", codes[1]]))
-    tables, marker = build_tables(scored, 8, WindowSpec(600, 60, 3600), None, [None, "/q/b000008-y.png"])
-    counts = tables["class_counts"].to_pylist()
+    tables, record = _tables(spark, scored, 8)
+    counts = [r.asDict() for r in tables[CLASS_COUNTS].collect()]
     assert [(r["label"], r["count"]) for r in counts if r["count"]] and {r["label"] for r in counts} == {"unknown"}
-    assert tables[QUARANTINE].num_rows == 1  # only the truncated file: a foreign image is not a bad input
-    assert "doom" not in marker.label_totals
+    assert tables[QUARANTINE].count() == 1  # only the truncated file: a foreign image is not a bad input
+    assert "doom" not in record.label_totals and record.label_totals.get("unknown") == 1

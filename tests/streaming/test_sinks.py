@@ -1,166 +1,143 @@
+"""streaming.sinks.DeltaOutput: idempotent appends per (writer, batch id), the batches table, and
+the checks ``ensure_tables`` makes before a stream writes."""
 from __future__ import annotations
 
-import pandas as pd
-import pyarrow as pa
+from datetime import datetime
+
+import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
-from memestream.errors import ConfigError
-from streaming.schema import PREDICTIONS, read_table
-from streaming.sinks import BatchMarker, OutputTables
+from memestream.errors import DataError
+from streaming.schema import BATCHES, CLASS_COUNTS, PREDICTIONS, TABLES, arrow_schema, is_delta_table
+from streaming.sinks import TABLE_PROPERTIES, BatchRecord, DeltaOutput
 
-
-def _table(batch: int, dates: list[str]) -> pa.Table:
-    return pa.table({"origin": [f"b{batch}-{i}" for i in range(len(dates))], "date": dates})
-
-
-def test_commit_is_idempotent_per_batch(tmp_path):
-    out = OutputTables(tmp_path)
-    out.ensure_writable()
-    assert out.commit_batch(0, {PREDICTIONS: _table(0, ["2026-11-27", "2026-11-28"])}, BatchMarker(0, 2, 0, 0, None, {"doom": 2}))
-    # a replay of the same batch id is skipped, whatever it carries
-    assert not out.commit_batch(0, {PREDICTIONS: _table(0, ["2026-11-27"] * 5)}, BatchMarker(0, 5, 0, 0, None))
-    assert out.commit_batch(1, {PREDICTIONS: _table(1, ["2026-11-28"])}, BatchMarker(1, 1, 0, 0, None, {"doom": 1, "cats": 0}))
-    table = read_table(tmp_path, PREDICTIONS)
-    assert sorted(table.column("origin").to_pylist()) == ["b0-0", "b0-1", "b1-0"]
-    assert out.committed_batches() == [0, 1]
-    assert out.label_totals() == {"doom": 3, "cats": 0}
-    assert out.last_marker_before(1).batch_id == 0
+PRED_DDL = "image_id string, label string, batch_id bigint, writer string, date date"
 
 
-def test_crashed_attempt_leftovers_are_replaced_not_added(tmp_path):
-    """A batch that crashed after writing files but before its marker is rewritten cleanly."""
-    out = OutputTables(tmp_path)
-    out.ensure_writable()
-
-    def crash():
-        raise RuntimeError("killed between files and marker")
-
-    with pytest.raises(RuntimeError):
-        out.commit_batch(3, {PREDICTIONS: _table(3, ["2026-11-26", "2026-11-27"])}, BatchMarker(3, 2, 0, 0, None), after_files=crash)
-    assert not out.is_committed(3)
-    out.commit_batch(3, {PREDICTIONS: _table(3, ["2026-11-27"])}, BatchMarker(3, 1, 0, 0, None))
-    assert read_table(tmp_path, PREDICTIONS).column("origin").to_pylist() == ["b3-0"]
-    # readers ignore hidden temp files and the _commits folder
-    assert not [p for p in tmp_path.rglob("*.tmp")]
+def _predictions(spark, writer: str, batch_id: int, n: int = 2, day: str = "2026-11-28"):
+    rows = [(f"{writer}-{batch_id}-{i}", ("doom", "cats")[i % 2], batch_id, writer, datetime.fromisoformat(day).date())
+            for i in range(n)]
+    return spark.createDataFrame(rows, PRED_DDL)
 
 
-def test_tables_read_back_with_pandas_and_spark(tmp_path, spark):
-    out = OutputTables(tmp_path)
-    out.commit_batch(0, {PREDICTIONS: _table(0, ["2026-11-27", "2026-11-27"])}, BatchMarker(0, 2, 0, 0, None))
-    frame = pd.read_parquet(tmp_path / PREDICTIONS)
-    assert len(frame) == 2 and set(frame["date"].astype(str)) == {"2026-11-27"}
-    assert spark.read.parquet(str(tmp_path / PREDICTIONS)).count() == 2
+def _ids(spark, out: DeltaOutput, table: str = PREDICTIONS) -> list[str]:
+    return sorted(r[0] for r in spark.read.format("delta").load(out.uri(table)).select("image_id").collect())
 
 
-def test_unwritable_output_is_one_clear_error(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")  # even root cannot create a folder under a file
-    with pytest.raises(ConfigError, match="not writable"):
-        OutputTables(blocker / "out").ensure_writable()
+@pytest.fixture()
+def out(spark, tmp_path):
+    output = DeltaOutput(tmp_path / "out", "folder_a1")
+    output.ensure_tables(spark)
+    return output
 
 
-def _labelled(batch_id: int) -> tuple[dict[str, pa.Table], BatchMarker]:
-    """Batch ``batch_id`` has ``batch_id % 3 + 1`` rows, all labelled doom, plus one cat every 4th batch."""
-    n = batch_id % 3 + 1
-    totals = {"doom": n, **({"cats": 1} if batch_id % 4 == 0 else {})}
-    return {PREDICTIONS: _table(batch_id, ["2026-11-28"] * n)}, BatchMarker(batch_id, n, 0, 0, batch_id * 1000, totals)
+def test_append_is_idempotent_per_writer_and_batch_id(spark, out):
+    uri = out.uri(PREDICTIONS)
+    out.append(_predictions(spark, "folder_a1", 0), PREDICTIONS, 0)
+    version = DeltaTable(uri).version()
+    # a replay of batch 0 (same writer, same id) is skipped by Delta, whatever it carries
+    out.append(_predictions(spark, "folder_a1", 0, n=5), PREDICTIONS, 0)
+    assert DeltaTable(uri).version() == version  # nothing committed
+    assert _ids(spark, out) == ["folder_a1-0-0", "folder_a1-0-1"]
+    out.append(_predictions(spark, "folder_a1", 1, n=1), PREDICTIONS, 1)
+    out.append(_predictions(spark, "folder_a1", 0, n=3), PREDICTIONS, 0)  # an older batch: skipped as well
+    # the same batch id from another writer (the Kafka stream beside the folder one) is not a replay
+    kafka = DeltaOutput(out.root, "kafka_b2")
+    kafka.append(_predictions(spark, "kafka_b2", 0), PREDICTIONS, 0)
+    assert _ids(spark, out) == ["folder_a1-0-0", "folder_a1-0-1", "folder_a1-1-0", "kafka_b2-0-0", "kafka_b2-0-1"]
+    table = DeltaTable(uri)
+    assert table.transaction_version("folder_a1") == 1 and table.transaction_version("kafka_b2") == 0
+    # the other tables' transactions are their own: batch 0 of this writer is new to class_counts
+    counts = spark.createDataFrame([(datetime(2026, 11, 28, 10), "doom", 2, 0, "folder_a1", datetime(2026, 11, 28).date())],
+                                   "window_start timestamp, label string, count bigint, batch_id bigint, writer string, date date")
+    out.append(counts, CLASS_COUNTS, 0)
+    assert spark.read.format("delta").load(out.uri(CLASS_COUNTS)).count() == 1
 
 
-def _expected_totals(batches) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for b in batches:
-        for k, v in _labelled(b)[1].label_totals.items():
-            out[k] = out.get(k, 0) + v
-    return out
+def test_record_batch_last_batch_and_batch_round_trip(spark, out):
+    records = [
+        BatchRecord(b, rows=b + 2, errors=b % 2, late=1 if b == 2 else 0, max_event_time=datetime(2026, 11, 28, 10, b),
+                    model_version="v3", label_totals={"doom": b + 1, **({"cats": 1} if b % 2 else {})},
+                    moves={f"/spool/bad{b}.jpg": f"/quarantine/bad{b}.jpg"} if b == 1 else {})
+        for b in range(3)
+    ]
+    assert out.last_batch(spark) is None  # nothing recorded yet
+    for record in records:
+        out.record_batch(spark, record)
+    out.record_batch(spark, BatchRecord(1, rows=99, label_totals={"doom": 99}))  # a replay: skipped
+    other = DeltaOutput(out.root, "kafka_b2")
+    other.record_batch(spark, BatchRecord(7, rows=4, label_totals={"animal_crossing": 4, "doom": 2}))
+
+    assert out.batch(spark, 1) == records[1]  # every field, the maps included
+    assert out.batch(spark, 1).moves == {"/spool/bad1.jpg": "/quarantine/bad1.jpg"}
+    assert out.batch(spark, 9) is None
+    assert out.last_batch(spark) == records[2]
+    assert out.last_batch(spark, below=2) == records[1]
+    assert out.last_batch(spark, below=0) is None
+    assert other.last_batch(spark).batch_id == 7 and other.batch(spark, 1) is None  # per writer
+    assert DeltaOutput(out.root, "nobody").last_batch(spark) is None
+    # totals over every writer's recorded batches, the skipped replay not counted
+    assert out.label_totals(spark) == {"doom": 1 + 2 + 3 + 2, "cats": 1, "animal_crossing": 4}
+    rows = spark.read.format("delta").load(out.uri(BATCHES)).collect()
+    assert sorted((r["writer"], r["batch_id"]) for r in rows) == [("folder_a1", 0), ("folder_a1", 1), ("folder_a1", 2), ("kafka_b2", 7)]
+    assert all(r["date"] == r["committed_at"].date() for r in rows)  # partitioned by the commit date
 
 
-def test_markers_are_pruned_to_the_newest_n_and_totals_stay_exact(tmp_path):
-    out = OutputTables(tmp_path, keep_commits=5)
-    out.ensure_writable()
-    for b in range(40):
-        assert out.commit_batch(b, *_labelled(b))
-        assert len(out.committed_batches()) == min(b + 1, 5)
-        assert out.label_totals() == _expected_totals(range(b + 1))  # exact after every prune
-    assert out.committed_batches() == [35, 36, 37, 38, 39]
-    assert out.rollup().through_batch == 34 and out.rollup().batches == 35
-    assert out.last_marker_before(40).batch_id == 39 and out.last_marker_before(40).max_event_time_ms == 39000
-    assert out.newest_committed() == 39
-    # a replay of the newest batch (its marker kept) is skipped; so is one of a pruned batch
-    assert not out.commit_batch(39, *_labelled(39))
-    assert not out.commit_batch(3, *_labelled(3))
-    assert out.is_committed(3) and out.is_committed(39) and not out.is_committed(40)
-    assert len(read_table(tmp_path, PREDICTIONS)) == sum(b % 3 + 1 for b in range(40))  # nothing rewritten
-    # the folder holds the kept markers and the rollup, whatever the number of batches
-    assert sorted(p.name for p in out.commits_dir.iterdir()) == [*(f"{b:010d}.json" for b in range(35, 40)), "_base.json"]
+def test_tables_are_created_partitioned_by_date_with_the_properties(spark, out, tmp_path):
+    for table in TABLES:
+        uri = out.uri(table)
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").collect()[0]
+        assert detail["partitionColumns"] == ["date"], table
+        assert {k: detail["properties"].get(k) for k in TABLE_PROPERTIES} == TABLE_PROPERTIES, table
+        meta = DeltaTable(uri).metadata()
+        assert meta.partition_columns == ["date"] and meta.configuration["delta.checkpointInterval"] == "20"
+    versions = {t: DeltaTable(out.uri(t)).version() for t in TABLES}
+    DeltaOutput(out.root, "kafka_b2").ensure_tables(spark)  # a second stream starting: nothing changes
+    assert {t: DeltaTable(out.uri(t)).version() for t in TABLES} == versions
+    out.append(_predictions(spark, "folder_a1", 0, day="2026-11-29"), PREDICTIONS, 0)
+    folder = tmp_path / "out" / PREDICTIONS
+    assert [p.name for p in folder.iterdir() if p.name.startswith("date=")] == ["date=2026-11-29"]
+    assert DeltaTable(out.uri(PREDICTIONS)).partitions() == [{"date": "2026-11-29"}]
 
 
-def test_crash_between_rollup_and_marker_deletion_neither_loses_nor_double_counts(tmp_path):
-    OutputTables(tmp_path).ensure_writable()
-    for b in range(10):  # committed while the default keeps every one of them
-        assert OutputTables(tmp_path).commit_batch(b, *_labelled(b))
-    out = OutputTables(tmp_path, keep_commits=3)
-
-    def crash():
-        raise RuntimeError("killed after the rollup, before deleting markers")
-
-    with pytest.raises(RuntimeError):
-        out.prune_markers(crash_after_rollup=crash)
-    assert out.rollup().through_batch == 6 and out.committed_batches() == list(range(10))  # both states on disk
-    assert out.label_totals() == _expected_totals(range(10))  # covered markers are skipped, not counted twice
-    # a second crash at the same point after one more batch: the rollup only adds what it lacks
-    OutputTables(tmp_path).commit_batch(10, *_labelled(10))
-    with pytest.raises(RuntimeError):
-        out.prune_markers(crash_after_rollup=crash)
-    assert out.rollup().through_batch == 7 and out.label_totals() == _expected_totals(range(11))
-    # the next commit's prune deletes the leftovers without counting them again
-    assert out.commit_batch(11, *_labelled(11))
-    assert out.committed_batches() == [9, 10, 11]
-    assert out.rollup().batches == 9 and out.label_totals() == _expected_totals(range(12))
-    assert out.is_committed(4) and not out.commit_batch(4, *_labelled(4))
+def test_ensure_tables_refuses_an_old_plain_parquet_output(spark, tmp_path):
+    old = tmp_path / "old"
+    (old / PREDICTIONS / "date=2026-11-26").mkdir(parents=True)
+    (old / "_commits" / "main").mkdir(parents=True)
+    pq.write_table(arrow_schema(PREDICTIONS).empty_table().drop_columns(["date"]),
+                   old / PREDICTIONS / "date=2026-11-26" / "part-main-0000000001.parquet")
+    with pytest.raises(DataError) as caught:
+        DeltaOutput(old, "folder_a1").ensure_tables(spark)
+    message = str(caught.value)
+    assert "\n" not in message and "not a Delta table" in message
+    assert f"meme-compact --output {old} --convert" in message
+    assert not any(is_delta_table(old / t) for t in TABLES)  # refused before creating anything
 
 
-def test_keep_commits_below_two_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="at least 2"):
-        OutputTables(tmp_path, keep_commits=1)
+def test_ensure_tables_refuses_a_table_of_another_schema_version(spark, tmp_path):
+    root = tmp_path / "out"
+    spark.sql(f"CREATE TABLE delta.`{root}/{CLASS_COUNTS}` (window_start timestamp, window_end timestamp, label string, "
+              "count int, batch_id bigint, writer string, date date) USING delta PARTITIONED BY (date)")
+    with pytest.raises(DataError) as caught:
+        DeltaOutput(root, "folder_a1").ensure_tables(spark)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{CLASS_COUNTS} has column count of type int" in message and "writes bigint" in message
+    assert "new --output" in message
 
 
-def test_totals_read_while_another_writer_prunes_are_exact(tmp_path):
-    """A reader (no lock) racing a stream's pruning never loses or double counts a batch."""
-    import threading
-
-    writer = OutputTables(tmp_path, writer="folder_a", keep_commits=2)
-    writer.ensure_writable()
-    reader = OutputTables(tmp_path)
-    done = threading.Event()
-    committed = []
-
-    def stream():
-        for b in range(150):
-            writer.commit_batch(b, *_labelled(b))
-            committed.append(b)
-        done.set()
-
-    thread = threading.Thread(target=stream)
-    thread.start()
-    seen = 0
-    while not done.is_set():
-        before = len(committed)
-        doom = reader.label_totals().get("doom", 0)
-        after = len(committed)
-        # between the totals of the batches committed before and after the read
-        assert _expected_totals(range(before)).get("doom", 0) <= doom <= _expected_totals(range(after + 1)).get("doom", 0)
-        seen += 1
-    thread.join()
-    assert seen > 0 and reader.label_totals() == _expected_totals(range(150))
+def test_an_added_column_merges_into_the_table(spark, out):
+    out.append(_predictions(spark, "folder_a1", 0), PREDICTIONS, 0)
+    newer = _predictions(spark, "folder_a1", 1, n=1).selectExpr("*", "'blurry' AS quality_note")
+    out.append(newer, PREDICTIONS, 1)
+    frame = spark.read.format("delta").load(out.uri(PREDICTIONS))
+    assert "quality_note" in frame.columns
+    assert sorted((r["image_id"], r["quality_note"]) for r in frame.collect()) == [
+        ("folder_a1-0-0", None), ("folder_a1-0-1", None), ("folder_a1-1-0", "blurry")]
+    out.ensure_tables(spark)  # an extra column is no schema conflict for the next start
 
 
-def test_pruning_is_amortised_and_never_exceeds_the_limit(tmp_path):
-    out = OutputTables(tmp_path, keep_commits=20)
-    out.ensure_writable()
-    rollups = set()
-    for b in range(100):
-        out.commit_batch(b, *_labelled(b))
-        assert len(out.committed_batches()) <= 20
-        rollups.add(out.rollup().through_batch)
-    assert len(out.committed_batches()) >= 18  # pruned down to 18, a rollup every 3 batches
-    assert len(rollups) <= 100 // 3 + 2 and out.label_totals() == _expected_totals(range(100))
+def test_writer_names_are_checked():
+    with pytest.raises(ValueError, match="letters, digits or _"):
+        DeltaOutput("/tmp/out", "folder-a1")
