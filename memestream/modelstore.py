@@ -355,37 +355,14 @@ class ModelVersion:
     def load(self, which: str | None = None) -> LoadedModel:
         """The named model (default: the manifest's best) with its text branch, calibration
         and novelty reference. Needs an active SparkSession."""
-        # lazy: console scripts check --model (resolve_version_dir) before Spark ML is imported
-        from pyspark.ml import PipelineModel
-
         if self.is_uri:
             return self._load_uri(which)
         vdir = self.path
         manifest = read_manifest(vdir)
-        name = which or manifest.get("best")
-        models = manifest.get("models", {})
-        if name not in models:
-            raise ModelError(f"model {name!r} not in {vdir / MANIFEST}; available: {', '.join(models) or 'none'}")
-        mpath = vdir / models[name]["path"]
-        try:
-            pipeline = PipelineModel.load(str(mpath))
-        except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
-        _check_assets(pipeline, mpath)
-        branch_rel = models[name].get("text_branch")
-        return LoadedModel(
-            calibrators=load_calibrators(mpath),
-            novelty=NoveltyModel.load(mpath),
-            text_branch=TextBranch.load(vdir / branch_rel) if branch_rel else None,
-            pipeline=pipeline,
-            version=manifest.get("version", vdir.name),
-            name=name,
-            classes=list(manifest["classes"]),
-            feature_set=manifest.get("feature_set", "?"),
-            path=vdir,
-            manifest=manifest,
-        )
+        name, rel = _chosen(manifest, which, vdir / MANIFEST)
+        pipeline = _load_pipeline(name, vdir / rel)
+        _check_assets(pipeline, vdir / rel)
+        return _assemble(pipeline, manifest, name, rel, files=vdir, path=vdir, default_version=vdir.name)
 
     def _load_uri(self, which: str | None) -> LoadedModel:
         """A version at a Hadoop URI. The PipelineModel is read by Spark from the URI (its
@@ -394,23 +371,13 @@ class ModelVersion:
         local copy of the version (:func:`cached_version`), and the graph goes to the
         executors by ``SparkContext.addFile`` under a name unique to the version: no executor
         needs the model folder mounted."""
-        from pyspark.ml import PipelineModel
-
         spark = uris.active_spark()
         vdir = self.path
         local = cached_version(spark, vdir)
         manifest = read_manifest(local)
-        name = which or manifest.get("best")
-        models = manifest.get("models", {})
-        if name not in models:
-            raise ModelError(f"model {name!r} not in {uris.join(vdir, MANIFEST)}; available: {', '.join(models) or 'none'}")
-        rel = models[name]["path"]
+        name, rel = _chosen(manifest, which, uris.join(vdir, MANIFEST))
         mpath = uris.join(vdir, rel)
-        try:
-            pipeline = PipelineModel.load(mpath)
-        except Exception as exc:  # noqa: BLE001 - Py4J errors carry a Java trace; keep one line
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
+        pipeline = _load_pipeline(name, mpath)
         stage = pipeline.stages[0] if pipeline.stages else None
         if hasattr(stage, "getAssetPath") and stage.getAssetPath():
             found = sorted((local / rel).glob(f"stages/0_*/data/{Path(stage.getAssetPath()).name}"))
@@ -418,16 +385,44 @@ class ModelVersion:
                 raise ModelError(f"the featurizer of {mpath} is missing its asset {Path(stage.getAssetPath()).name}")
             stage._set(assetPath=ship_file(spark, found[0], f"{self.name}--{name}"))
         _check_assets(pipeline, local / rel)
-        branch_rel = models[name].get("text_branch")
-        return LoadedModel(
-            calibrators=load_calibrators(local / rel),
-            novelty=NoveltyModel.load(local / rel),
-            text_branch=TextBranch.load(local / branch_rel) if branch_rel else None,
-            pipeline=pipeline,
-            version=manifest.get("version", self.name),
-            name=name,
-            classes=list(manifest["classes"]),
-            feature_set=manifest.get("feature_set", "?"),
-            path=vdir,
-            manifest=manifest,
-        )
+        return _assemble(pipeline, manifest, name, rel, files=local, path=vdir, default_version=self.name)
+
+
+def _chosen(manifest: dict[str, Any], which: str | None, where: object) -> tuple[str, str]:
+    """The model to load (``which``, default the manifest's best) and its folder, relative to the version."""
+    name = which or manifest.get("best")
+    models = manifest.get("models", {})
+    if name not in models:
+        raise ModelError(f"model {name!r} not in {where}; available: {', '.join(models) or 'none'}")
+    return name, models[name]["path"]
+
+
+def _load_pipeline(name: str, mpath: str | Path):  # noqa: ANN202 - a pyspark PipelineModel
+    """``PipelineModel.load`` with a one-line error (Py4J errors carry a Java trace)."""
+    # lazy: console scripts check --model (resolve_version_dir) before Spark ML is imported
+    from pyspark.ml import PipelineModel
+
+    try:
+        return PipelineModel.load(str(mpath))
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load model {name!r} from {mpath}: {first}") from None
+
+
+def _assemble(pipeline, manifest: dict[str, Any], name: str, rel: str, files: Path, path,  # noqa: ANN001
+              default_version: str) -> LoadedModel:
+    """A loaded model from its pipeline and the Python-side files of the version in ``files``
+    (the version folder, or a URI version's local copy)."""
+    branch_rel = manifest["models"][name].get("text_branch")
+    return LoadedModel(
+        calibrators=load_calibrators(files / rel),
+        novelty=NoveltyModel.load(files / rel),
+        text_branch=TextBranch.load(files / branch_rel) if branch_rel else None,
+        pipeline=pipeline,
+        version=manifest.get("version", default_version),
+        name=name,
+        classes=list(manifest["classes"]),
+        feature_set=manifest.get("feature_set", "?"),
+        path=path,
+        manifest=manifest,
+    )
