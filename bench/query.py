@@ -33,7 +33,7 @@ SIZES = (330, 100_000)
 
 
 def _scored_batch(rng: np.random.Generator, start: int, n: int, t0: datetime, model_version: str) -> pa.Table:
-    """What the scoring step hands to ``build_tables``: ``n`` rows, ~2% of them errors."""
+    """Scored rows as the stream writes them to ``predictions``: ``n`` rows, ~2% of them errors."""
     ts = pa.timestamp("us", tz="UTC")
     idx = np.arange(start, start + n)
     labels = [LABELS[i % len(LABELS)] for i in idx]

@@ -1,12 +1,9 @@
-"""The three C library calls Python's ``os`` module lacks, from one loader.
+"""The two C library calls Python's ``os`` module lacks, from one loader.
 
 - :func:`heap_trimmer`: glibc's ``malloc_trim``, so the OCR worker gives ONNX Runtime's freed
   buffers back to the OS (``memestream.ocr``);
 - :func:`parent_death_signal`: ``prctl(PR_SET_PDEATHSIG)``, so a broker started for a test or
   a demo dies with the Python process that started it (``producers.broker``);
-- :func:`exchange_paths`: ``renameat2(RENAME_EXCHANGE)``, the atomic swap of two folders;
-  no caller since ``meme-compact`` compacts the Delta tables with ``OPTIMIZE``
-  (``streaming.upkeep``) instead of swapping plain-Parquet folders.
 
 The library is the process's own (``dlopen(NULL)``): it is already mapped, its symbols are
 libc's, and finding it needs no ``ldconfig`` subprocess (``ctypes.util.find_library`` runs
@@ -16,16 +13,11 @@ where the platform lacks it (musl, macOS): callers then do without.
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
-import os
 from typing import Any, Callable
 
 #: ``prctl`` option: deliver a signal to this process when its parent thread exits (Linux).
 PR_SET_PDEATHSIG = 1
-#: ``renameat2`` flag: swap the two paths atomically (Linux >= 3.15, on most local file systems).
-RENAME_EXCHANGE = 2
-AT_FDCWD = -100
 
 
 @functools.cache
@@ -80,18 +72,3 @@ def parent_death_signal(sig: int) -> Callable[[], None] | None:
         prctl(option, signum)
 
     return die_with_parent
-
-
-def exchange_paths(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Swap two paths atomically; False when the platform or the file system cannot (then
-    nothing happened), OSError for any other failure."""
-    rename = _function("renameat2", (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint),
-                       ctypes.c_int)
-    if rename is None:
-        return False
-    if rename(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, f"renameat2(RENAME_EXCHANGE) {os.fspath(a)} <-> {os.fspath(b)}: {os.strerror(err)}")

@@ -52,16 +52,3 @@ def test_a_child_with_the_parent_death_signal_dies_with_its_parent():
     finally:
         if not _gone(child):
             os.kill(child, signal.SIGKILL)
-
-
-def test_exchange_paths_swaps_or_says_it_cannot(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    (a / "x").write_text("a")
-    (b / "y").write_text("b")
-    if libc.exchange_paths(a, b):
-        assert (a / "y").exists() and (b / "x").exists()
-    else:  # nothing happened
-        assert (a / "x").exists() and (b / "y").exists()
-    with pytest.raises(OSError, match="renameat2"):
-        libc.exchange_paths(tmp_path / "missing", a) or pytest.skip("renameat2 unavailable here")
