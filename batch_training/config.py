@@ -96,6 +96,13 @@ class TrainConfig:
     max_depth: int = 12
     mlp_hidden: int = 64
     cache: bool = True
+    #: meme-stream's --output whose ``labels`` table (people's labels) joins the folder
+    labels: str | None = None
+    #: images a label the folder lacks needs before it becomes a class
+    min_class_images: int = 10
+    #: "if-better": the new version becomes CURRENT only when not worse than the current one
+    #: (batch_training.champion); "always": it always does
+    promote: str = "if-better"
     master: str | None = None
     progress: bool = True
     plots: bool = True
@@ -106,6 +113,14 @@ class TrainConfig:
         object.__setattr__(self, "model_dir", absolute(self.model_dir))
         if self.titles not in TITLE_OPTIONS:
             object.__setattr__(self, "titles", absolute(self.titles))
+        if self.labels is not None:
+            if "://" in self.labels and not self.labels.startswith("file:"):
+                raise ConfigError(f"--labels reads a local --output folder, found {self.labels}")
+            object.__setattr__(self, "labels", absolute(self.labels.removeprefix("file:")))
+        if self.promote not in ("if-better", "always"):
+            raise ConfigError(f"--promote must be if-better or always, found {self.promote!r}")
+        if self.min_class_images < 1:
+            raise ConfigError(f"--min-class-images must be at least 1, found {self.min_class_images}")
         if self.feature_set not in FEATURE_SETS:
             raise ConfigError(f"--feature-set must be one of {sorted(FEATURE_SETS)}, found {self.feature_set!r}")
         unknown = [m for m in self.models if m not in MODEL_NAMES]
@@ -177,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
              help="all: once the test split is scored, refit the saved logreg/stacked model on every labelled image with the "
              "chosen settings (more to learn from; the report's test figures are of the training-part fit); train: keep that fit")
     env_flag(parser, "--num-trees", envvar="MEMESTREAM_NUM_TREES", type=positive_int, default=150, help="random forest trees")
+    env_flag(parser, "--labels", envvar="MEMESTREAM_TRAIN_LABELS", default=None,
+             help="meme-stream's --output folder: the labels people gave stream images (meme-label, the dashboard's "
+             "review queue) join --data: new images added, differing folder labels overridden (by sha256)")
+    env_flag(parser, "--min-class-images", envvar="MEMESTREAM_MIN_CLASS_IMAGES", type=positive_int, default=10,
+             help="images a label that --data lacks needs before --labels makes it a class")
+    env_flag(parser, "--promote", envvar="MEMESTREAM_PROMOTE", default="if-better", choices=("if-better", "always"),
+             help="if-better: the new version becomes CURRENT only when its grouped-CV accuracy on the same folds is not "
+             "worse than the current version's beyond noise (the report says why); always: it always does")
     env_flag(parser, "--master", envvar="SPARK_MASTER", default=None, help="Spark master (default local[*])")
     parser.add_argument("--no-cache", action="store_true", help="recompute embeddings and OCR text (default: reuse MODEL_DIR/_cache)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots in the report")
@@ -211,6 +234,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         num_trees=int(args.num_trees),
         final_fit=str(args.final_fit),
         master=args.master,
+        labels=args.labels,
+        min_class_images=int(args.min_class_images),
+        promote=str(args.promote),
         cache=not args.no_cache,
         progress=not args.quiet and sys.stderr.isatty(),
         plots=not args.no_plots,

@@ -91,7 +91,8 @@ def fit_image_models(spark: SparkSession, cfg: TrainConfig, featurizer: ImageFea
     with phase(spark, f"scaler + PCA(k={k}) on {int(tr.sum())} rows", cfg.progress):
         scaler_model, pca_model, reduced_np = fit_prep(data.features[tr], k)
     reduced = None  # the rows as a Spark frame, for the models Spark fits (forest, MLP)
-    out = ImageModels({}, {}, {}, NoveltyModel.fit(data.features[tr], y[tr], chosen.folds, dims=fs.novelty_dims)[0], reduced_np,
+    out = ImageModels({}, {}, {}, NoveltyModel.fit(data.features[tr], y[tr], chosen.folds, dims=fs.novelty_dims,
+                                                   files=[r for r, t in zip(data.rel_path, tr) if t])[0], reduced_np,
                       [float(v) for v in pca_model.explainedVariance.toArray()])
     for name in cfg.models:
         fit_started = time.monotonic()

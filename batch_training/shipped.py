@@ -150,7 +150,7 @@ def final_fit(spark: SparkSession, cfg: TrainConfig, bundle: ModelVersion, featu
         fitted = classifier("logreg", cfg, k, n_classes, reg).fit_arrays(reduced_np, y, n_classes)
     pipeline = PipelineModel(stages=[featurizer, scaler_model, pca_model, fitted])
     folds = sel.grouped_folds(chosen.groups, y, cfg.folds, cfg.seed)
-    novelty, _ = NoveltyModel.fit(data.features, y, folds, dims=fs.novelty_dims)
+    novelty, _ = NoveltyModel.fit(data.features, y, folds, dims=fs.novelty_dims, files=data.rel_path)
     info: dict[str, Any] = {"rows": n, "params": params_of(fitted), "novelty_threshold": round(novelty.threshold, 6)}
     final_branch = None
     if shipped.branch is not None:

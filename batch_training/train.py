@@ -85,14 +85,14 @@ def _train_to_uri(spark, cfg: TrainConfig) -> TrainResult:
     store = ModelStore(cfg.model_dir)
     staging = uris.cache_dir("train", cfg.model_dir)
     staging.mkdir(parents=True, exist_ok=True)
-    result = _train(spark, replace(cfg, model_dir=str(staging)), version_name=store.new_version_name())
+    result = _train(spark, replace(cfg, model_dir=str(staging)), version_name=store.new_version_name(), at_uri=True)
     target = store.publish(result.version_dir)
     shutil.rmtree(result.version_dir, ignore_errors=True)  # published; the staging store keeps only its _cache
     log.info("version %s published to %s", result.version, target)
     return replace(result, version_dir=target)
 
 
-def _train(spark, cfg: TrainConfig, version_name: str | None = None) -> TrainResult:
+def _train(spark, cfg: TrainConfig, version_name: str | None = None, at_uri: bool = False) -> TrainResult:
     # Imported here, deliberately: Spark ML, scikit-learn and OpenCV cost over a second of CPU
     # to import (1.6 s against 0.3 s for the flags), which `meme-train --help` and a flag
     # error should not wait for.
@@ -114,7 +114,12 @@ def _train(spark, cfg: TrainConfig, version_name: str | None = None) -> TrainRes
 
     started = time.monotonic()
     inputs = list_inputs(spark, cfg)
-    classes, n_classes = inputs.classes, len(inputs.classes)
+    stream = None
+    if cfg.labels:
+        from batch_training import stream_labels
+
+        stream = stream_labels.read_stream_labels(cfg.labels)
+        inputs = stream_labels.add_stream_images(spark, inputs, stream)
     fs = get_feature_set(cfg.feature_set)
     bundle = ModelVersion.create(cfg.model_dir, version_name)
     asset = None
@@ -127,6 +132,11 @@ def _train(spark, cfg: TrainConfig, version_name: str | None = None) -> TrainRes
     # step 2: ingest
     cache = FeatureCache(cfg.model_dir, fs, OCR_VERSION if cfg.text != "off" else None) if cfg.cache else None
     data = ingest(spark, inputs.labelled, fs, **limits, asset=asset, cache=cache, ocr=cfg.text != "off", progress=cfg.progress)
+    merged = None
+    if stream is not None:
+        data, merged_classes, merged = stream_labels.merge(data, stream, inputs.classes, cfg.min_class_images)
+        inputs = stream_labels.with_classes(inputs, merged_classes, data)
+    classes, n_classes = inputs.classes, len(inputs.classes)
     check_decodable(inputs, data)
     titles_file = titles_path(cfg.data, cfg.titles) if cfg.text != "off" else None
     if titles_file is not None:
@@ -143,10 +153,20 @@ def _train(spark, cfg: TrainConfig, version_name: str | None = None) -> TrainRes
     log.info("grouped split (seed %d, %d near-duplicate groups): train=%d test=%d", cfg.seed, chosen.duplicate_groups,
              int((~chosen.test).sum()), int(chosen.test.sum()))
 
+    # champion / challenger: is this version, on the same folds, not worse than the current one?
+    from batch_training.champion import compare
+
+    promotion = ({"promoted": True, "reason": "the model store is at a URI: not compared"} if at_uri
+                 else compare(cfg, data, y, classes, chosen, merged.before if merged is not None else data.label))
+    log.info("promotion: %s", promotion["reason"])
+
     # steps 4-5: the models, fitted on the training part and saved; the manifest lets them load
     models = fit_image_models(spark, cfg, featurizer, fs, data, y, chosen, n_classes, bundle)
     shipped = fit_shipped(cfg, y, chosen, n_classes, models, bundle)
     manifest = build_manifest(cfg, bundle.name, fs, inputs, data, chosen, sizes, models, shipped)
+    if merged is not None:
+        manifest["stream_labels"] = merged.manifest(stream.version, cfg.min_class_images)
+    manifest["promotion"] = promotion
     bundle.write_manifest(manifest)
     curves, test_read = score_test_split(spark, cfg, bundle, featurizer, data, y, classes, chosen, models, read_texts)
 
@@ -166,13 +186,17 @@ def _train(spark, cfg: TrainConfig, version_name: str | None = None) -> TrainRes
     write_report(
         bundle.path / "report", models.results, classes, sizes, curves,
         extra={"version": bundle.name, "best": best, "feature_set": cfg.feature_set, "skipped": data.skipped,
-               "input_files": inputs.file_counts, "cv": manifest["cv"], "final_fit": manifest.get("final_fit")},
+               "input_files": inputs.file_counts, "cv": manifest["cv"], "final_fit": manifest.get("final_fit"),
+               "stream_labels": manifest.get("stream_labels"), "promotion": promotion},
         plots=cfg.plots,
     )
     split = {"test": [r for r, t in zip(data.rel_path, chosen.test) if t], "train": [r for r, t in zip(data.rel_path, chosen.test) if not t]}
     atomic_write_text(bundle.path / "report" / "split.json", json.dumps(split) + "\n")
-    bundle.mark_current()
-    log.info("version %s marked current in %s (best: %s)", bundle.name, cfg.model_dir, best)
+    if promotion["promoted"]:
+        bundle.mark_current()
+        log.info("version %s marked current in %s (best: %s)", bundle.name, cfg.model_dir, best)
+    else:
+        log.warning("version %s saved but not marked current: %s", bundle.name, promotion["reason"])
     log.debug("summary:\n%s", summary_table(models.results, best))
     return TrainResult(bundle.name, bundle.path, best, classes, models.results, manifest, models.pipelines, seconds)
 
@@ -192,6 +216,13 @@ def _run(args: argparse.Namespace) -> int:
             stop_spark(spark)
     print(summary_table(result.results, result.best))
     print(f"best: {result.best}   version: {result.version_dir}   ({result.seconds:.1f} s)")
+    merged = result.manifest.get("stream_labels")
+    if merged:
+        waiting = ", ".join(f"{c} has {n} (needs {merged['min_class_images']})" for c, n in merged["waiting_classes"].items())
+        print(f"stream labels: {merged['new_images']} new image(s), {merged['overrides']} folder label(s) overridden, "
+              f"new classes: {', '.join(merged['new_classes']) or 'none'}" + (f"; waiting: {waiting}" if waiting else ""))
+    promotion = result.manifest.get("promotion") or {}
+    print(("promoted: " if promotion.get("promoted", True) else "not promoted: ") + promotion.get("reason", ""))
     final = result.manifest.get("final_fit")
     if final:
         print(f"saved {' and '.join(final['models'])} refitted on all {final['rows']} images (the figures above are of the "

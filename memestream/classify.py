@@ -9,6 +9,8 @@ label with an error for inputs that could not be decoded.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -102,7 +104,7 @@ def pipeline_columns(df: DataFrame, model: LoadedModel, ood_mode: str | None = N
         new = label_exprs(model.classes, err)
         vector = vector_to_array(F.col(PROBABILITY), "float64")
     else:
-        post = F.arrow_udf(_jvm_post(jvm_calibrator(model), model.novelty, check_ood_mode(ood_mode), tuple(model.classes)),
+        post = F.arrow_udf(_jvm_post(jvm_calibrator(model), worker_novelty(model), check_ood_mode(ood_mode), tuple(model.classes)),
                            _POST_SCHEMA).asNondeterministic()
         scored = scored.withColumn(_POSTED, post(vector_to_array(F.col(FEATURES), "float32"), vector_to_array(F.col(PROBABILITY), "float64")))
         vector = F.col(f"{_POSTED}.probabilities")
@@ -286,6 +288,13 @@ def jvm_calibrator(model: LoadedModel) -> Any:
     return None if blended else calibrator_for(model, "off")
 
 
+def worker_novelty(model: LoadedModel) -> Any:
+    """The novelty model as the workers need it: without the reference rows' file names
+    (they explain labels to people, in the dashboard; shipped with every task they would
+    only cost bytes)."""
+    return dataclasses.replace(model.novelty, files=None) if model.novelty is not None else None
+
+
 def scoring_spec(
     model: LoadedModel,
     local: LocalModel,
@@ -299,7 +308,8 @@ def scoring_spec(
     return ScoringSpec(
         feat.getFeatureSet(), max_bytes, feat.getMaxBytes(), feat.getMaxPixels(), feat.getAssetPath(),
         local, model.text_branch, check_text_mode(text_mode), from_path, calibrator_for(model, text_mode),
-        model.novelty, check_ood_mode(ood_mode), tuple(model.classes), wide_ocr_rows,
+        worker_novelty(model),
+        check_ood_mode(ood_mode), tuple(model.classes), wide_ocr_rows,
     )
 
 

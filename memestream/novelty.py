@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -60,6 +61,9 @@ class NoveltyModel:
     #: columns help classes apart but blur "unlike anything seen": measured AUROC 0.91
     #: with all 1904 columns of effnet_lite0_ms, see FeatureSet.novelty_dims.
     dims: int | None = None
+    #: the training file (path relative to the training folder) of each reference row, so a
+    #: person can see the nearest training memes behind a label (None: a model saved without)
+    files: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # one float32 copy for the products: converting per call cost more than the product
@@ -76,9 +80,16 @@ class NoveltyModel:
         nearest = top[np.arange(len(top)), top_sims.argmax(axis=1)]
         return (1.0 - top_sims.mean(axis=1)).astype(np.float64), self.labels[nearest]
 
+    def nearest(self, features: np.ndarray, n: int = 3) -> list[tuple[int, float]]:
+        """The ``n`` reference rows closest to one image: ``(row, cosine similarity)``, closest first."""
+        sims = (_embed(np.asarray(features).reshape(1, -1), self.dims) @ self._ref32)[0]  # type: ignore[attr-defined]
+        n = min(n, len(sims))
+        top = np.argpartition(-sims, n - 1)[:n]
+        return [(int(i), float(sims[i])) for i in top[np.argsort(-sims[top])]]
+
     @classmethod
     def fit(cls, features: np.ndarray, y: np.ndarray, folds: np.ndarray, k: int = DEFAULT_K, quantile: float = DEFAULT_QUANTILE,
-            dims: int | None = None) -> tuple["NoveltyModel", np.ndarray]:
+            dims: int | None = None, files: Sequence[str] | None = None) -> tuple["NoveltyModel", np.ndarray]:
         """Reference set = the training rows; threshold = ``quantile`` of out-of-fold scores
         (each fold's rows scored against the other folds). Returns the model and those scores."""
         ref = _embed(features, dims).astype(np.float16)
@@ -87,10 +98,11 @@ class NoveltyModel:
         for f in range(int(folds.max()) + 1):
             tr, te = folds != f, folds == f
             oof[te] = cls(ref[tr], y[tr], k, np.inf, dims).score(np.asarray(features)[te])[0]
-        return cls(ref, y, k, float(np.quantile(oof, quantile)), dims), oof
+        return cls(ref, y, k, float(np.quantile(oof, quantile)), dims, tuple(files) if files is not None else None), oof
 
     def save(self, folder: Path) -> None:
-        np.savez(folder / NOVELTY_FILE, reference=self.reference, labels=self.labels,
+        extra = {"files": np.array(self.files, dtype=str)} if self.files is not None else {}
+        np.savez(folder / NOVELTY_FILE, reference=self.reference, labels=self.labels, **extra,
                  meta=np.frombuffer(json.dumps({"k": self.k, "threshold": self.threshold, "embedding": "sqrt-cosine", "dims": self.dims}).encode(), dtype=np.uint8))
 
     @classmethod
@@ -102,6 +114,8 @@ class NoveltyModel:
             with np.load(path) as z:
                 meta = json.loads(z["meta"].tobytes().decode())
                 dims = meta.get("dims")
-                return cls(z["reference"], z["labels"], int(meta["k"]), float(meta["threshold"]), None if dims is None else int(dims))
+                files = tuple(str(f) for f in z["files"]) if "files" in z.files else None
+                return cls(z["reference"], z["labels"], int(meta["k"]), float(meta["threshold"]), None if dims is None else int(dims),
+                           files)
         except Exception as exc:  # noqa: BLE001 - zip/JSON/key errors: one line
             raise ModelError(f"novelty model {path} is unreadable: {type(exc).__name__}: {exc}") from None

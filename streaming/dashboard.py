@@ -1,9 +1,10 @@
-"""``meme-dashboard``: a local, read-only web page over the stream's output tables.
+"""``meme-dashboard``: a local web page over the stream's output tables, and its review queue.
 
 It shows the rolling class counts per window as a chart, totals per class, the latest
 predictions with a thumbnail, quarantined inputs by reason, throughput and latency of
 the last batches, and the model version in use; the page refreshes itself while the
-stream runs.
+stream runs. ``/review`` is the review queue (:mod:`streaming.review`): people correct
+labels, which land in the ``labels`` table (:mod:`streaming.labels`).
 
 Why these pieces:
 
@@ -16,34 +17,52 @@ Why these pieces:
 - the charts are Plotly: its JavaScript (``plotly.min.js``) ships inside the ``plotly``
   wheel and is served from here, so the page works with no internet (no CDN); it draws
   SVG, so a headless browser test can count the plotted points;
-- the server is the standard library's ``http.server``: a handful of GET routes need no
-  framework. It binds 127.0.0.1 unless told otherwise, answers only GET/HEAD, and reads
-  image files only from DATA_DIR/archive and DATA_DIR/quarantine (names are checked
-  and resolved paths must stay inside those folders).
+- the server is the standard library's ``http.server``: a handful of routes need no
+  framework. It reads image files only from DATA_DIR/archive and DATA_DIR/quarantine (names
+  are checked and resolved paths must stay inside those folders).
+
+Security, now that the page writes labels:
+
+- it binds 127.0.0.1 by default, and there answers only requests addressed to a loopback
+  name (a page elsewhere cannot reach it through a DNS name that resolves to 127.0.0.1);
+- on any other address every request needs the token (``--token``,
+  ``MEMESTREAM_DASHBOARD_TOKEN``, or one generated and printed once at start): a
+  ``?token=`` link sets an HttpOnly, SameSite=Strict cookie, scripts send
+  ``X-Memestream-Token``;
+- a write (``POST /api/label``) always needs the token in the ``X-Memestream-Token`` header
+  (a cookie alone never authorises a write: that is what a cross-site form would carry), a
+  JSON body, and, when the browser says where the request comes from (``Origin``,
+  ``Sec-Fetch-Site``), this very origin. The review page carries the token for its own requests;
+- label names and image ids are validated by :mod:`streaming.labels` (a valid class name;
+  an image the stream classified).
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import hmac
 import html
 import importlib.resources
 import json
 import logging
+import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from memestream.abspath import absolute_fields
 from memestream.cli import add_common_flags, env_flag, positive_float, run_main, stop_signals
 from memestream.errors import ConfigError
 from memestream.hidden import is_dot_hidden
+from streaming import review
 from streaming.dashboard_data import Snapshots
+from streaming.labels import LabelError, LabelRequest, LabelStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +72,16 @@ MAX_THUMB_SOURCE_BYTES = 32 * 1024 * 1024
 #: The page: an HTML template (title, refresh interval and first snapshot filled in per request)
 #: and the stylesheet and script it links, all package data in ``streaming/static/``.
 PAGE_FILE = "dashboard.html"
-STATIC_TYPES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
+REVIEW_FILE = "review.html"
+STATIC_TYPES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
+                "review.js": "text/javascript; charset=utf-8"}
+#: Header and cookie that carry the token.
+TOKEN_HEADER = "X-Memestream-Token"
+TOKEN_COOKIE = "memestream_token"
+#: Largest label request body accepted (a label is a few hundred bytes).
+MAX_BODY = 16 * 1024
+#: Side of the large image on the review page.
+REVIEW_SIDE = 480
 PLOTLY_JS = "plotly.min.js"
 
 
@@ -66,9 +94,19 @@ class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8050
     refresh_s: float = 5.0
+    #: The secret for writes (and for any request off loopback); never shown in a repr.
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    #: Whether the token came from --token / the environment (then it is never printed).
+    token_given: bool = False
+    #: The model store whose versions explain labels (nearest training memes); default DATA_DIR/models.
+    model_dir: Path | None = None
 
     def __post_init__(self) -> None:
         absolute_fields(self)
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK
 
 
 # ---------------------------------------------------------------------------------------
@@ -128,7 +166,7 @@ class Thumbnails:
                 self._cache.popitem(last=False)
         return value
 
-    def from_folder(self, kind: str, name: str) -> bytes | None:
+    def from_folder(self, kind: str, name: str, side: int = THUMB_SIDE) -> bytes | None:
         root = self.roots.get(kind)
         path = safe_file(root, name) if root is not None else None
         if path is None:
@@ -136,7 +174,15 @@ class Thumbnails:
         st = path.stat()
         if st.st_size > MAX_THUMB_SOURCE_BYTES:
             return None
-        return self._cached((str(path), st.st_mtime_ns, st.st_size), lambda: thumbnail(path.read_bytes()))
+        return self._cached((str(path), st.st_mtime_ns, st.st_size, side), lambda: thumbnail(path.read_bytes(), side))
+
+    def file_bytes(self, row: dict[str, Any]) -> bytes | None:
+        """The archived bytes of a folder input (for near-duplicate hashes), or None."""
+        path = review.archive_file(self.roots["archive"].parent, row)
+        path = safe_file(path.parent, path.name) if path is not None else None
+        if path is None or path.stat().st_size > MAX_THUMB_SOURCE_BYTES:
+            return None
+        return path.read_bytes()
 
     def from_payload(self, image_id: str) -> bytes | None:
         if not image_id or not all(c in "0123456789abcdef" for c in image_id) or len(image_id) > 128:
@@ -165,18 +211,26 @@ def plotly_js_path() -> Path:
 
 
 class DashboardServer(ThreadingHTTPServer):
-    daemon_threads = True
+    # Request threads are joined on close, and so is the refresher: a thread still inside
+    # DuckDB or deltalake (native code) when the interpreter exits is cut down mid-call,
+    # which aborts the process ("terminate called ... exception not rethrown").
+    daemon_threads = False
+    block_on_close = True
     allow_reuse_address = True
 
     def __init__(self, config: DashboardConfig) -> None:
         self.config = config
         self.snapshots = Snapshots(config.output)
         self.thumbs = Thumbnails(config.data_dir, self.snapshots)
+        self.labels = LabelStore(config.output, config.data_dir)
+        self.dhashes = review.DHashes(self.thumbs.file_bytes)
+        self.explainer = review.Explainer(config.model_dir or config.data_dir / "models")
         self.plotly_js = plotly_js_path().read_bytes()
         super().__init__((config.host, config.port), Handler)
         self._stop = threading.Event()
         self.snapshots.refresh()  # warm: the first page load needs no table scan
-        threading.Thread(target=self._refresher, name="dashboard-refresh", daemon=True).start()
+        self._refresh_thread = threading.Thread(target=self._refresher, name="dashboard-refresh", daemon=True)
+        self._refresh_thread.start()
 
     def _refresher(self) -> None:
         """Re-read the tables every refresh interval while a page is open (a request in the
@@ -187,7 +241,8 @@ class DashboardServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         self._stop.set()
-        super().server_close()
+        super().server_close()  # joins the request threads (block_on_close)
+        self._refresh_thread.join(timeout=30)
 
     @property
     def url(self) -> str:
@@ -202,57 +257,126 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         log.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str, cache: str = "no-store") -> None:
+    def _send(self, status: int, body: bytes, content_type: str, cache: str = "no-store",
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")  # no clickjacking of the review keys
+        self.send_header("Referrer-Policy", "no-referrer")  # a ?token= link never leaks onwards
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _text(self, status: int, text: str) -> None:
+        self._send(status, (text.rstrip("\n") + "\n").encode(), "text/plain; charset=utf-8")
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data).encode(), "application/json")
+
     def _not_found(self) -> None:
-        self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+        self._text(HTTPStatus.NOT_FOUND, "not found")
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
         self.do_GET()
 
+    # -- who may ask --------------------------------------------------------------------
     def _host_allowed(self) -> bool:
         """On a loopback address, answer only requests addressed to a loopback name: a web page
         elsewhere cannot read the dashboard through a DNS name that resolves to 127.0.0.1."""
-        if self.server.config.host not in LOOPBACK:
+        if not self.server.config.loopback:
             return True
         host = (self.headers.get("Host") or "").strip()
         name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
         return name.lower() in LOOPBACK
 
+    def _token_matches(self, candidate: str | None) -> bool:
+        return bool(candidate) and hmac.compare_digest(candidate.encode(), self.server.config.token.encode())
+
+    def _presented_token(self) -> str | None:
+        """The token a request carries: the header, a bearer token or the cookie."""
+        header = self.headers.get(TOKEN_HEADER)
+        if header:
+            return header.strip()
+        auth = self.headers.get("Authorization") or ""
+        if auth.lower().startswith("bearer "):
+            return auth[7:].strip()
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == TOKEN_COOKIE:
+                return value.strip()
+        return None
+
+    def _read_allowed(self) -> bool:
+        return self.server.config.loopback or self._token_matches(self._presented_token())
+
+    def _same_origin(self) -> str | None:
+        """Why a write is refused on its origin, or None when it comes from this page."""
+        site = self.headers.get("Sec-Fetch-Site")
+        if site and site not in ("same-origin", "none"):
+            return f"Sec-Fetch-Site is {site!r}; writes come from this dashboard's own page"
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            expected = f"http://{(self.headers.get('Host') or '').strip()}"
+            if origin.rstrip("/").lower() != expected.lower():
+                return f"Origin {origin!r} is not this dashboard ({expected})"
+        return None
+
+    # -- GET ----------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
         if not self._host_allowed():
-            self._send(HTTPStatus.FORBIDDEN, b"forbidden: use http://127.0.0.1\n", "text/plain; charset=utf-8")
+            self._text(HTTPStatus.FORBIDDEN, "forbidden: use http://127.0.0.1")
             return
         try:
+            if path == "/healthz":
+                self._text(HTTPStatus.OK, "ok")
+                return
+            query = parse_qs(parts.query)
+            link_token = (query.get("token") or [None])[-1]
+            if link_token is not None and path in ("/", "/review"):
+                self._token_link(path, link_token)
+                return
+            if not self._read_allowed():
+                self._text(HTTPStatus.UNAUTHORIZED, "token required: open the link meme-dashboard printed at start, "
+                           f"or send the {TOKEN_HEADER} header")
+                return
             max_age = self.server.config.refresh_s
             if path == "/":
                 data = self.server.snapshots.latest(max_age)
                 self._send(HTTPStatus.OK, render_page(data, self.server.config).encode(), "text/html; charset=utf-8")
+            elif path == "/review":
+                self._send(HTTPStatus.OK, render_review(self.server.config).encode(), "text/html; charset=utf-8")
             elif path == "/api/data":
-                data = self.server.snapshots.latest(max_age)
-                self._send(HTTPStatus.OK, json.dumps(data).encode(), "application/json")
+                self._json(HTTPStatus.OK, self.server.snapshots.latest(max_age))
+            elif path == "/api/review":
+                self._review(query)
+            elif path == "/api/explain":
+                self._explain(query)
             elif path.startswith("/static/"):
                 self._static(path[len("/static/"):])
             elif path.startswith("/thumb/"):
-                self._thumb(path[len("/thumb/"):])
-            elif path == "/healthz":
-                self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+                self._thumb(path[len("/thumb/"):], query)
             else:
                 self._not_found()
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception:  # noqa: BLE001 - never a stack trace to the browser
             log.exception("dashboard: %s failed", path)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"internal error (see the meme-dashboard log)\n", "text/plain; charset=utf-8")
+            self._text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (see the meme-dashboard log)")
+
+    def _token_link(self, path: str, token: str) -> None:
+        """``/?token=...``: a right token becomes a cookie and the address loses it (history, referrers)."""
+        if not self._token_matches(token):
+            self._text(HTTPStatus.UNAUTHORIZED, "wrong token in the link")
+            return
+        cookie = f"{TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+        self._send(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8", headers={"Location": path, "Set-Cookie": cookie})
 
     def _static(self, name: str) -> None:
         """The page's own files (looked up by exact name, never as a path) and plotly.min.js."""
@@ -264,13 +388,18 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._not_found()
 
-    def _thumb(self, rest: str) -> None:
+    def _thumb(self, rest: str, query: dict[str, list[str]]) -> None:
         kind, _, raw = rest.partition("/")
         name = unquote(raw)
+        side = REVIEW_SIDE if (query.get("size") or [""])[-1] == "large" else THUMB_SIDE
         if kind == "payload":
             body = self.server.thumbs.from_payload(name)
+        elif kind == "train":  # /thumb/train/<version>/<reference row>
+            version, _, index = name.partition("/")
+            path = self.server.explainer.training_file(version, int(index)) if index.isdigit() else None
+            body = thumbnail(path.read_bytes()) if path is not None and path.stat().st_size <= MAX_THUMB_SOURCE_BYTES else None
         elif kind in ("archive", "quarantine"):
-            body = self.server.thumbs.from_folder(kind, name)
+            body = self.server.thumbs.from_folder(kind, name, side)
         else:
             body = None
         if body is None:
@@ -278,13 +407,100 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(HTTPStatus.OK, body, "image/jpeg", cache="max-age=3600")
 
+    def _review(self, query: dict[str, list[str]]) -> None:
+        try:
+            flt = review.ReviewFilter.from_query(query)
+        except ConfigError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        if not self.server.config.output.is_dir():
+            self._json(HTTPStatus.OK, {"items": [], "classes": [], "message": "no output yet"})
+            return
+        sql, params = review.candidates_sql(flt, flt.limit * review.POOL_FACTOR)
+        rows = self.server.snapshots.query(sql, params)
+        groups = review.near_duplicate_ids(rows, self.server.dhashes)
+        items = review.spread(rows, groups, flt.limit)
+        for item in items:
+            archived = review.archive_file(self.server.config.data_dir, item)
+            item["archive_name"] = archived.name if archived is not None else None
+            item.pop("path", None)
+        classes = [r["label"] for r in self.server.snapshots.query(
+            "SELECT label FROM (SELECT label FROM predictions WHERE label IS NOT NULL UNION SELECT label FROM current_labels) "
+            "GROUP BY label ORDER BY label")]
+        self._json(HTTPStatus.OK, {"items": items, "classes": classes})
+
+    def _explain(self, query: dict[str, list[str]]) -> None:
+        """The training memes nearest to an archived image, under the model version that labelled it."""
+        version = (query.get("version") or [""])[-1]
+        name = (query.get("archive") or [""])[-1]
+        path = safe_file(self.server.thumbs.roots["archive"], name)
+        if path is None or path.stat().st_size > MAX_THUMB_SOURCE_BYTES:
+            self._json(HTTPStatus.OK, {"nearest": [], "message": "no stored image to compare"})
+            return
+        nearest = self.server.explainer.nearest(version, path.read_bytes())
+        for item in nearest:
+            item["thumb"] = f"/thumb/train/{version}/{item['index']}"
+        self._json(HTTPStatus.OK, {"nearest": nearest, "version": version})
+
+    # -- POST ---------------------------------------------------------------------------
+    def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        try:
+            if not self._host_allowed():
+                self._text(HTTPStatus.FORBIDDEN, "forbidden: use http://127.0.0.1")
+            elif path != "/api/label":
+                self._refuse()
+            elif not self._token_matches(self.headers.get(TOKEN_HEADER)):
+                self._json(HTTPStatus.FORBIDDEN, {"error": f"a label needs the dashboard's token in the {TOKEN_HEADER} header"})
+            elif (why := self._same_origin()) is not None:
+                self._json(HTTPStatus.FORBIDDEN, {"error": why})
+            elif (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+                self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "expected a JSON body (Content-Type: application/json)"})
+            else:
+                self._label()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception:  # noqa: BLE001 - never a stack trace to the browser
+            log.exception("dashboard: POST %s failed", path)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the meme-dashboard log)"})
+
+    def _label(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or "-1")
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > MAX_BODY else HTTPStatus.LENGTH_REQUIRED,
+                       {"error": f"expected a JSON body of 1-{MAX_BODY} bytes with its Content-Length, found {length}"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            request = LabelRequest(
+                image_id=str(body.get("image_id") or ""), label=body.get("label"),
+                labeller=str(body.get("labeller") or "reviewer"), how="review", request_id=str(body.get("request_id") or ""))
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"expected a JSON object with image_id, label and request_id: {exc}"})
+            return
+        except LabelError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        try:
+            result, = self.server.labels.submit([request])
+        except LabelError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        self._json(HTTPStatus.OK, {"written": result.written, "image_id": request.image_id, "label": request.label,
+                                   "previous_label": result.previous_label, "kept": result.image_path is not None})
+
     def _refuse(self) -> None:
         self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        self.send_header("Allow", "GET, HEAD")
+        self.send_header("Allow", "GET, HEAD" + (", POST" if urlsplit(self.path).path == "/api/label" else ""))
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815 - read-only
+    do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815 - only labels are written, with POST
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,15 +524,26 @@ def render_page(data: dict[str, Any], config: DashboardConfig) -> str:
 
 
 
+def render_review(config: DashboardConfig) -> str:
+    """The review page; it carries the token for its own label requests (only pages this
+    server hands out can read it: the browser keeps other sites from reading this page)."""
+    return (
+        static_file(REVIEW_FILE).decode("utf-8")
+        .replace("__TITLE__", html.escape(f"memestream review - {config.output}"))
+        .replace("__TOKEN__", html.escape(config.token, quote=True))
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meme-dashboard",
-        description="Serve a local, read-only web page over meme-stream's output: rolling class counts, totals, "
+        description="Serve a local web page over meme-stream's output: rolling class counts, totals, "
         "latest predictions with thumbnails, quarantine reasons, batch throughput/latency, model version. "
-        "It refreshes itself while the stream runs.",
+        "It refreshes itself while the stream runs. /review is the review queue, where people correct labels "
+        "(written to the 'labels' table for training).",
         epilog="examples:\n  meme-dashboard --output memestream-data/output      # then open http://127.0.0.1:8050\n"
         "  meme-dashboard --output out --data-dir data --port 8060 --refresh 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -330,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--port", envvar="MEMESTREAM_DASHBOARD_PORT", type=int, default=8050, help="port (0 = any free port)")
     env_flag(parser, "--refresh", envvar="MEMESTREAM_DASHBOARD_REFRESH", type=positive_float, default=5.0,
              help="seconds between page refreshes")
+    env_flag(parser, "--model-dir", envvar="MEMESTREAM_MODEL_DIR", default=None,
+             help="the model store, whose versions show the nearest training memes of an image under review "
+             "(default: DATA_DIR/models)")
+    env_flag(parser, "--token", envvar="MEMESTREAM_DASHBOARD_TOKEN", default=None,
+             help="secret for label writes, and for every request when --host is not a loopback address "
+             "(default: a new random one per start, printed once when needed)")
     add_common_flags(parser)
     return parser
 
@@ -341,7 +574,13 @@ def config_from_args(args: argparse.Namespace) -> DashboardConfig:
     if not 0 <= int(args.port) <= 65535:
         raise ConfigError(f"--port expects 0-65535, found {args.port}")
     data_dir = Path(args.data_dir) if args.data_dir else output.resolve().parent
-    return DashboardConfig(output, data_dir, args.host, int(args.port), float(args.refresh))
+    token = getattr(args, "token", None)
+    if token is not None and (len(token) < 16 or not token.isprintable() or " " in token):
+        raise ConfigError("--token expects at least 16 printable characters without spaces, found a shorter or "
+                          "unprintable one")
+    extra = {"token": token, "token_given": True} if token else {}
+    model_dir = Path(args.model_dir) if getattr(args, "model_dir", None) else None
+    return DashboardConfig(output, data_dir, args.host, int(args.port), float(args.refresh), model_dir=model_dir, **extra)
 
 
 def serve(config: DashboardConfig) -> DashboardServer:
@@ -359,10 +598,15 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if stop.is_set():  # Ctrl-C while the first snapshot was read
                 return 130
-            if config.host not in LOOPBACK:
-                log.warning("listening on %s: anyone who can reach this address can read the dashboard", config.host)
-            print(f"meme-dashboard: {server.url} (output {config.output}, images from {config.data_dir}); Ctrl-C to stop",
-                  flush=True)
+            print(f"meme-dashboard: {server.url} (output {config.output}, images from {config.data_dir}); "
+                  f"review queue {server.url}review; Ctrl-C to stop", flush=True)
+            if not config.loopback:
+                if config.token_given:
+                    print("meme-dashboard: not a loopback address: every request needs the token you gave "
+                          f"(open {server.url}?token=<token> once, or send {TOKEN_HEADER})", flush=True)
+                else:  # generated: shown this once, never logged
+                    print(f"meme-dashboard: not a loopback address: open {server.url}?token={config.token} "
+                          f"(a new token each start; set --token or MEMESTREAM_DASHBOARD_TOKEN to keep one)", flush=True)
             serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                                        name="dashboard-http", daemon=True)
             serving.start()

@@ -106,6 +106,18 @@ class Snapshots:
             row = rows[0] if rows else None
         return bytes(row[0]) if row and row[0] else None
 
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Rows of one query over the tables' newest versions (views registered afresh, so a label
+        written a moment ago is seen)."""
+        from streaming import duck
+
+        with self._lock:
+            con = self._connection()
+            duck.register_views(con, self.output)
+            cur = con.execute(sql, params or [])
+            names = [d[0] for d in cur.description]
+            return [{n: _jsonable(v) for n, v in zip(names, row)} for row in cur.fetchall()]
+
     def _read(self) -> dict[str, Any]:
         from streaming import duck
 

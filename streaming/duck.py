@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS, QUARANTINE, CLASS_COUNTS, BATCHES = schema.PREDICTIONS, schema.QUARANTINE, schema.CLASS_COUNTS, schema.BATCHES
 CLASS_COUNT_DELTAS = "class_count_deltas"
 CLASS_TOTALS = "class_totals"
-TABLES: tuple[str, ...] = schema.TABLES
+TABLES: tuple[str, ...] = schema.READ_TABLES
 #: The view each Delta table is registered as (``class_counts`` is the summed view over the deltas).
 VIEW_OF: dict[str, str] = {table: CLASS_COUNT_DELTAS if table == CLASS_COUNTS else table for table in TABLES}
 
@@ -51,6 +51,7 @@ CLASS_COUNTS_SQL = (
     f"FROM {CLASS_COUNT_DELTAS} GROUP BY window_start, window_end, label"
 )
 CLASS_TOTALS_SQL = f'SELECT label, COUNT(*) AS "count" FROM {PREDICTIONS} WHERE label IS NOT NULL GROUP BY label'
+CURRENT_LABELS, CURRENT_LABELS_SQL = schema.CURRENT_LABELS, schema.CURRENT_LABELS_SQL
 
 
 def connect(threads: int | None = None):
@@ -86,6 +87,8 @@ def register_views(con, output: str | os.PathLike[str], as_of: str | int | None 
     infos.append(ViewInfo(CLASS_COUNTS, None, 0, f"SUM(count) of {CLASS_COUNT_DELTAS} per window_start, window_end, label"))
     con.execute(f"CREATE OR REPLACE TEMP VIEW {CLASS_TOTALS} AS {CLASS_TOTALS_SQL}")
     infos.append(ViewInfo(CLASS_TOTALS, None, 0, f"COUNT(*) of {PREDICTIONS} per label (label not null)"))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {CURRENT_LABELS} AS {CURRENT_LABELS_SQL}")
+    infos.append(ViewInfo(CURRENT_LABELS, None, 0, f"the latest row of {schema.LABELS} per image_id"))
     return infos
 
 

@@ -219,6 +219,8 @@ def run_stream(
 
     ``on_stage`` is called at fixed points of every batch (:data:`streaming.batch.STAGES`).
     """
+    stop = stop or StopFlag()
+    stop.install()
     output = DeltaOutput(str(cfg.output), writer=check_checkpoint(cfg))
     output.ensure_tables(spark)
     models = ModelHolder(cfg.model_dir, cfg.model_version)
@@ -233,9 +235,12 @@ def run_stream(
             log.info("moved %d file(s) already in %s into the stream", moved, cfg.inbox)
         if not cfg.available_now:
             mover.start()
-    stop = stop or StopFlag()
-    stop.install()
     target = spool_high_water(cfg) if bounded_by_us(cfg) else None
+    if stop.event.is_set():  # Ctrl-C while starting: nothing was read, nothing to stop
+        if mover is not None:
+            mover.stop()
+        log.info("%s received while starting: not starting the query", stop.signal_name)
+        return summary
     query = start_query(spark, cfg, processor)
     log.info("stream %s started: source=%s output=%s checkpoint=%s", query.id, cfg.source, cfg.output, cfg.checkpoint)
     upkeep = start_upkeep(spark, cfg, processor)

@@ -10,6 +10,8 @@ DuckDB/pandas through ``deltalake`` (``meme-query``, the dashboard) or any Delta
       class_counts/_delta_log/   per-batch deltas of rolling window counts (readers sum them)
       batches/_delta_log/        one row per committed micro-batch and writer: its totals, and for
                                  the folder source the inputs to move (replayed after a crash)
+      labels/_delta_log/         people's labels (meme-label, the dashboard's review queue): append-only,
+                                 the latest row per image wins; written by ``streaming.labels``
 
 This module imports neither Spark nor the streaming code, so the command-line tools that
 only read tables stay quick to start.
@@ -32,6 +34,11 @@ BATCHES = "batches"
 #: Every Delta table under OUTPUT, in the order a batch writes them (``batches`` last: its row
 #: says the batch is complete).
 TABLES: tuple[str, ...] = (PREDICTIONS, QUARANTINE, CLASS_COUNTS, BATCHES)
+#: People's labels: written by ``meme-label`` and the dashboard, never by the stream, and never
+#: touched by retention (a label is worth keeping as long as the model learns from it).
+LABELS = "labels"
+#: Every table a reader registers: the stream's and the labels.
+READ_TABLES: tuple[str, ...] = (*TABLES, LABELS)
 #: The partition column (a DATE, UTC): the event date for predictions/quarantine, the window
 #: start's date for class_counts, the commit date for batches.
 DATE = "date"
@@ -68,7 +75,22 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("max_event_time", "timestamp"), ("model_version", "string"), ("label_totals", "map<string,bigint>"),
         ("moves", "map<string,string>"), ("committed_at", "timestamp"),
     ),
+    LABELS: (
+        ("image_id", "string"), ("label", "string"), ("previous_label", "string"), ("model_version", "string"),
+        ("labeller", "string"), ("labelled_at", "timestamp"), ("how", "string"),
+        # the request that wrote the row (a double-submitted click writes one row) and where the
+        # image's bytes were kept for training (NULL when no copy exists, e.g. a Kafka input)
+        ("request_id", "string"), ("image_path", "string"),
+    ),
 }
+
+#: The view of the latest label per image (``labels`` is append-only; a latest row whose label
+#: is NULL withdrew it), in SQL that Spark and DuckDB both accept.
+CURRENT_LABELS = "current_labels"
+CURRENT_LABELS_SQL = (
+    f"SELECT {', '.join((*(name for name, _ in COLUMNS[LABELS]), DATE))} FROM (SELECT *, ROW_NUMBER() OVER "
+    f"(PARTITION BY image_id ORDER BY labelled_at DESC, request_id DESC) AS rn FROM {LABELS}) WHERE rn = 1 AND label IS NOT NULL"
+)
 
 _ARROW_TYPES = {
     "string": pa.string(),
@@ -113,8 +135,8 @@ def arrow_schema(table: str) -> pa.Schema:
 # Where the tables live
 # ---------------------------------------------------------------------------------------
 def _check_table(table: str) -> None:
-    if table not in TABLES:
-        raise DataError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    if table not in READ_TABLES:
+        raise DataError(f"unknown table {table!r}; expected one of {', '.join(READ_TABLES)}")
 
 
 def table_uri(output: str | os.PathLike[str], table: str) -> str:

@@ -151,7 +151,7 @@ def resolve(output: str | os.PathLike[str], as_of: str | int | datetime | None =
     when = parse_as_of(as_of)
     for table in schema.TABLES:
         check_not_legacy(output, table)
-    per_table: dict[str, int | datetime | None] = {t: when for t in schema.TABLES}
+    per_table: dict[str, int | datetime | None] = {t: when for t in schema.READ_TABLES}
     if isinstance(when, int):
         pred = open_table(schema.table_uri(output, schema.PREDICTIONS))
         if pred is None:
@@ -161,10 +161,10 @@ def resolve(output: str | os.PathLike[str], as_of: str | int | datetime | None =
             raise DataError(f"--as-of {when}: predictions has versions 0..{latest}")
         times = _commit_times(pred)
         cutoff = times[when + 1] - timedelta(milliseconds=1) if when < latest and when + 1 in times else None
-        per_table = {t: cutoff for t in schema.TABLES}
+        per_table = {t: cutoff for t in schema.READ_TABLES}
         per_table[schema.PREDICTIONS] = when
     snaps: dict[str, Snapshot] = {}
-    for table in schema.TABLES:
+    for table in schema.READ_TABLES:
         uri = schema.table_uri(output, table)
         dt = open_table(uri, per_table[table])
         if dt is None:

@@ -16,7 +16,7 @@ import os
 from pyspark.sql import DataFrame, SparkSession
 
 from streaming import snapshots
-from streaming.schema import CLASS_COUNTS, PREDICTIONS, TABLES, ViewInfo, check_output_dir, ddl, table_uri
+from streaming.schema import CLASS_COUNTS, CURRENT_LABELS, CURRENT_LABELS_SQL, LABELS, PREDICTIONS, READ_TABLES, ViewInfo, check_output_dir, ddl, table_uri
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def register_views(spark: SparkSession, output: str | os.PathLike[str], as_of: s
     root = check_output_dir(output)
     resolved = snapshots.resolve(root, as_of) if as_of is not None else None
     infos: list[ViewInfo] = []
-    for table in TABLES:
+    for table in READ_TABLES:
         view = CLASS_COUNT_DELTAS if table == CLASS_COUNTS else table
         uri = table_uri(root, table)
         if resolved is not None and resolved[table].version is None:
@@ -85,4 +85,6 @@ def register_views(spark: SparkSession, output: str | os.PathLike[str], as_of: s
     infos.append(ViewInfo(CLASS_COUNTS, None, 0, f"SUM(count) of {CLASS_COUNT_DELTAS} per window_start, window_end, label"))
     spark.sql(CLASS_TOTALS_SQL).createOrReplaceTempView(CLASS_TOTALS)
     infos.append(ViewInfo(CLASS_TOTALS, None, 0, f"COUNT(*) of {PREDICTIONS} per label (label not null)"))
+    spark.sql(CURRENT_LABELS_SQL).createOrReplaceTempView(CURRENT_LABELS)
+    infos.append(ViewInfo(CURRENT_LABELS, None, 0, f"the latest row of {LABELS} per image_id"))
     return infos

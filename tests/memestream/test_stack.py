@@ -63,3 +63,15 @@ def test_session_writes_and_reads_delta_and_has_the_kafka_source(spark, tmp_path
     frame = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", "127.0.0.1:1")
              .option("subscribe", "t").load())
     assert frame.isStreaming and [f.name for f in frame.schema.fields][:2] == ["key", "value"]
+
+
+def test_a_c1_only_driver_gets_the_code_cache_delta_needs():
+    from memestream.spark import STREAM_DRIVER_JAVA_OPTIONS, with_code_cache
+    # C1 alone reserves 48 MB of code cache; Delta's commit path filled it in the demo, and
+    # calls into the JVM then failed, so a C1-only JVM is given 240 MB unless the user sized it.
+    assert with_code_cache("-XX:TieredStopAtLevel=1").split() == [
+        "-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=240m"]
+    assert with_code_cache("-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=64m").split() == [
+        "-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=64m"]
+    assert with_code_cache("-Xss4m") == "-Xss4m"
+    assert "TieredStopAtLevel" not in STREAM_DRIVER_JAVA_OPTIONS

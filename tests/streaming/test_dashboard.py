@@ -110,7 +110,7 @@ def test_page_files_are_package_data_served_by_exact_name(tmp_path, running):
 
     static = Path(dashboard.__file__).parent / "static"
     names = sorted(p.name for p in static.iterdir())
-    assert names == ["dashboard.css", "dashboard.html", "dashboard.js"]
+    assert names == ["dashboard.css", "dashboard.html", "dashboard.js", "review.html", "review.js"]
     pyproject = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["streaming"]
     assert all(any(fnmatch.fnmatch(f"static/{n}", p) for p in patterns) for n in names), "not shipped in the wheel"
@@ -123,6 +123,9 @@ def test_page_files_are_package_data_served_by_exact_name(tmp_path, running):
         with urllib.request.urlopen(url + "static/" + name, timeout=30) as resp:
             assert resp.headers["Content-Type"].startswith(kind) and resp.read() == (static / name).read_bytes()
     assert _get(url + "static/dashboard.html")[0] == 404  # the template is served only filled in, at /
+    assert _get(url + "static/review.html")[0] == 404  # ... and the review page only at /review
+    status, body = _get(url + "review")
+    assert status == 200 and b"__TOKEN__" not in body and b'"/static/review.js"' in body
     assert _get(url + "static/plotly.min.js")[0] == 200
 
 
