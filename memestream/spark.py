@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Mapping
 
 from memestream.errors import EnvironmentProblem
@@ -42,9 +43,6 @@ DEFAULT_CONF: dict[str, str] = {
     # Python runner of a task (the spool source's read, the scoring UDF) waited ~40-50 ms
     # on the TCP handshake/ACK timing; an Arrow UDF over 2 rows went 137 -> 85 ms a job.
     "spark.python.unix.domain.socket.enabled": "true",
-    # PySpark's worker daemon, quiet when the JVM hangs up on a worker (a stop, an idle worker
-    # reaped): no BrokenPipeError tracebacks in the stream's console (memestream.pydaemon)
-    "spark.python.daemon.module": "memestream.pydaemon",
     "spark.sql.parquet.compression.codec": "snappy",
     # Delta rebuilds a table's snapshot (its log replayed) with a shuffle of 50 partitions by
     # default: 50 tasks per snapshot update, several per append, for tables whose log is a few
@@ -251,11 +249,43 @@ def release_executors(spark, timeout_s: float = 30.0) -> bool:
         log.debug("could not release the executors before stopping: %s", exc)
         return False
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _executor_count(sc) == 0:
-            return True
-        time.sleep(0.2)
+    while time.monotonic() < deadline and _executor_count(sc) > 0:
+        time.sleep(0.2)  # the driver's view: polled, Spark has no event for it
+    if sc.master.startswith("local-cluster"):
+        _wait_executor_processes(sc.applicationId, deadline)
     return _executor_count(sc) == 0
+
+
+#: After the executor processes exit, their workers report it to the master over RPC; a stop
+#: inside that exchange printed a RejectedExecutionException stack trace (local-cluster).
+_STATUS_SETTLE_S = 1.0
+
+
+def _wait_executor_processes(app_id: str, deadline: float) -> None:
+    """``local-cluster``: wait until this application's executor JVMs (children of the in-JVM
+    workers, on this machine) have exited, then for their workers to report it. The driver
+    forgets an executor when it is asked to die, not when its process has gone."""
+    import time
+
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return
+
+    def running() -> bool:
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"CoarseGrainedExecutorBackend" in cmd and app_id.encode() in cmd:
+                return True
+        return False
+
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(_STATUS_SETTLE_S)
 
 
 def stop_spark(spark) -> None:

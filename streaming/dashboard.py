@@ -62,7 +62,8 @@ from memestream.errors import ConfigError
 from memestream.hidden import is_dot_hidden
 from streaming import review
 from streaming.dashboard_data import Snapshots
-from streaming.labels import LabelError, LabelRequest, LabelStore
+from memestream.kafka import add_security_flags, security_from_args
+from streaming.labels import KafkaRecords, LabelError, LabelRequest, LabelStore
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class DashboardConfig:
     token_given: bool = False
     #: The model store whose versions explain labels (nearest training memes); default DATA_DIR/models.
     model_dir: Path | None = None
+    #: Where Kafka inputs are read back (thumbnails, kept bytes of labelled ones); None: not at all.
+    kafka: Any = None  # streaming.labels.KafkaRecords
 
     def __post_init__(self) -> None:
         absolute_fields(self)
@@ -147,7 +150,8 @@ def thumbnail(data: bytes, side: int = THUMB_SIDE) -> bytes | None:
 class Thumbnails:
     """Thumbnails of archived / quarantined files and quarantine payloads, with a small LRU cache."""
 
-    def __init__(self, data_dir: Path, snapshots: Snapshots, capacity: int = 256) -> None:
+    def __init__(self, data_dir: Path, snapshots: Snapshots, capacity: int = 256, kafka: Any = None) -> None:
+        self.kafka = kafka
         self.roots = {"archive": data_dir / "archive", "quarantine": data_dir / "quarantine"}
         self.snapshots = snapshots
         self._cache: OrderedDict[tuple, bytes | None] = OrderedDict()
@@ -176,8 +180,20 @@ class Thumbnails:
             return None
         return self._cached((str(path), st.st_mtime_ns, st.st_size, side), lambda: thumbnail(path.read_bytes(), side))
 
+    def kafka_bytes(self, origin: str) -> bytes | None:
+        """A Kafka input's bytes, read back from its topic at its offset (None without brokers)."""
+        if self.kafka is None:
+            return None
+        return self.kafka.fetch(origin)
+
+    def from_kafka(self, origin: str, side: int = THUMB_SIDE) -> bytes | None:
+        return self._cached(("kafka", origin, side), lambda: (lambda d: thumbnail(d, side) if d else None)(self.kafka_bytes(origin)))
+
     def file_bytes(self, row: dict[str, Any]) -> bytes | None:
-        """The archived bytes of a folder input (for near-duplicate hashes), or None."""
+        """The stored bytes of an input (for near-duplicate hashes): a folder input's archived
+        copy, or a Kafka input read back from its topic; None when neither is available."""
+        if row.get("source") == "kafka" and row.get("origin"):
+            return self.kafka_bytes(str(row["origin"]))
         path = review.archive_file(self.roots["archive"].parent, row)
         path = safe_file(path.parent, path.name) if path is not None else None
         if path is None or path.stat().st_size > MAX_THUMB_SOURCE_BYTES:
@@ -221,8 +237,8 @@ class DashboardServer(ThreadingHTTPServer):
     def __init__(self, config: DashboardConfig) -> None:
         self.config = config
         self.snapshots = Snapshots(config.output)
-        self.thumbs = Thumbnails(config.data_dir, self.snapshots)
-        self.labels = LabelStore(config.output, config.data_dir)
+        self.thumbs = Thumbnails(config.data_dir, self.snapshots, kafka=config.kafka)
+        self.labels = LabelStore(config.output, config.data_dir, config.kafka)
         self.dhashes = review.DHashes(self.thumbs.file_bytes)
         self.explainer = review.Explainer(config.model_dir or config.data_dir / "models")
         self.plotly_js = plotly_js_path().read_bytes()
@@ -394,6 +410,8 @@ class Handler(BaseHTTPRequestHandler):
         side = REVIEW_SIDE if (query.get("size") or [""])[-1] == "large" else THUMB_SIDE
         if kind == "payload":
             body = self.server.thumbs.from_payload(name)
+        elif kind == "kafka":  # /thumb/kafka/<topic>/<partition>/<offset>
+            body = self.server.thumbs.from_kafka(name, side)
         elif kind == "train":  # /thumb/train/<version>/<reference row>
             version, _, index = name.partition("/")
             path = self.server.explainer.training_file(version, int(index)) if index.isdigit() else None
@@ -423,6 +441,7 @@ class Handler(BaseHTTPRequestHandler):
         for item in items:
             archived = review.archive_file(self.server.config.data_dir, item)
             item["archive_name"] = archived.name if archived is not None else None
+            item["kafka_origin"] = item["origin"] if item.get("source") == "kafka" and self.server.config.kafka else None
             item.pop("path", None)
         classes = [r["label"] for r in self.server.snapshots.query(
             "SELECT label FROM (SELECT label FROM predictions WHERE label IS NOT NULL UNION SELECT label FROM current_labels) "
@@ -433,11 +452,18 @@ class Handler(BaseHTTPRequestHandler):
         """The training memes nearest to an archived image, under the model version that labelled it."""
         version = (query.get("version") or [""])[-1]
         name = (query.get("archive") or [""])[-1]
-        path = safe_file(self.server.thumbs.roots["archive"], name)
-        if path is None or path.stat().st_size > MAX_THUMB_SOURCE_BYTES:
+        origin = (query.get("kafka") or [""])[-1]
+        data = None
+        if origin:
+            data = self.server.thumbs.kafka_bytes(origin)
+        else:
+            path = safe_file(self.server.thumbs.roots["archive"], name)
+            if path is not None and path.stat().st_size <= MAX_THUMB_SOURCE_BYTES:
+                data = path.read_bytes()
+        if not data:
             self._json(HTTPStatus.OK, {"nearest": [], "message": "no stored image to compare"})
             return
-        nearest = self.server.explainer.nearest(version, path.read_bytes())
+        nearest = self.server.explainer.nearest(version, data)
         for item in nearest:
             item["thumb"] = f"/thumb/train/{version}/{item['index']}"
         self._json(HTTPStatus.OK, {"nearest": nearest, "version": version})
@@ -560,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--model-dir", envvar="MEMESTREAM_MODEL_DIR", default=None,
              help="the model store, whose versions show the nearest training memes of an image under review "
              "(default: DATA_DIR/models)")
+    env_flag(parser, "--bootstrap-servers", envvar="MEMESTREAM_KAFKA_BOOTSTRAP", default=None,
+             help="the brokers of a Kafka stream: its inputs' images are read back from the topic for the review "
+             "queue and kept when labelled (default: only folder inputs show an image)")
+    add_security_flags(parser)
     env_flag(parser, "--token", envvar="MEMESTREAM_DASHBOARD_TOKEN", default=None,
              help="secret for label writes, and for every request when --host is not a loopback address "
              "(default: a new random one per start, printed once when needed)")
@@ -580,7 +610,9 @@ def config_from_args(args: argparse.Namespace) -> DashboardConfig:
                           "unprintable one")
     extra = {"token": token, "token_given": True} if token else {}
     model_dir = Path(args.model_dir) if getattr(args, "model_dir", None) else None
-    return DashboardConfig(output, data_dir, args.host, int(args.port), float(args.refresh), model_dir=model_dir, **extra)
+    kafka = KafkaRecords(args.bootstrap_servers, security_from_args(args)) if getattr(args, "bootstrap_servers", None) else None
+    return DashboardConfig(output, data_dir, args.host, int(args.port), float(args.refresh), model_dir=model_dir,
+                           kafka=kafka, **extra)
 
 
 def serve(config: DashboardConfig) -> DashboardServer:

@@ -17,7 +17,8 @@ from typing import Sequence
 
 from memestream.cli import add_common_flags, env_flag, run_main
 from memestream.errors import ConfigError
-from streaming.labels import LabelError, LabelRequest, LabelStore
+from memestream.kafka import add_security_flags, security_from_args
+from streaming.labels import KafkaRecords, LabelError, LabelRequest, LabelStore
 from streaming.schema import check_output_dir
 
 #: Rows read from one CSV at most (a typo'd file of millions of rows is refused, not half-read).
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
              help="who labels (default: the login name)")
     parser.add_argument("--request-id", default=None,
                         help="an id that makes a retried command write its rows once (default: a new one per run)")
+    env_flag(parser, "--bootstrap-servers", envvar="MEMESTREAM_KAFKA_BOOTSTRAP", default=None,
+             help="the brokers of a Kafka stream: a labelled Kafka input's bytes are read back from its topic at its "
+             "offset and kept for training (without: kept only for folder inputs and quarantined ones)")
+    add_security_flags(parser)
     add_common_flags(parser)
     return parser
 
@@ -92,10 +97,11 @@ def _run(args: argparse.Namespace) -> int:
         except LabelError as exc:
             where = f"--csv {args.csv} row {number + 2}: " if args.csv else ""
             raise LabelError(f"{where}{exc}") from None
-    results = LabelStore(output, data_dir).submit(requests)
+    kafka = KafkaRecords(args.bootstrap_servers, security_from_args(args)) if args.bootstrap_servers else None
+    results = LabelStore(output, data_dir, kafka).submit(requests)
     written = [r for r in results if r.written]
     for r in written:
-        kept = r.image_path or "no stored copy (not in the archive or quarantine)"
+        kept = r.image_path or "no stored copy (not in the archive, the quarantine or, with --bootstrap-servers, the topic)"
         if not args.csv or args.verbose:
             print(f"{r.request.image_id[:12]}: {r.previous_label or '-'} -> {r.request.label} "
                   f"(model {r.model_version or '-'}; image: {kept})")

@@ -20,8 +20,10 @@ What this module guarantees, and why:
   subject to the operator's clean-up. At labelling time a copy goes to
   ``DATA_DIR/labelled/<image_id><ext>`` (from the archive folder, the quarantine folder or the
   quarantine table's payload, checked against the sha256). Retention and compaction never
-  touch ``labelled/`` nor the ``labels`` table. A Kafka input has no stored bytes unless the
-  scraper keeps them; its row says so (``image_path`` NULL).
+  touch ``labelled/`` nor the ``labels`` table. A Kafka input's bytes are read back from the
+  topic at its offset (``origin`` = topic/partition/offset) when the writer is given the
+  brokers, while the topic still retains the record; otherwise its row says it has no copy
+  (``image_path`` NULL).
 
 Written with ``deltalake`` (delta-rs): no JVM, so the dashboard and ``meme-label`` start in a
 fraction of a second; Spark, DuckDB and every Delta reader read the table.
@@ -33,6 +35,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -121,6 +124,56 @@ class LabelResult:
     image_path: str | None
 
 
+_ORIGIN_RE = re.compile(r"([A-Za-z0-9._-]{1,249})/(\d{1,6})/(\d{1,19})")
+
+
+@dataclass(frozen=True)
+class KafkaRecords:
+    """Where the stream's Kafka inputs can be read back: the brokers and the client security."""
+
+    bootstrap_servers: str
+    security: "object | None" = None  # memestream.kafka.KafkaSecurity
+    timeout_s: float = 10.0
+
+    def fetch(self, origin: str) -> bytes | None:
+        """The value of the record at ``topic/partition/offset``, or None (gone with the topic's
+        retention, or the brokers unreachable: a label never fails for want of a copy)."""
+        match = _ORIGIN_RE.fullmatch(origin or "")
+        if match is None:
+            return None
+        from kafka import KafkaConsumer, TopicPartition
+
+        from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, bootstrap_list
+
+        topic, partition, offset = match.group(1), int(match.group(2)), int(match.group(3))
+        extra = self.security.kwargs() if self.security is not None else {}  # type: ignore[attr-defined]
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=bootstrap_list(self.bootstrap_servers), enable_auto_commit=False,
+                                     group_id=None, max_partition_fetch_bytes=DEFAULT_MAX_MESSAGE_BYTES + RECORD_OVERHEAD_BYTES,
+                                     fetch_max_bytes=DEFAULT_MAX_MESSAGE_BYTES + RECORD_OVERHEAD_BYTES,
+                                     request_timeout_ms=int(self.timeout_s * 1000) + 1000, **extra)
+        except Exception as exc:  # noqa: BLE001 - no broker: the label is written without a copy
+            log.warning("labels: cannot reach Kafka at %s to keep %s: %s", self.bootstrap_servers, origin, exc)
+            return None
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                for record in consumer.poll(timeout_ms=500).get(tp, []):
+                    if record.offset == offset:
+                        return record.value
+                    if record.offset > offset:  # compacted or deleted: not there any more
+                        return None
+            return None
+        except Exception as exc:  # noqa: BLE001 - the copy is best effort, the label is not
+            log.warning("labels: could not read %s back from Kafka: %s", origin, exc)
+            return None
+        finally:
+            consumer.close()
+
+
 @dataclass(frozen=True)
 class _Seen:
     """What the stream recorded about one image: its newest prediction and where its bytes are."""
@@ -130,6 +183,7 @@ class _Seen:
     source: str | None
     path: str | None
     quarantine_path: str | None
+    origin: str | None = None
 
 
 def _local(output: str | os.PathLike[str]) -> Path:
@@ -156,7 +210,9 @@ def _ext(data: bytes, name: str | None) -> str:
 class LabelStore:
     """Writes and reads the ``labels`` table under one ``--output``; one per process."""
 
-    def __init__(self, output: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, output: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
+                 kafka: KafkaRecords | None = None) -> None:
+        self.kafka = kafka
         self.output = _local(output)
         self.data_dir = Path(data_dir) if data_dir is not None else self.output.parent
         self.uri = schema.table_uri(self.output, schema.LABELS)
@@ -179,12 +235,12 @@ class LabelStore:
             return {}
         marks = ", ".join("?" for _ in image_ids)
         rows = self._query(f"""
-            WITH p AS (SELECT image_id, label, model_version, source, path,
+            WITH p AS (SELECT image_id, label, model_version, source, path, origin,
                               ROW_NUMBER() OVER (PARTITION BY image_id ORDER BY processing_time DESC) AS rn
                        FROM predictions WHERE image_id IN ({marks})),
                  q AS (SELECT image_id, max(quarantine_path) AS quarantine_path FROM quarantine
                        WHERE image_id IN ({marks}) GROUP BY image_id)
-            SELECT p.image_id, p.label, p.model_version, p.source, p.path, q.quarantine_path
+            SELECT p.image_id, p.label, p.model_version, p.source, p.path, q.quarantine_path, p.origin
             FROM p LEFT JOIN q USING (image_id) WHERE rn = 1""", [*image_ids, *image_ids])
         return {r[0]: _Seen(*r[1:]) for r in rows}
 
@@ -225,6 +281,8 @@ class LabelStore:
             except OSError:
                 continue
         yield "payload", self._payload(image_id)
+        if seen.source == "kafka" and self.kafka is not None and seen.origin:
+            yield "kafka", self.kafka.fetch(seen.origin)
 
     def keep_bytes(self, image_id: str, seen: _Seen) -> str | None:
         """Copy the image into ``DATA_DIR/labelled/`` (once); its path there, or None when no

@@ -429,3 +429,28 @@ def test_upkeep_bench_records_batches_with_and_without_the_upkeep_thread(spark, 
         assert 0 < r["log_commits_after_checkpoint"] <= 20 and r["log_json_commits"] >= 2 + 3
         assert f"{r['live_files']} live files, {r['disk_files']} on disk" in lines[r["upkeep"]]
     assert spark.range(1).count() == 1  # the shared session was not stopped
+
+
+def test_label_value_queue_order_is_ood_then_margin_one_per_group_first():
+    import numpy as np
+
+    from bench.label_value import queue_order
+
+    probs = np.array([[0.9, 0.1], [0.55, 0.45], [0.6, 0.4], [0.51, 0.49], [0.7, 0.3]])
+    ood = np.array([False, False, True, False, False])
+    groups = np.array([0, 1, 2, 1, 4])  # rows 1 and 3: one meme and its repost
+    assert queue_order(probs, ood, groups, [str(i) for i in range(5)]) == [2, 3, 4, 0, 1]
+
+
+def test_label_value_runs_on_a_small_folder_and_reports_every_order_and_budget(sample_dataset, tmp_path):
+    from bench.label_value import main
+
+    out = tmp_path / "lv.json"
+    assert main(["--data", str(sample_dataset), "--seeds", "1", "--budgets", "0,6", "--seed-images", "15",
+                 "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["mean_accuracy"]) == {"queue", "margin", "random"}
+    assert all(0 <= v <= 1 for row in doc["mean_accuracy"].values() for v in row.values())
+    runs = doc["runs"]
+    assert len(runs) == 6 and {r["labels"] for r in runs} == {0, 6} and doc["cores"] == os.cpu_count()
+    assert all(r["seed_images"] + r["pool"] + r["test"] == 72 for r in runs)

@@ -38,8 +38,10 @@ function show() {
   if (!item) return;
   document.body.dataset.imageId = item.image_id;
   const img = $("item-img");
-  img.hidden = !item.archive_name; $("item-noimg").hidden = !!item.archive_name;
-  if (item.archive_name) img.src = "/thumb/archive/" + encodeURIComponent(item.archive_name) + "?size=large";
+  const src = item.archive_name ? "/thumb/archive/" + encodeURIComponent(item.archive_name)
+    : item.kafka_origin ? "/thumb/kafka/" + item.kafka_origin.split("/").map(encodeURIComponent).join("/") : null;
+  img.hidden = !src; $("item-noimg").hidden = !!src;
+  if (src) img.src = src + "?size=large";
   $("item-label").textContent = item.label;
   $("item-conf").textContent = item.confidence == null ? "" : `(${(100 * item.confidence).toFixed(1)}%)`;
   $("item-ood").hidden = !item.ood; $("item-nearest").textContent = item.nearest_class || "-";
@@ -55,8 +57,9 @@ function show() {
 }
 async function explain(item) {
   const box = $("item-neighbours"); box.replaceChildren(); box.dataset.count = "0";
-  if (!item.archive_name || !item.model_version) { box.textContent = "(no stored image to compare)"; return; }
-  const p = new URLSearchParams({archive: item.archive_name, version: item.model_version});
+  if (!(item.archive_name || item.kafka_origin) || !item.model_version) { box.textContent = "(no stored image to compare)"; return; }
+  const p = new URLSearchParams(item.archive_name ? {archive: item.archive_name, version: item.model_version}
+                                                  : {kafka: item.kafka_origin, version: item.model_version});
   const r = await fetch("/api/explain?" + p, {cache: "no-store"}).catch(() => null);
   if (!r || !r.ok || state.current !== item) return;
   const data = await r.json();

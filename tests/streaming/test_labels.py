@@ -422,3 +422,58 @@ def test_review_page_is_keyboard_first_in_chromium(labelled_world, dashboard, tm
     assert [(r["image_id"], r["label"], r["how"]) for r in rows] == [
         (ids[2], "doom", "review"), (ids[0], "doom", "review"), (ids[4], "frogs", "review"), (ids[4], None, "review")]
     assert _current(w["output"]) == {ids[2]: "doom", ids[0]: "doom"}
+
+
+def test_a_kafka_input_is_read_back_from_its_topic_for_review_and_training(tmp_path, image_bytes, delta_output,
+                                                                           kafka_broker, kafka_topic, dashboard):
+    """The stream keeps no bytes of a good Kafka image; the record is still in the topic at its
+    offset, so labelling keeps a copy from there and the review page shows it."""
+    from producers.kafka import ImagePublisher, PublisherConfig
+    from streaming.labels import KafkaRecords
+
+    data_bytes = image_bytes("doom", 901, "png")
+    with ImagePublisher(PublisherConfig(kafka_broker.bootstrap, kafka_topic)) as pub:
+        pub.publish(image_bytes("cats", 900)).get(timeout=30)
+        meta = pub.publish(data_bytes).get(timeout=30)
+    origin = f"{kafka_topic}/{meta.partition}/{meta.offset}"
+    image_id = hashlib.sha256(data_bytes).hexdigest()
+    data = tmp_path / "data"
+    out = data / "output"
+    delta_output(out, schema.PREDICTIONS, [{
+        "image_id": image_id, "source": "kafka", "origin": origin, "label": "cats", "event_time": T0,
+        "processing_time": T0, "probabilities": [("cats", 0.52), ("doom", 0.48)], "model_version": "v0001",
+        "batch_id": 0, "writer": "kafka"}])
+    kafka = KafkaRecords(kafka_broker.bootstrap)
+    assert kafka.fetch(f"{kafka_topic}/{meta.partition}/{meta.offset + 5}") is None  # not (yet) there
+    assert kafka.fetch("../etc/0/1") is None
+    server = dashboard(out, data, kafka=kafka)
+    _, queue = _call(server.url + "api/review")
+    item, = queue["items"]
+    assert item["kafka_origin"] == origin and item["archive_name"] is None
+    with urllib.request.urlopen(server.url + f"thumb/kafka/{origin}?size=large", timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "image/jpeg"
+    result, = LabelStore(out, data, kafka).submit([LabelRequest(image_id, "doom", request_id="k1")])
+    assert result.image_path is not None and Path(result.image_path).read_bytes() == data_bytes
+    # brokers that cannot be reached: no copy, and no exception (the label itself never depends on it)
+    assert KafkaRecords("127.0.0.1:1", timeout_s=2).fetch(origin) is None
+
+
+def test_meme_label_reads_a_kafka_input_back_with_bootstrap_servers(tmp_path, image_bytes, delta_output, kafka_broker,
+                                                                   kafka_topic, capsys):
+    from producers.kafka import ImagePublisher, PublisherConfig
+
+    data_bytes = image_bytes("cats", 905, "jpeg")
+    with ImagePublisher(PublisherConfig(kafka_broker.bootstrap, kafka_topic)) as pub:
+        meta = pub.publish(data_bytes).get(timeout=30)
+    image_id = hashlib.sha256(data_bytes).hexdigest()
+    out = tmp_path / "data" / "output"
+    delta_output(out, schema.PREDICTIONS, [{
+        "image_id": image_id, "source": "kafka", "origin": f"{kafka_topic}/{meta.partition}/{meta.offset}",
+        "label": "doom", "event_time": T0, "processing_time": T0, "model_version": "v0001", "batch_id": 0,
+        "writer": "kafka"}])
+    assert label_main(["--output", str(out), image_id, "cats"]) == 0
+    assert "1 without a stored image" in capsys.readouterr().out
+    assert label_main(["--output", str(out), image_id, "cats", "--bootstrap-servers", kafka_broker.bootstrap]) == 0
+    assert "without a stored image" not in capsys.readouterr().out
+    kept = tmp_path / "data" / "labelled" / f"{image_id}.jpg"
+    assert kept.read_bytes() == data_bytes
