@@ -83,12 +83,16 @@ class Browser:
     def wait_for(self, expression: str, timeout: float = 60.0) -> Any:
         """Poll a page expression until it is truthy: the page's own state, there is no event to await here."""
         deadline = time.monotonic() + timeout
+        last_error = None
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except RuntimeError as exc:  # the page not there yet (no body while it loads): try again
+                value, last_error = None, exc
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{expression} stayed falsy for {timeout} s")
+                raise TimeoutError(f"{expression} stayed falsy for {timeout} s (last error: {last_error})")
             time.sleep(0.1)
 
     def key(self, key: str) -> None:
