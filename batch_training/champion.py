@@ -46,22 +46,15 @@ def _promoted(reason: str, **extra: Any) -> dict[str, Any]:
 
 def _fold_accuracy(x: np.ndarray, fit_rows: np.ndarray, fit_labels: Sequence[str], held: np.ndarray,
                    truth: Sequence[str], k: int, reg: float, seed: int) -> float:
-    from batch_training.selection import _fold_prep, fit_logistic
+    from batch_training.selection import fit_and_score
 
     classes = sorted(set(fit_labels))
     if len(classes) < 2:
         return 0.0
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in fit_labels])
-    train_mask = np.zeros(len(x), dtype=bool)
-    train_mask[fit_rows] = True
-    held_mask = np.zeros(len(x), dtype=bool)
-    held_mask[held] = True
-    ztr, zte, basis = _fold_prep(x, train_mask, held_mask, k)
-    kk = min(k, basis.shape[1])
-    # _fold_prep returns rows in mask order; fit_rows/held are sorted, so labels line up
-    model = fit_logistic(ztr @ basis[:, :kk], y, reg, seed)
-    predicted = [classes[int(model.classes_[i])] for i in model.predict_proba(zte @ basis[:, :kk]).argmax(axis=1)]
+    probs = fit_and_score(x, fit_rows, y, held, k, reg, len(classes), seed)
+    predicted = [classes[int(i)] for i in probs.argmax(axis=1)]
     return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
 

@@ -127,6 +127,25 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, reg: float, seed: int) -> Logisti
     return model.fit(x, y)
 
 
+def fit_and_score(x: np.ndarray, train_rows: np.ndarray, y_train: np.ndarray, score_rows: np.ndarray, k: int, reg: float,
+                  classes: int, seed: int) -> np.ndarray:
+    """StandardScaler -> PCA(k) -> logistic regression fitted on ``train_rows`` of ``x`` (labels
+    ``y_train``, in the same order), and the ``(len(score_rows), classes)`` probabilities of
+    ``score_rows``. Both index arrays must be increasing (the rows come back in that order)."""
+    if np.any(np.diff(train_rows) <= 0) or np.any(np.diff(score_rows) <= 0):
+        raise ValueError("fit_and_score expects increasing row indices")
+    tr = np.zeros(len(x), dtype=bool)
+    tr[train_rows] = True
+    te = np.zeros(len(x), dtype=bool)
+    te[score_rows] = True
+    ztr, zte, basis = _fold_prep(x, tr, te, k)
+    kk = min(k, basis.shape[1])
+    model = fit_logistic(ztr @ basis[:, :kk], y_train, reg, seed)
+    probs = np.zeros((len(score_rows), classes))
+    probs[:, model.classes_] = model.predict_proba(zte @ basis[:, :kk])
+    return probs
+
+
 @dataclass
 class ImageCV:
     pca_k: int

@@ -42,24 +42,13 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray, score: np.ndar
     """Fit the image branch on ``train`` with its PCA k and regularisation chosen by grouped CV
     (as meme-train chooses them), and return the class probabilities of ``score``."""
     from batch_training.config import DEFAULT_PCA_KS, DEFAULT_REG_PARAMS
-    from batch_training.selection import _fold_prep, fit_logistic, grouped_folds, image_cv
+    from batch_training.selection import fit_and_score, grouped_folds, image_cv
 
     train = np.sort(train)
     folds = grouped_folds(groups[train], y[train], 5, seed)
     ks = tuple(min(k, x.shape[1]) for k in DEFAULT_PCA_KS)
     cv = image_cv(x[train], y[train], folds, classes, ks, DEFAULT_REG_PARAMS, seed)
-    k, reg = cv.pca_k, cv.reg_param
-
-    tr = np.zeros(len(x), dtype=bool)
-    tr[train] = True
-    te = np.zeros(len(x), dtype=bool)
-    te[score] = True
-    ztr, zte, basis = _fold_prep(x, tr, te, k)
-    kk = min(k, basis.shape[1])
-    model = fit_logistic(ztr @ basis[:, :kk], y[tr], reg, seed)
-    probs = np.zeros((int(te.sum()), classes))
-    probs[:, model.classes_] = model.predict_proba(zte @ basis[:, :kk])
-    return probs
+    return fit_and_score(x, train, y[train], np.sort(score), cv.pca_k, cv.reg_param, classes, seed)
 
 
 def queue_order(probs: np.ndarray, ood: np.ndarray, groups: np.ndarray, ids: Sequence[str]) -> list[int]:

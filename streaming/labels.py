@@ -186,17 +186,6 @@ class _Seen:
     origin: str | None = None
 
 
-def _local(output: str | os.PathLike[str]) -> Path:
-    text = os.fspath(output)
-    if is_uri(text) and not text.startswith("file:"):
-        raise DataError(f"labels are written to a local --output folder for now, found {text}")
-    if text.startswith("file:"):
-        from memestream.inputs import local_path
-
-        text = local_path(text)
-    return Path(text)
-
-
 def _ext(data: bytes, name: str | None) -> str:
     for magic, ext in _IMAGE_EXTS.items():
         if data.startswith(magic):
@@ -213,7 +202,7 @@ class LabelStore:
     def __init__(self, output: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
                  kafka: KafkaRecords | None = None) -> None:
         self.kafka = kafka
-        self.output = _local(output)
+        self.output = schema.local_folder(output, "labels are written to a local --output folder for now")
         self.data_dir = Path(data_dir) if data_dir is not None else self.output.parent
         self.uri = schema.table_uri(self.output, schema.LABELS)
         self._lock = threading.Lock()

@@ -155,16 +155,21 @@ def table_dir(output: str | os.PathLike[str], table: str) -> Path:
     return Path(output) / table
 
 
-def is_delta_table(location: str | os.PathLike[str]) -> bool:
-    """Whether a local folder (or ``file:`` URI) holds a Delta table (a ``_delta_log`` folder)."""
+def local_folder(location: str | os.PathLike[str], refusal: str) -> Path:
+    """A local folder or ``file:`` URI as a Path; any other URI is refused with ``refusal, found URI``."""
     text = os.fspath(location)
     if is_uri(text) and not text.startswith("file:"):
-        raise DataError(f"is_delta_table checks local folders only, found {text}")
+        raise DataError(f"{refusal}, found {text}")
     if text.startswith("file:"):
         from memestream.inputs import local_path
 
         text = local_path(text)
-    return (Path(text) / "_delta_log").is_dir()
+    return Path(text)
+
+
+def is_delta_table(location: str | os.PathLike[str]) -> bool:
+    """Whether a local folder (or ``file:`` URI) holds a Delta table (a ``_delta_log`` folder)."""
+    return (local_folder(location, "is_delta_table checks local folders only") / "_delta_log").is_dir()
 
 
 def check_output_dir(output: str | os.PathLike[str]) -> str:
