@@ -36,6 +36,9 @@ from memestream.decode import decode
 from memestream.dedup import dhash
 from memestream.features import FeatureSet, featurize_inputs, get_feature_set
 from memestream.inputs import local_path, read_capped
+from memestream.isolation import (
+    DEFAULT_TIME_CAP_S, DEFAULT_WORKER_MEMORY, failure_line, limit_memory, rows_isolated, worker_died,
+)
 from memestream.ocr import ocr_text
 
 log = logging.getLogger(__name__)
@@ -129,10 +132,38 @@ class FeatureCache:
             self._write(self.ocr_dir, pa.table({"sha256": shas, "text": texts}))
 
 
-def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str | None, known_feats: frozenset):
-    """UDF body: path -> sha256, features (or null when cached), dhash, error."""
+#: The ingest UDF's result as an Arrow type (the rows of an isolated input that crashed or hung).
+_ARROW = pa.struct([("sha256", pa.string()), ("features", pa.list_(pa.float32())), ("dhash", pa.int64()),
+                    ("error", pa.string()), ("error_code", pa.string()), ("size_bytes", pa.int64())])
+
+
+def _failed_row(path: str, code: str, detail: str, max_bytes: int) -> dict:
+    """An image whose decoding killed or hung its process: skipped with the code, like any bad file."""
+    data, _ = read_capped(local_path(path), max_bytes)
+    return {"sha256": hashlib.sha256(data).hexdigest() if data is not None else None, "features": None, "dhash": None,
+            "error": f"{code}: {detail}", "error_code": code, "size_bytes": len(data) if data is not None else None}
+
+
+def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str | None, known_feats: frozenset,
+                  time_cap: float | None = DEFAULT_TIME_CAP_S, memory: int | None = DEFAULT_WORKER_MEMORY,
+                  isolate: bool = False):
+    """UDF body: path -> sha256, features (or null when cached), dhash, error. Each decode runs
+    under ``time_cap`` in a worker capped at ``memory`` (memestream.isolation), as in the stream;
+    with ``isolate`` each path runs in a process of its own, so an image that crashes or hangs
+    its decoder is skipped as ``decoder_crashed``/``decoder_timeout`` instead of failing training."""
+    if isolate:
+        plain = _ingest_arrow(feature_set, max_bytes, max_pixels, asset, known_feats, None, memory)
+
+        def isolated(paths: pa.Array) -> pa.Array:
+            limit_memory(memory)
+            return rows_isolated(plain, paths.to_pylist(), pa.string(), _ARROW,
+                                 lambda p, code, detail: _failed_row(p, code, detail, max_bytes),
+                                 time_cap or DEFAULT_TIME_CAP_S, memory)
+
+        return isolated
 
     def run(paths: pa.Array) -> pa.Array:
+        limit_memory(memory)
         fs = get_feature_set(feature_set)
         values = paths.to_pylist()
         n = len(values)
@@ -145,7 +176,8 @@ def _ingest_arrow(feature_set: str, max_bytes: int, max_pixels: int, asset: str 
         codes = [e.code if e is not None else None for _, e in read]
         if todo:
             out = featurize_inputs(
-                [read[i][0] for i in todo], fs, max_bytes=max_bytes, max_pixels=max_pixels, asset=asset, keep_images=True
+                [read[i][0] for i in todo], fs, max_bytes=max_bytes, max_pixels=max_pixels, asset=asset, keep_images=True,
+                time_cap=time_cap,
             )
             for j, i in enumerate(todo):
                 if out.errors[j] is not None:
@@ -230,12 +262,23 @@ def ingest(
     known_texts = cache.load_texts() if (cache and ocr) else {}
     if known:
         log.info("feature cache: %d %s embeddings, %d OCR texts already known", len(known), fs.cache_key, len(known_texts))
-    udf = F.arrow_udf(_ingest_arrow(fs.name, max_bytes, max_pixels, asset, frozenset(known)), _SCHEMA).asNondeterministic()
     tasks = max(2, spark.sparkContext.defaultParallelism * 2)
-    df = labelled.select("path", REL_PATH, LABEL).repartition(tasks).withColumn("r", udf(F.col("path")))
-    df = df.select("path", REL_PATH, LABEL, "r.*")
-    with SparkProgress(spark, f"embedding ({fs.name})", progress):
-        table = df.toArrow()
+
+    def embedded(isolate: bool) -> pa.Table:
+        udf = F.arrow_udf(_ingest_arrow(fs.name, max_bytes, max_pixels, asset, frozenset(known), isolate=isolate),
+                          _SCHEMA).asNondeterministic()
+        df = labelled.select("path", REL_PATH, LABEL).repartition(tasks).withColumn("r", udf(F.col("path")))
+        with SparkProgress(spark, f"embedding ({fs.name})" + (", one image per process" if isolate else ""), progress):
+            return df.select("path", REL_PATH, LABEL, "r.*").toArrow()
+
+    try:
+        table = embedded(isolate=False)
+    except Exception as exc:  # noqa: BLE001 - only a dead worker is retried
+        if not worker_died(exc):
+            raise
+        log.warning("a worker died embedding the images (%s): embedding them again with each image in its own process, "
+                    "so the image that kills its decoder is skipped", failure_line(exc))
+        table = embedded(isolate=True)
     table = table.sort_by(REL_PATH)
     paths = table.column("path").to_pylist()
     rel = table.column(REL_PATH).to_pylist()

@@ -9,6 +9,8 @@ same run, so the ratios survive a noisy shared machine.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from typing import Any
@@ -19,6 +21,7 @@ from bench.common import Timer, percentiles, rate
 from bench.context import BenchContext
 from bench.model import load_scoring_model
 from memestream.classify import classify, featurizer_of, score_values
+from memestream.isolation import DEFAULT_TIME_CAP_S
 from memestream.decode import decode
 from memestream.features import featurize_batch, get_feature_set
 from memestream.scorer import Scorer
@@ -52,6 +55,24 @@ def _loop(spec, files, mode_label: str) -> tuple[dict[str, Any], list[float], fl
         ocr += sum(1 for r in last.text.ocr_ran if r)
     e2e = time.perf_counter() - start
     return {"mode": mode_label, "ocr_share": round(ocr / max(1, len(files)), 4)}, lat, e2e, time.process_time() - cpu0, last
+
+
+def _time_cap_cost(spec, payloads: list[bytes], rounds: int = 3) -> dict[str, Any]:
+    """What the poison-pill time cap (memestream.isolation.time_cap: an interval timer armed
+    around each decode and each call's model stages) costs on the normal path: the image-only
+    loop with and without it, alternated in rounds so both see the same machine load."""
+    capped = dataclasses.replace(spec, time_cap=DEFAULT_TIME_CAP_S)
+    seconds = {"without": 0.0, "with": 0.0}
+    for _ in range(rounds):
+        for name, s in (("without", spec), ("with", capped)):
+            start = time.process_time()
+            for data in payloads:
+                score_values(s, [data])
+            seconds[name] += time.process_time() - start
+    n = len(payloads) * rounds
+    return {"images": n, "cpu_s_without": round(seconds["without"], 3), "cpu_s_with": round(seconds["with"], 3),
+            "ratio": round(seconds["with"] / seconds["without"], 4) if seconds["without"] else None,
+            "images_per_cpu_s_without": rate(n, seconds["without"]), "images_per_cpu_s_with": rate(n, seconds["with"])}
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -95,6 +116,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     if mode != "off":
         loops["off"] = _loop(spec_off, files, "off")[:4]
 
+    cap_cost = _time_cap_cost(spec_off, payloads[: min(n, 400)])
+
     truth = np.array([loaded.classes.index(lab) if lab in loaded.classes else -1 for lab in base.labels[:n]])
     ok = np.array([e is None for e in errors])
     accuracy = float((pred[ok] == truth[ok]).mean()) if ok.any() else None
@@ -137,6 +160,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         },
         "numpy_accuracy_on_train_images": None if accuracy is None else round(accuracy, 4),
         "numpy_vs_spark_agreement": agreement,
+        "time_cap_cost": cap_cost,
     }
     out["rows"] = [
         {"case": "read bytes", "images": n, "images_per_s": out["read_images_per_s"], "images_per_cpu_s": rate(n, t_read.cpu)},
@@ -148,6 +172,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     for m, row in out["by_text_mode"].items():
         out["rows"].append({"case": f"end to end, 1 core, text {m} (OCR {row['ocr_share']:.0%}; latency ms)", "images": n,
                             "images_per_s": row["images_per_s_per_core"], "images_per_cpu_s": row["images_per_cpu_s"], **row["latency_ms"]})
+    out["rows"].append({"case": f"time cap on the normal path (image only, CPU; with/without {DEFAULT_TIME_CAP_S:g}s cap)",
+                        "images": cap_cost["images"], "images_per_cpu_s": cap_cost["images_per_cpu_s_with"],
+                        "ratio": cap_cost["ratio"]})
     return out
 
 

@@ -25,6 +25,7 @@ from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.features import featurize_inputs, get_feature_set
 from memestream.featurizer import ImageFeaturizer
 from memestream.inference import LocalModel
+from memestream.isolation import DEFAULT_TIME_CAP_S, limit_memory, rows_isolated, time_cap
 from memestream.modelstore import LoadedModel
 from memestream.novelty import DEFAULT_OOD_MODE, OOD_CODE, check_ood_mode
 from memestream.stacking import DEFAULT_TEXT_MODE, TextBranch, TextResult, apply_text_branch, check_text_mode
@@ -170,9 +171,10 @@ def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
     text_on = spec.text is not None and spec.text_mode != "off"
     out = featurize_inputs(
         values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
-        max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on,
+        max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on, time_cap=spec.time_cap,
     )
-    probs, text = apply_model(spec, out.matrix, out.ok, out.images, wide_ocr=len(values) <= spec.wide_ocr_rows)
+    with time_cap(spec.time_cap * max(1, len(values)) if spec.time_cap else None):
+        probs, text = apply_model(spec, out.matrix, out.ok, out.images, wide_ocr=len(values) <= spec.wide_ocr_rows)
     out.images = []  # free the decoded arrays early
     # the label is the most probable class of the probabilities the row reports
     index = probs.argmax(axis=1).astype(np.int32) if (spec.text is not None or spec.calibrator is not None) else spec.local.head.predict(probs)
@@ -221,34 +223,80 @@ def novelty_columns(
 
 
 def score_arrow(spec: "ScoringSpec"):
-    """Build the UDF body (module-level so cloudpickle ships arrays and a function reference)."""
+    """Build the UDF body (module-level so cloudpickle ships arrays and a function reference).
+
+    In a worker every input's work runs under the spec's time cap (a hang ends the worker,
+    :mod:`memestream.isolation`); with ``spec.isolate`` each input runs in a process of its
+    own, so one that crashes or hangs gets a coded row instead of failing the batch."""
 
     def run(inputs: pa.Array) -> pa.Array:
-        scored = score_values(spec, inputs.to_pylist())
-        out, text, probs = scored.featurized, scored.text, scored.probs
-        n, k = probs.shape
-        offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-        payloads = out.payloads
-        return pa.StructArray.from_arrays(
-            [
-                pa.array(scored.index, type=pa.int32()),
-                pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
-                pa.array(out.errors, type=pa.string()),
-                pa.array(out.codes, type=pa.string()),
-                pa.array([hashlib.sha256(d).hexdigest() if d is not None else None for d in payloads], type=pa.string()),
-                pa.array([len(d) if d is not None else None for d in payloads], type=pa.int64()),
-                pa.array([d if e is not None else None for d, e in zip(payloads, out.errors)], type=pa.binary()),
-                pa.array(text.ocr_ran, type=pa.bool_()),
-                pa.array(text.ocr_text, type=pa.string()),
-                pa.array(text.ocr_error, type=pa.string()),
-                pa.array(scored.novelty, type=pa.float64()),
-                pa.array(scored.ood, type=pa.bool_()),
-                pa.array(scored.nearest, type=pa.string()),
-            ],
-            names=list(SCORE_FIELDS),
-        )
+        limit_memory(spec.memory_cap)  # this worker's address space, before any work
+        values = inputs.to_pylist()
+        if spec.isolate:
+            return score_isolated(spec, values)
+        return scored_arrow(score_values(spec, values))
 
     return run
+
+
+def scored_arrow(scored: ScoredBatch) -> pa.StructArray:
+    """A scored batch as the UDF's result struct (:data:`SCORE_FIELDS`)."""
+    out, text, probs = scored.featurized, scored.text, scored.probs
+    n, k = probs.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    payloads = out.payloads
+    return pa.StructArray.from_arrays(
+        [
+            pa.array(scored.index, type=pa.int32()),
+            pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
+            pa.array(out.errors, type=pa.string()),
+            pa.array(out.codes, type=pa.string()),
+            pa.array([hashlib.sha256(d).hexdigest() if d is not None else None for d in payloads], type=pa.string()),
+            pa.array([len(d) if d is not None else None for d in payloads], type=pa.int64()),
+            pa.array([d if e is not None else None for d, e in zip(payloads, out.errors)], type=pa.binary()),
+            pa.array(text.ocr_ran, type=pa.bool_()),
+            pa.array(text.ocr_text, type=pa.string()),
+            pa.array(text.ocr_error, type=pa.string()),
+            pa.array(scored.novelty, type=pa.float64()),
+            pa.array(scored.ood, type=pa.bool_()),
+            pa.array(scored.nearest, type=pa.string()),
+        ],
+        names=list(SCORE_FIELDS),
+    )
+
+
+def failed_row(spec: "ScoringSpec", value: Any, code: str, detail: str) -> dict[str, Any]:
+    """The result row of an input whose work never finished (it crashed or hung its process):
+    no class, the code and why, and its bytes for the quarantine when they can be read."""
+    from memestream.inputs import local_path, read_capped
+
+    payload = value
+    if spec.from_path:
+        payload = read_capped(local_path(str(value)), spec.read_max)[0] if value is not None else None
+    row: dict[str, Any] = {name: None for name in SCORE_FIELDS}
+    row.update(
+        prediction=-1, probabilities=[0.0] * len(spec.classes), error=f"{code}: {detail}", error_code=code, ocr_ran=False,
+        image_id=hashlib.sha256(payload).hexdigest() if payload is not None else None,
+        size_bytes=len(payload) if payload is not None else None, payload=payload,
+    )
+    return row
+
+
+def score_isolated(spec: "ScoringSpec", values: Sequence[Any]) -> pa.StructArray:
+    """Score ``values`` one per sandbox child: the rows :func:`score_values` gives, except that
+    an input that kills its process gets ``decoder_crashed`` and one that runs past the time cap
+    ``decoder_timeout`` (:mod:`memestream.isolation`)."""
+    inner = dataclasses.replace(spec, isolate=False, time_cap=None)  # the parent keeps the time
+    sample = dataclasses.replace(inner, from_path=False)
+
+    def warm() -> None:
+        from memestream.sample import sample_image_bytes
+
+        score_values(sample, [sample_image_bytes("doom", 1)])
+
+    return rows_isolated(score_arrow(inner), values, pa.string() if spec.from_path else pa.binary(), SCORE_ARROW_TYPE,
+                         lambda v, code, detail: failed_row(spec, v, code, detail), spec.time_cap or DEFAULT_TIME_CAP_S,
+                         spec.memory_cap, warm)
 
 
 @dataclass(frozen=True)
@@ -272,6 +320,13 @@ class ScoringSpec:
     #: stream's tasks hold a few rows only when it is lightly loaded; the benchmark's
     #: single-process limit keeps 0, so it stays a one-core figure.
     wide_ocr_rows: int = 0
+    #: seconds one input's work may take in a worker (decode; embed and OCR per row of a call)
+    #: before the worker is ended: a hang becomes a failed task (None: no cap, as on a driver)
+    time_cap: float | None = None
+    #: score each input in a sandbox child of its own (after a batch failed in a worker)
+    isolate: bool = False
+    #: address-space cap of the Python worker running the UDF and of a sandbox child, bytes (None: none)
+    memory_cap: int | None = None
 
 
 def calibrator_for(model: LoadedModel, text_mode: str) -> Any:
@@ -303,13 +358,16 @@ def scoring_spec(
     text_mode: str = DEFAULT_TEXT_MODE,
     ood_mode: str = DEFAULT_OOD_MODE,
     wide_ocr_rows: int = 0,
+    time_cap: float | None = None,
+    isolate: bool = False,
+    memory_cap: int | None = None,
 ) -> ScoringSpec:
     feat = featurizer_of(model)
     return ScoringSpec(
         feat.getFeatureSet(), max_bytes, feat.getMaxBytes(), feat.getMaxPixels(), feat.getAssetPath(),
         local, model.text_branch, check_text_mode(text_mode), from_path, calibrator_for(model, text_mode),
         worker_novelty(model),
-        check_ood_mode(ood_mode), tuple(model.classes), wide_ocr_rows,
+        check_ood_mode(ood_mode), tuple(model.classes), wide_ocr_rows, time_cap, isolate, memory_cap,
     )
 
 
@@ -326,6 +384,10 @@ SCORE_FIELDS = tuple(SCORE_TYPES)
 #: Spark scorer calls with at most this many rows OCR on two threads (see ScoringSpec).
 WIDE_OCR_ROWS = 4
 SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in SCORE_TYPES.items())
+_ARROW_TYPES = {"int": pa.int32(), "array<double>": pa.list_(pa.float64()), "string": pa.string(), "long": pa.int64(),
+                "binary": pa.binary(), "boolean": pa.bool_(), "double": pa.float64()}
+#: The same struct as an Arrow type (the rows :func:`failed_arrow` builds)
+SCORE_ARROW_TYPE = pa.struct([(name, _ARROW_TYPES[kind]) for name, kind in SCORE_TYPES.items()])
 
 
 SCORED = "__memestream_scored"

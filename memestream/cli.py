@@ -62,6 +62,22 @@ def positive_float(text: str) -> float:
     return _positive(text, float, "a positive number")
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """``"4g"``, ``"512m"``, ``"1048576"`` -> bytes; ``"0"`` -> 0 (the caller's "off")."""
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        value = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4g, 512m or 0 (off), found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a size of 0 or more, found {text!r}")
+    return int(value * _SIZE_UNITS[unit])
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

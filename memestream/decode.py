@@ -8,8 +8,12 @@ bomb" is refused without allocating it, and JPEGs are decoded at reduced scale
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import os
 import struct
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -28,7 +32,9 @@ TOO_MANY_PIXELS = "too_many_pixels"
 TRUNCATED = "truncated"
 CORRUPT = "corrupt"
 READ_ERROR = "read_error"
-ERROR_CODES = (EMPTY, OVERSIZED, NOT_AN_IMAGE, UNSUPPORTED_FORMAT, TOO_MANY_PIXELS, TRUNCATED, CORRUPT, READ_ERROR)
+#: decoding needed more memory than the worker's address-space cap (``--worker-memory``) allows
+OUT_OF_MEMORY = "out_of_memory"
+ERROR_CODES = (EMPTY, OVERSIZED, NOT_AN_IMAGE, UNSUPPORTED_FORMAT, TOO_MANY_PIXELS, TRUNCATED, CORRUPT, READ_ERROR, OUT_OF_MEMORY)
 
 # cv2 refuses images above this many pixels on its own; keep it above our cap so our
 # message (with the cap in it) is the one users see.
@@ -180,6 +186,20 @@ def read_info(data: bytes) -> ImageInfo:
     return ImageInfo(fmt, int(width), int(height))
 
 
+#: What OpenCV says when an allocation fails (under the worker's address-space cap, say).
+_CV_NO_MEMORY = ("Insufficient memory", "Failed to allocate", "bad_alloc")
+
+
+def cv_error(exc: Exception, what: str) -> BadImage:
+    """An OpenCV (or allocation) failure as a coded error: ``out_of_memory`` when memory ran out
+    (the worker's cap, ``--worker-memory``), else ``corrupt``."""
+    text = str(exc).strip()
+    last = text.splitlines()[-1][:200] if text else type(exc).__name__
+    if isinstance(exc, MemoryError) or any(m in text for m in _CV_NO_MEMORY):
+        return BadImage(OUT_OF_MEMORY, f"{what}: it needed more memory than this worker may use (--worker-memory): {last}")
+    return BadImage(CORRUPT, f"{what}: {last}")
+
+
 def _reduction(info: ImageInfo, min_side: int | None) -> int:
     """Largest JPEG DCT scale factor (1, 2, 4, 8) that keeps the short side >= min_side."""
     if info.format != "jpeg" or not min_side or info.width <= 0:
@@ -189,6 +209,20 @@ def _reduction(info: ImageInfo, min_side: int | None) -> int:
         if short // factor >= min_side:
             return factor
     return 1
+
+
+#: Tests only: ``module:function`` called with every input's bytes before they are decoded. The
+#: poison-pill tests make "the decoder" crash or hang on a marker payload with it, in the Spark
+#: workers and the isolation children alike (they inherit the environment). Unset otherwise.
+TEST_HOOK_ENV = "MEMESTREAM_TEST_DECODER_HOOK"
+
+
+@functools.cache
+def _test_hook(spec: str | None) -> Callable[[bytes], None] | None:
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _REDUCED = {
@@ -216,6 +250,9 @@ def decode(
     """
     if data is None or len(data) == 0:
         raise BadImage(EMPTY, "expected image bytes, found 0 bytes")
+    hook = _test_hook(os.environ.get(TEST_HOOK_ENV))
+    if hook is not None:
+        hook(data)
     if len(data) > max_bytes:
         raise BadImage(OVERSIZED, f"input is {len(data):,} bytes, above the {max_bytes:,}-byte cap (--max-bytes)")
     info = read_info(data)
@@ -233,7 +270,7 @@ def decode(
     try:
         img = cv2.imdecode(buf, flag)
     except cv2.error as exc:  # OpenCV raises on some malformed streams instead of returning None
-        raise BadImage(CORRUPT, f"{info.format.upper()} could not be decoded: {str(exc).strip().splitlines()[-1][:200]}") from exc
+        raise cv_error(exc, f"{info.format.upper()} could not be decoded") from exc
     if img is None or img.size == 0:
         size = f" of {info.width}x{info.height}" if info.width else ""  # TIFF: size unknown until decoded
         raise BadImage(CORRUPT, f"{info.format.upper()}{size} could not be decoded ({len(data):,} bytes of damaged or incomplete data)")

@@ -16,6 +16,10 @@ class DataError(MemestreamError):
     """An input folder or table is missing, empty or not laid out as expected."""
 
 
+class PoisonFlood(DataError):
+    """More batches failed in a worker than the poison-pill bound allows: an outage, not one bad input."""
+
+
 class ModelError(MemestreamError):
     """A model directory is missing, incomplete or incompatible."""
 

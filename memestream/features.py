@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from memestream.decode import CORRUPT, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_ERROR, BadImage, decode
+from memestream.decode import CORRUPT, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, READ_ERROR, BadImage, cv_error, decode
+from memestream.isolation import time_cap as capped
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,8 @@ def decode_for(data: bytes | None, fs: FeatureSet, max_bytes: int, max_pixels: i
 def _bad(exc: Exception) -> BadImage:
     if isinstance(exc, BadImage):
         return exc
+    if isinstance(exc, MemoryError) or isinstance(exc, cv2.error):
+        return cv_error(exc, f"decoder failed with {type(exc).__name__}")
     return BadImage(CORRUPT, f"decoder failed with {type(exc).__name__}: {str(exc)[:200]}")
 
 
@@ -415,6 +418,7 @@ def featurize_inputs(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     asset: str | None = None,
     keep_images: bool = False,
+    time_cap: float | None = None,
 ) -> Featurized:
     """THE input path, shared by training, streaming, evaluation and the benchmarks:
     read each file with a size cap (``from_path``) or take the bytes, decode once, and
@@ -422,6 +426,8 @@ def featurize_inputs(
     exception (a decoder or extractor bug is reported as ``corrupt``).
 
     ``keep_images`` keeps the decoded arrays (for OCR or hashing in the same pass).
+    ``time_cap``: seconds each decode may take before this process is ended (Spark workers
+    only: :func:`memestream.isolation.time_cap`); the extraction gets that per image.
     """
     from memestream.inputs import local_path, read_capped
 
@@ -442,36 +448,14 @@ def featurize_inputs(
         if errors[i] is not None:
             continue
         try:
-            images[i] = decode_for(data, feature_set, max_bytes, max_pixels)
+            with capped(time_cap):
+                images[i] = decode_for(data, feature_set, max_bytes, max_pixels)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must not fail a stream batch
             errors[i] = _bad(exc)
     out = np.zeros((n, feature_set.dim), dtype=np.float32)
     good = [i for i in range(n) if images[i] is not None]
-    if good:
-        if feature_set.extract_many is not None:
-            try:
-                out[good] = feature_set.extract_many([images[i] for i in good], asset)
-            except Exception as exc:  # noqa: BLE001 - retry one by one so one bad image cannot fail the batch
-                from memestream.errors import MemestreamError
-
-                if isinstance(exc, MemestreamError):
-                    raise  # a missing or broken model asset is not the input's fault
-                for i in good:
-                    try:
-                        out[i] = feature_set.extract_many([images[i]], asset)[0]
-                    except Exception as one:  # noqa: BLE001
-                        errors[i] = _bad(one)
-        else:
-            for i in good:
-                try:
-                    out[i] = feature_set.extract(images[i])  # type: ignore[misc]
-                except Exception as exc:  # noqa: BLE001
-                    errors[i] = _bad(exc)
-    for i in good:
-        if errors[i] is None and not np.all(np.isfinite(out[i])):
-            errors[i] = BadImage(CORRUPT, "features are not finite")
-        if errors[i] is not None:
-            out[i] = 0.0
+    with capped(time_cap * len(good) if time_cap and good else None):
+        _extract(feature_set, images, good, out, errors, asset)
     return Featurized(
         matrix=out,
         errors=[str(e) if e is not None else None for e in errors],
@@ -479,6 +463,38 @@ def featurize_inputs(
         payloads=payloads,
         images=images if keep_images else [None] * n,
     )
+
+
+def _extract(feature_set: FeatureSet, images: list[np.ndarray | None], good: list[int], out: np.ndarray,
+             errors: list[BadImage | None], asset: str | None) -> None:
+    """The feature vectors of the decoded rows ``good`` into ``out``; an extractor that fails
+    on a batch is retried image by image, so one bad image cannot fail the others."""
+    if not good:
+        return
+    if feature_set.extract_many is not None:
+        try:
+            out[good] = feature_set.extract_many([images[i] for i in good], asset)
+        except Exception as exc:  # noqa: BLE001 - retry one by one so one bad image cannot fail the batch
+            from memestream.errors import MemestreamError
+
+            if isinstance(exc, MemestreamError):
+                raise  # a missing or broken model asset is not the input's fault
+            for i in good:
+                try:
+                    out[i] = feature_set.extract_many([images[i]], asset)[0]
+                except Exception as one:  # noqa: BLE001
+                    errors[i] = _bad(one)
+    else:
+        for i in good:
+            try:
+                out[i] = feature_set.extract(images[i])  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = _bad(exc)
+    for i in good:
+        if errors[i] is None and not np.all(np.isfinite(out[i])):
+            errors[i] = BadImage(CORRUPT, "features are not finite")
+        if errors[i] is not None:
+            out[i] = 0.0
 
 
 def featurize_batch(

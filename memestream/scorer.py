@@ -85,6 +85,8 @@ class Scorer:
         ood_mode: str = DEFAULT_OOD_MODE,
         max_bytes: int = DEFAULT_MAX_BYTES,
         input: str = "auto",
+        time_cap: float | None = None,
+        memory_cap: int | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise ConfigError(f"--scoring must be one of {', '.join(ENGINES)}, found {engine!r}")
@@ -95,13 +97,17 @@ class Scorer:
         self.ood_mode = check_ood_mode(ood_mode)
         self.max_bytes = max_bytes
         self.input = input
+        #: seconds per input in a worker before it is ended, and a sandbox child's memory cap
+        #: (:mod:`memestream.isolation`); None: no cap (callers that score on the driver)
+        self.time_cap = time_cap
+        self.memory_cap = memory_cap
         self.local: LocalModel | None = None if engine == "spark" else compile_model(model)
         if engine == "python" and self.local is None:
             raise ConfigError(f"model {model.version}/{model.name} has stages that run only in Spark; use --scoring auto or spark")
         if self.local is None and model.text_branch is not None:
             log.warning("model %s/%s: the JVM engine scores the logistic regression only (its text branch and neighbour vote "
                         "need the Python engine)", model.version, model.name)
-        self._udfs: dict[bool, tuple[Column, dict[str, Column]]] = {}
+        self._udfs: dict[tuple[bool, bool], tuple[Column, dict[str, Column]]] = {}
         self._projections: dict[tuple, tuple[Column, list[Column]]] = {}
 
     @property
@@ -113,12 +119,13 @@ class Scorer:
         where = "the Python worker (numpy)" if self.local is not None else "Spark ML (JVM)"
         return f"model {self.model.version}/{self.model.name} runs in {where}"
 
-    def spec(self, from_path: bool, wide_ocr_rows: int = 0) -> ScoringSpec:
+    def spec(self, from_path: bool, wide_ocr_rows: int = 0, isolate: bool = False) -> ScoringSpec:
         """What the in-worker scorer needs (:func:`memestream.classify.score_values`); the
         Python engine only. ``wide_ocr_rows``: see :class:`ScoringSpec` (0 keeps a one-core figure)."""
         if self.local is None:
             raise ConfigError(f"model {self.model.version}/{self.model.name} has stages that run only in Spark: no in-worker scorer")
-        return scoring_spec(self.model, self.local, from_path, self.max_bytes, self.text_mode, self.ood_mode, wide_ocr_rows)
+        return scoring_spec(self.model, self.local, from_path, self.max_bytes, self.text_mode, self.ood_mode, wide_ocr_rows,
+                            self.time_cap, isolate, self.memory_cap)
 
     def _from_path(self, df: DataFrame) -> bool:
         if self.input == "auto":
@@ -127,36 +134,39 @@ class Scorer:
             raise ConfigError("scoring input 'path' reads the files into a 'content' column, but the frame already has one")
         return self.input == "path"
 
-    def score(self, df: DataFrame, output: Sequence[str] | None = None, extra: Mapping[str, Column] | None = None) -> DataFrame:
+    def score(self, df: DataFrame, output: Sequence[str] | None = None, extra: Mapping[str, Column] | None = None,
+              isolate: bool = False) -> DataFrame:
         """``df`` (``path`` to read or ``content``) -> one labelled row per input, errors kept.
 
         Columns: ``output`` in that order (names of ``df``'s columns, of :data:`LABELLED` or of
         ``extra``), by default ``df``'s columns then :data:`LABELLED`. ``extra``: the caller's
         own expressions over ``df``'s columns, added in the same projection (one plan step).
         The Python engine keeps the projection per frame layout, ``output`` and ``extra``
-        names, so pass the same expressions for the same names."""
+        names, so pass the same expressions for the same names. ``isolate``: each input in a
+        process of its own (Python engine; after a batch failed in a worker: a poison pill gets
+        ``decoder_crashed``/``decoder_timeout`` instead of failing the batch again)."""
         from_path = self._from_path(df)
         extra = dict(extra or {})
         if self.local is None:
             return self._score_in_jvm(df, from_path, output, extra)
-        key = (from_path, tuple(df.columns), tuple(output) if output is not None else None, tuple(extra))
+        key = (from_path, isolate, tuple(df.columns), tuple(output) if output is not None else None, tuple(extra))
         if key not in self._projections:
-            call, new = self._udf_columns(from_path)
+            call, new = self._udf_columns(from_path, isolate)
             new = {**new, **{name: expr.alias(name) for name, expr in extra.items()}}
             names = output if output is not None else [*(c for c in df.columns if c not in new), *LABELLED, *extra]
             self._projections[key] = (call, [new[c] if c in new else F.col(c) for c in names])
         call, projection = self._projections[key]
         return df.withColumn(SCORED, call).select(*projection)
 
-    def _udf_columns(self, from_path: bool) -> tuple[Column, dict[str, Column]]:
+    def _udf_columns(self, from_path: bool, isolate: bool = False) -> tuple[Column, dict[str, Column]]:
         """``(UDF call, {output name: expression over its result})``: the in-worker scorer.
 
         One Arrow UDF call per row batch reads the file (``from_path``) or takes the bytes,
         decodes once, embeds, runs the model's stages as numpy and, when the text mode asks
         and the model has a text branch, OCR and the stacker. Image bytes and vectors never
         travel back to the JVM; only labels, probabilities, ids and the payload of bad inputs."""
-        if from_path not in self._udfs:
-            spec = self.spec(from_path, wide_ocr_rows=WIDE_OCR_ROWS)
+        if (from_path, isolate) not in self._udfs:
+            spec = self.spec(from_path, wide_ocr_rows=WIDE_OCR_ROWS, isolate=isolate)
             udf = F.arrow_udf(score_arrow(spec), SCORE_SCHEMA).asNondeterministic()  # never duplicated into each field read below (one decode per image)
             new = label_exprs(
                 self.model.classes, f"{SCORED}.error", F.col(f"{SCORED}.prediction"), F.col(f"{SCORED}.probabilities"),
@@ -167,8 +177,8 @@ class Scorer:
             for name in ("image_id", "size_bytes", "payload", *EXTRA_COLUMNS):
                 new[name] = F.col(f"{SCORED}.{name}")
             new["probability_vector"] = F.col(f"{SCORED}.probabilities")
-            self._udfs[from_path] = (udf(F.col("path" if from_path else "content")), {name: expr.alias(name) for name, expr in new.items()})
-        return self._udfs[from_path]
+            self._udfs[(from_path, isolate)] = (udf(F.col("path" if from_path else "content")), {name: expr.alias(name) for name, expr in new.items()})
+        return self._udfs[(from_path, isolate)]
 
     def _score_in_jvm(self, df: DataFrame, from_path: bool, output: Sequence[str] | None, extra: dict[str, Column]) -> DataFrame:
         """The PipelineModel in the JVM, then calibration and novelty by the same numpy code as

@@ -8,6 +8,8 @@
   this interpreter, and a failure that says which command failed, its exit code and the end of
   its output.
 - :func:`free_port`.
+- :func:`poison_hook` and its marker payloads: "a decoder" that crashes or hangs, for the
+  poison-pill tests and ``python -m bench.poison`` (``MEMESTREAM_TEST_DECODER_HOOK``).
 
 It lives in the package, not under ``tests/``, because the benchmarks (``python -m bench``) and
 the broker use it as well.
@@ -24,6 +26,29 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
+
+#: Marker payloads for :func:`poison_hook`: an abort (SIGABRT, like a failed assertion in C), a
+#: segfault (a read of address 0), a hang (far longer than any time cap).
+POISON_ABORT = b"MEMESTREAM-TEST-POISON:abort"
+POISON_SEGFAULT = b"MEMESTREAM-TEST-POISON:segfault"
+POISON_HANG = b"MEMESTREAM-TEST-POISON:hang"
+#: The value of ``MEMESTREAM_TEST_DECODER_HOOK`` (memestream.decode.TEST_HOOK_ENV) that turns it on.
+POISON_HOOK = "memestream.testing:poison_hook"
+
+
+def poison_hook(data: bytes) -> None:
+    """A decoder bug on demand: bytes starting with a marker kill or hang the process that
+    decodes them, as a native decoder's bug would; other bytes pass untouched. Set in the
+    environment before Spark starts, so its Python workers and isolation children have it."""
+    if data.startswith(POISON_ABORT):
+        os.abort()
+    if data.startswith(POISON_SEGFAULT):
+        import ctypes
+
+        ctypes.string_at(0)
+    if data.startswith(POISON_HANG):
+        time.sleep(3600)
+
 
 #: Lines of output a failure or a stop reports.
 TAIL_LINES = 30

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,10 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from memestream.cli import one_line
 from memestream.decode import READ_ERROR
+from memestream.errors import PoisonFlood
+from memestream.isolation import DECODER_CRASHED, DECODER_TIMEOUT, failure_line, worker_died
 from memestream.inputs import EMPTY_FILE_MARKER, local_path
 from memestream.novelty import OOD_CODE, UNKNOWN_LABEL
 from streaming.config import StreamConfig
@@ -122,6 +126,29 @@ def batch_totals(batch: DataFrame, batch_id: int) -> BatchRecord:
     )
 
 
+class PoisonBudget:
+    """At most ``limit`` isolated batches within ``window_s`` seconds: a poison pill now and then
+    is isolated and the stream goes on; a stream of them (a broken decoder build, a machine out
+    of memory) stops it with one line instead of isolating every batch forever."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def admit(self, batch_id: int, exc: BaseException) -> None:
+        now = time.monotonic()
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.limit:
+            raise PoisonFlood(
+                f"batch {batch_id} failed in a worker, the {len(self._times) + 1}th within {self.window_s / 60:g} minutes "
+                f"(at most {self.limit}, --max-isolations): stopping rather than isolating every batch; "
+                f"the last failure: {failure_line(exc)}"
+            )
+        self._times.append(now)
+
+
 class LiveSummary:
     """One line per batch in the terminal: throughput, batch latency, running counts."""
 
@@ -178,6 +205,9 @@ class BatchProcessor:
         self.running = False
         #: batches recorded by this process (the upkeep runs every N of them)
         self.committed = 0
+        #: batches scored again input by input after a worker died (memestream.isolation)
+        self.poison = PoisonBudget(cfg.max_isolations, cfg.isolation_window_s)
+        self.isolations = 0
 
     def _stage(self, stage: str, batch_id: int) -> None:
         if self.on_stage is not None:
@@ -216,11 +246,17 @@ class BatchProcessor:
             except OSError as exc:
                 log.warning("could not move processed input %s: %s", src, exc)
 
-    def _append_tables(self, frames: dict[str, DataFrame], batch_id: int) -> None:
+    def _append_tables(self, frames: dict[str, DataFrame], batch_id: int, record: BatchRecord) -> None:
         """Append every table's rows, predictions first (each append is idempotent on its own).
         Appending them from one thread each overlapped little (a batch's tables 2.5 -> 2.2 s,
-        the driver's commits contend for the same two cores), so they stay in order."""
+        the driver's commits contend for the same two cores), so they stay in order.
+
+        A batch without a bad input appends nothing to ``quarantine``: an idempotent Delta
+        append costs ~0.5 s even when empty (Delta 4.4 replays the log to look its
+        transaction up), and skipping it is safe: the batch has no rows for it to lose."""
         for table, frame in frames.items():
+            if table == QUARANTINE and record.errors == 0:
+                continue
             self.output.append(frame, table, batch_id)
             if table == PREDICTIONS:
                 self._stage("predictions", batch_id)
@@ -247,6 +283,42 @@ class BatchProcessor:
             self._move_inputs(paths, record.moves if record else {})
         return True
 
+    def _scored(self, batch_df: DataFrame, model, batch_id: int, watermark: datetime | None,  # noqa: ANN001
+                isolate: bool) -> tuple[DataFrame, BatchRecord]:
+        """The batch scored and labelled, persisted for its few jobs (scored once), and its totals."""
+        scored = self.scoring.score(batch_df, model, isolate=isolate)
+        batch = labelled_batch(scored, batch_id, self.output.writer, watermark, quarantine_target(self.cfg, batch_id))
+        batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            return batch, batch_totals(batch, batch_id)
+        except BaseException:
+            batch.unpersist()
+            raise
+
+    def _score(self, batch_df: DataFrame, model, batch_id: int, watermark: datetime | None) -> tuple[DataFrame, BatchRecord]:  # noqa: ANN001
+        """:meth:`_scored`; when a worker died under it (a crash, or the time cap ending a hang),
+        the batch again with each input in a process of its own: the poison inputs get
+        ``decoder_crashed``/``decoder_timeout`` rows, the rest the rows they would have had.
+        Nothing was written yet, so the retry keeps the batch exactly once; a replay after a
+        restart fails and isolates the same way."""
+        try:
+            return self._scored(batch_df, model, batch_id, watermark, isolate=False)
+        except Exception as exc:  # noqa: BLE001 - only a worker's death is retried
+            if not worker_died(exc) or self.scoring.scorer(model).engine != "python":
+                raise
+            self.poison.admit(batch_id, exc)
+            failed = time.monotonic()
+            log.warning("batch %d: a worker died scoring it (%s); scoring it again with each input in its own process",
+                        batch_id, failure_line(exc))
+        batch, record = self._scored(batch_df, model, batch_id, watermark, isolate=True)
+        self.isolations += 1
+        poison = batch.where(F.col("error_code").isin(DECODER_CRASHED, DECODER_TIMEOUT)).select("origin", "error").collect()
+        for row in poison:
+            log.warning("batch %d: poison input %s: %s", batch_id, row["origin"], row["error"])
+        log.warning("batch %d: isolated %d poison input(s) of %d in %.1fs; the stream goes on", batch_id, len(poison),
+                    record.rows, time.monotonic() - failed)
+        return batch, record
+
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         if self._replayed(batch_df, batch_id):
             return
@@ -256,11 +328,8 @@ class BatchProcessor:
         self._stage("start", batch_id)
         previous = self._previous(spark, batch_id)
         watermark = watermark_after(previous.max_event_time if previous else None, self.cfg.window)
-        scored = self.scoring.score(batch_df, model)
-        batch = labelled_batch(scored, batch_id, self.output.writer, watermark, quarantine_target(self.cfg, batch_id))
-        batch = batch.persist(StorageLevel.MEMORY_AND_DISK)  # scored once, read by the batch's few jobs
+        batch, record = self._score(batch_df, model, batch_id, watermark)
         try:
-            record = batch_totals(batch, batch_id)
             if record.rows == 0:
                 return
             scored_at = time.monotonic()
@@ -270,9 +339,10 @@ class BatchProcessor:
                     paths.append(path)
                     if target:
                         record.moves[path] = target
-            for row in batch.where("error IS NOT NULL").select("origin", "error").limit(50).collect():
-                log.warning("quarantined %s: %s", row["origin"], row["error"])
-            self._append_tables(table_frames(batch, self.cfg, batch_id, self.output.writer), batch_id)
+            if record.errors:
+                for row in batch.where("error IS NOT NULL").select("origin", "error").limit(50).collect():
+                    log.warning("quarantined %s: %s", row["origin"], row["error"])
+            self._append_tables(table_frames(batch, self.cfg, batch_id, self.output.writer), batch_id, record)
             self._stage("files", batch_id)
             record.model_version = model.version
             seen = [t for t in (record.max_event_time, previous.max_event_time if previous else None) if t is not None]

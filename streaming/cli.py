@@ -12,12 +12,14 @@ from typing import Sequence
 from memestream.abspath import absolute, is_uri
 from memestream.cli import (
     add_common_flags,
+    byte_size,
     env_flag,
     positive_float,
     positive_int,
     run_main,
 )
 from memestream.decode import DEFAULT_MAX_BYTES
+from memestream.isolation import DEFAULT_TIME_CAP_S
 from memestream.errors import ConfigError
 from memestream.inference import ENGINES
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, add_security_flags, security_from_args
@@ -76,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     env_flag(parser, "--processed", envvar="MEMESTREAM_PROCESSED", default="archive", choices=["archive", "delete", "keep"],
              help="what happens to a processed input file (after its batch is committed)")
     env_flag(parser, "--max-bytes", envvar="MEMESTREAM_MAX_BYTES", type=positive_int, default=DEFAULT_MAX_BYTES, help="inputs above this size are quarantined")
+    env_flag(parser, "--time-cap", envvar="MEMESTREAM_TIME_CAP", type=float, default=DEFAULT_TIME_CAP_S,
+             help="seconds one input may take to decode and score in a worker; past it the worker is ended and the "
+             "batch is scored again with each input in its own process, so a hanging (or crashing) input is "
+             "quarantined as decoder_timeout (decoder_crashed); 0 turns the cap off")
+    env_flag(parser, "--worker-memory", envvar="MEMESTREAM_WORKER_MEMORY", type=byte_size, default="4g",
+             help="address-space cap of each Python worker (RLIMIT_AS), set before it decodes: an input whose decoding "
+             "would need more fails alone, with a coded error, instead of the machine running out of memory; 0 turns it off")
+    env_flag(parser, "--max-isolations", envvar="MEMESTREAM_MAX_ISOLATIONS", type=positive_int, default=10,
+             help="batches that may fail in a worker and be isolated within an hour before the stream stops "
+             "(many failing inputs are an outage, not a poison pill)")
     env_flag(parser, "--folder-source", envvar="MEMESTREAM_FOLDER_SOURCE", default="spool", choices=["spool", "binaryfile"],
              help="folder reader: spool (built in; offsets are the inbox mover's sequence numbers, so its state stays "
              "constant) or binaryfile (Spark's file source; remembers every file it has seen)")
@@ -126,7 +138,8 @@ def add_kafka_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--starting-offsets", envvar="MEMESTREAM_KAFKA_STARTING_OFFSETS", default="earliest",
              choices=["earliest", "latest"], help="where a new query (no checkpoint) starts")
     env_flag(group, "--max-offsets-per-trigger", envvar="MEMESTREAM_KAFKA_MAX_OFFSETS_PER_TRIGGER",
-             type=positive_int, help="at most this many records per micro-batch, spread across partitions")
+             type=positive_int, default=1000, help="at most this many records per micro-batch, spread across partitions "
+             "(a backlog is read in bounded batches, not all at once)")
     env_flag(group, "--max-message-bytes", envvar="MEMESTREAM_KAFKA_MAX_MESSAGE_BYTES", type=positive_int,
              default=DEFAULT_MAX_MESSAGE_BYTES, help="largest record to fetch (consumer fetch sizes)")
     env_flag(group, "--kafka-poll-timeout-ms", envvar="MEMESTREAM_KAFKA_POLL_TIMEOUT_MS", type=positive_int,
@@ -196,6 +209,9 @@ def config_from_args(args: argparse.Namespace, kafka: KafkaSourceConfig | None =
         compact_every_batches=None if args.no_compact else int(args.compact_every_batches),
         compact_every_s=None if args.no_compact else float(args.compact_every_minutes) * 60,
         retention_days=int(args.retention_days) if args.retention_days is not None else None,
+        time_cap_s=float(args.time_cap) or None,
+        worker_memory=int(args.worker_memory) or None,
+        max_isolations=int(args.max_isolations),
     )
 
 

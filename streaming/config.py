@@ -17,6 +17,7 @@ from memestream.abspath import absolute_fields, is_uri
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.errors import ConfigError
 from memestream.inference import ENGINES
+from memestream.isolation import DEFAULT_TIME_CAP_S, DEFAULT_WORKER_MEMORY
 from memestream.kafka import DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, KafkaSecurity, bootstrap_list
 
 @dataclass(frozen=True)
@@ -157,6 +158,14 @@ class StreamConfig:
     compact_every_batches: int | None = 50
     compact_every_s: float | None = 600.0
     retention_days: int | None = None
+    #: Poison pills (``memestream.isolation``): seconds one input's work may take in a worker
+    #: before the worker is ended (None: no cap), and how many batches may need isolating
+    #: within ``isolation_window_s`` before the stream stops (a flood is not a poison pill).
+    time_cap_s: float | None = DEFAULT_TIME_CAP_S
+    #: address-space cap of each Python worker (and sandbox child), bytes; None: none
+    worker_memory: int | None = DEFAULT_WORKER_MEMORY
+    max_isolations: int = 10
+    isolation_window_s: float = 3600.0
 
     @property
     def compacts(self) -> bool:
@@ -184,7 +193,8 @@ class StreamConfig:
         if self.source == "folder" and self.processed == "archive" and self.archive is None:
             raise ConfigError("--processed archive needs an archive folder, found none")
         for flag, value in (("--trigger", self.trigger_seconds), ("--max-files-per-trigger", self.max_files_per_trigger),
-                            ("--max-bytes", self.max_bytes)):
+                            ("--max-bytes", self.max_bytes), ("--max-isolations", self.max_isolations),
+                            ("--time-cap", self.time_cap_s if self.time_cap_s is not None else 1)):
             if value <= 0:
                 raise ConfigError(f"{flag} expects a positive number, found {value}")
         for flag, opt in (("--compact-every-batches", self.compact_every_batches), ("--compact-every-minutes", self.compact_every_s),

@@ -43,28 +43,33 @@ class StreamScorer:
     max_bytes: int = DEFAULT_MAX_BYTES
     #: the shape of the stream's frames (``folder``: paths to read, ``kafka``: bytes), for the warm-up
     source: str = "folder"
+    #: seconds per input in a worker (memestream.isolation.time_cap); None: no cap
+    time_cap: float | None = None
+    #: address-space cap of a Python worker, bytes (memestream.isolation.limit_memory); None: none
+    memory_cap: int | None = None
     _scorer: Scorer | None = field(default=None, init=False, repr=False)
     _extra: dict[str, Column] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: StreamConfig) -> "StreamScorer":
-        return cls(cfg.scoring, cfg.text, cfg.ood, cfg.max_bytes, cfg.source)
+        return cls(cfg.scoring, cfg.text, cfg.ood, cfg.max_bytes, cfg.source, cfg.time_cap_s, cfg.worker_memory)
 
     def scorer(self, model: LoadedModel) -> Scorer:
         """The Scorer of ``model``, built (engine chosen, stages compiled) when the model changes;
         ConfigError when the engine cannot run it."""
         if self._scorer is None or self._scorer.model is not model:
-            self._scorer = Scorer(model, self.engine, self.text, self.ood, self.max_bytes)
+            self._scorer = Scorer(model, self.engine, self.text, self.ood, self.max_bytes, time_cap=self.time_cap, memory_cap=self.memory_cap)
             log.info("%s", self._scorer.describe())
         return self._scorer
 
-    def score(self, frame: DataFrame, model: LoadedModel) -> DataFrame:
+    def score(self, frame: DataFrame, model: LoadedModel, isolate: bool = False) -> DataFrame:
         """Source frame (``path`` to read, or ``content``) -> one labelled row per input, errors
-        kept, in the output layout (:data:`SCORED_COLUMNS` plus ``date``)."""
+        kept, in the output layout (:data:`SCORED_COLUMNS` plus ``date``). ``isolate``: each
+        input in a process of its own (:meth:`memestream.scorer.Scorer.score`)."""
         scorer = self.scorer(model)
         if self._extra is None:
             self._extra = {"processing_time": F.current_timestamp(), "date": F.to_date(F.col("event_time"))}
-        return scorer.score(frame, output=(*SCORED_COLUMNS, "date"), extra=self._extra)
+        return scorer.score(frame, output=(*SCORED_COLUMNS, "date"), extra=self._extra, isolate=isolate)
 
     def warm_up(self, spark: SparkSession, model: LoadedModel) -> None:
         """Score a generated image and an empty input once, shaped like the real source, so

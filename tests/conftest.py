@@ -15,6 +15,9 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # meme-stream processes started by tests run without the Spark UI (tests that want it unset this)
 os.environ.setdefault("MEMESTREAM_NO_UI", "1")
+# the poison-pill tests' decoder hook (memestream.testing.poison_hook): set before Spark starts, so its Python
+# workers and every process the tests start inherit it; it acts on marker payloads only
+os.environ.setdefault("MEMESTREAM_TEST_DECODER_HOOK", "memestream.testing:poison_hook")
 
 pytest_plugins = ["tests.kafka_fixtures"]
 

@@ -37,7 +37,9 @@ def test_limit_scenario_writes_report_with_required_fields(spark, tmp_path):
     # the numpy copy of the model must agree with Spark's own predictions
     assert limit["numpy_vs_spark_agreement"] == 1.0
     assert limit["bad_images"] == 0
-    assert "end to end" in format_table(saved)
+    cap = limit["time_cap_cost"]  # the poison-pill time cap measured on the normal path, both ways
+    assert cap["images"] == 16 * 3 and cap["cpu_s_with"] > 0 and cap["cpu_s_without"] > 0 and cap["ratio"] > 0
+    assert "end to end" in format_table(saved) and "time cap on the normal path" in format_table(saved)
     assert spark.range(1).count() == 1  # the shared session is still usable
 
 
@@ -454,3 +456,18 @@ def test_label_value_runs_on_a_small_folder_and_reports_every_order_and_budget(s
     runs = doc["runs"]
     assert len(runs) == 6 and {r["labels"] for r in runs} == {0, 6} and doc["cores"] == os.cpu_count()
     assert all(r["seed_images"] + r["pool"] + r["test"] == 72 for r in runs)
+
+
+@pytest.mark.slow
+def test_poison_bench_measures_a_recovery_and_checks_the_rows(trained_model_dir, tmp_path, capsys):
+    import json
+
+    from bench.poison import main
+
+    assert main(["--model", str(trained_model_dir), "--images", "12", "--max-files-per-trigger", "6", "--kind", "segfault",
+                 "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]) == 0
+    saved = json.loads(next((tmp_path / "results").glob("poison-*.json")).read_text())
+    assert saved["codes"] == {"labelled": 12, "decoder_crashed": 1}
+    assert saved["isolation_s"] > 0 and saved["poisoned_batch_s"] >= saved["isolation_s"] and saved["cores"] >= 1
+    assert saved["baseline"]["rows"] == 12 and saved["poisoned"]["rows"] == 13
+    assert "recovery : isolation" in capsys.readouterr().out

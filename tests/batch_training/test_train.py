@@ -300,3 +300,35 @@ def test_final_fit_refits_the_shipped_model_on_every_row_after_the_test_is_score
     # the stacker and the calibration maps come from the training part's out-of-fold predictions in both
     assert np.allclose(a.text_branch.stacker.coef, b.text_branch.stacker.coef)
     assert (Path(a.path) / "models/stacked/calibration.json").read_text() == (Path(b.path) / "models/stacked/calibration.json").read_text()
+
+
+def test_an_image_that_kills_its_decoder_is_skipped_not_fatal(spark, trained_model_dir, sample_dataset, tmp_path, caplog):
+    """Training's ingest meets a file that crashes the worker decoding it: it embeds the folder
+    again one image per process, skips that file as decoder_crashed and keeps every other
+    image, with the same features as a clean run."""
+    import logging
+    import shutil
+
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from batch_training import dataset as ds
+    from batch_training.ingest import ingest
+    from memestream.classify import featurizer_of
+    from memestream.features import get_feature_set
+    from memestream.testing import POISON_ABORT
+
+    folder = tmp_path / "data"
+    shutil.copytree(sample_dataset, folder)
+    label = sorted(p.name for p in folder.iterdir() if p.is_dir())[0]
+    (folder / label / "zz_poison.jpg").write_bytes(POISON_ABORT)
+    feat = featurizer_of(load_model(trained_model_dir, which="logreg"))
+    fs = get_feature_set(feat.getFeatureSet())
+    limits = dict(max_bytes=feat.getMaxBytes(), max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath(), cache=None, ocr=False)
+    with caplog.at_level(logging.WARNING, logger="batch_training.ingest"):
+        got = ingest(spark, ds.list_labelled(spark, str(folder)).filter(F.col(ds.LABEL).isNotNull()), fs, **limits)
+    assert "a worker died embedding the images (Python worker exited unexpectedly (crashed))" in caplog.text
+    assert got.skipped["by_code"] == {"decoder_crashed": 1}
+    assert got.skipped["examples"][0]["path"] == f"{label}/zz_poison.jpg" and "SIGABRT" in got.skipped["examples"][0]["error"]
+    clean = ingest(spark, ds.list_labelled(spark, str(sample_dataset)).filter(F.col(ds.LABEL).isNotNull()), fs, **limits)
+    assert got.rel_path == clean.rel_path and np.array_equal(got.features, clean.features)

@@ -26,3 +26,20 @@ def test_a_second_ctrl_c_raises() -> None:
             assert stop.wait(5)
             os.kill(os.getpid(), signal.SIGINT)
             stop.wait(5)  # the handler raises here at the latest
+
+
+@pytest.mark.parametrize("text, value", [("4g", 4 << 30), ("512m", 512 << 20), ("1.5GiB", 3 << 29), ("2048", 2048), ("0", 0)])
+def test_byte_size_reads_units(text: str, value: int) -> None:
+    from memestream.cli import byte_size
+
+    assert byte_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "-1g", "4x"])
+def test_byte_size_refuses_what_is_not_a_size(text: str) -> None:
+    import argparse
+
+    from memestream.cli import byte_size
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a size"):
+        byte_size(text)

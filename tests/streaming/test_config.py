@@ -74,3 +74,21 @@ def test_default_trigger_is_short_and_the_cli_uses_the_config_default(monkeypatc
     assert build_parser().parse_args([]).trigger == DEFAULT_TRIGGER_S
     monkeypatch.setenv("MEMESTREAM_TRIGGER", "0.5")  # still overridable
     assert build_parser().parse_args([]).trigger == 0.5
+
+
+def test_poison_pill_flags_and_their_env_fallbacks(monkeypatch):
+    from memestream.isolation import DEFAULT_TIME_CAP_S, DEFAULT_WORKER_MEMORY
+    from streaming.cli import build_parser, config_from_args
+
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert (cfg.time_cap_s, cfg.worker_memory, cfg.max_isolations) == (DEFAULT_TIME_CAP_S, DEFAULT_WORKER_MEMORY, 10)
+    cfg = config_from_args(build_parser().parse_args(["--time-cap", "0", "--worker-memory", "0", "--max-isolations", "3"]))
+    assert (cfg.time_cap_s, cfg.worker_memory, cfg.max_isolations) == (None, None, 3)  # 0: off
+    monkeypatch.setenv("MEMESTREAM_WORKER_MEMORY", "512m")
+    monkeypatch.setenv("MEMESTREAM_TIME_CAP", "2.5")
+    cfg = config_from_args(build_parser().parse_args([]))
+    assert (cfg.time_cap_s, cfg.worker_memory) == (2.5, 512 << 20)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--worker-memory", "lots"])
+    with pytest.raises(ConfigError, match="--time-cap expects a positive number"):
+        config_from_args(build_parser().parse_args(["--time-cap", "-1"]))

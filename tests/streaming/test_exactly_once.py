@@ -113,3 +113,31 @@ def test_sigkill_with_upkeep_every_batch(tmp_path, trained_model_dir, image_byte
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     _check_exactly_once(tmp_path, names)
     assert len(DeltaTable(str(tmp_path / "output" / "predictions")).file_uris()) < len(names)
+
+
+@pytest.mark.parametrize("point", ["predictions", "files"])
+def test_sigkill_after_a_poison_batch_was_isolated(tmp_path, trained_model_dir, image_bytes, point):
+    """A batch whose worker crashed on a poison input is scored again isolated; a kill -9 after
+    its tables were (partly) appended, then a restart: the replay crashes and isolates again,
+    Delta skips what was appended, and every input, the poison included, has one row."""
+    from memestream import testing as poison
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    names = [f"img{i:02d}.jpg" for i in range(8)]
+    for i, name in enumerate(names):
+        (inbox / name).write_bytes(image_bytes(["doom", "cats"][i % 2], 700 + i))
+    (inbox / "img04_poison.jpg").write_bytes(poison.POISON_ABORT)  # sorted: batch 1 is img03, img04, img04_poison
+    names.append("img04_poison.jpg")
+
+    crashed = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now", kill_at=f"{point}:1"),
+                             env=_env(), capture_output=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    assert b"isolated 1 poison input(s)" in crashed.stderr
+    done = subprocess.run(_stream_cmd(tmp_path, trained_model_dir, "--available-now"), env=_env(),
+                          capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"isolated 1 poison input(s)" in done.stderr  # the replay met it again
+    _check_exactly_once(tmp_path, names)
+    quarantine = read_table(tmp_path / "output", "quarantine").to_pandas()
+    assert quarantine["origin"].tolist() == ["img04_poison.jpg"] and quarantine["error_code"].tolist() == ["decoder_crashed"]
