@@ -3,8 +3,9 @@
 Every failure is a :class:`BadImage` with a stable ``code`` (for grouping in the
 quarantine table) and a message that says what was expected and what was found. The
 header is parsed *before* OpenCV sees the bytes, so a 100-megapixel "decompression
-bomb" is refused without allocating it, and JPEGs are decoded at reduced scale
-(``IMREAD_REDUCED_*``) when the feature set only needs a small image.
+bomb" is refused without allocating it (TIFF included: its first IFD is read here), and
+JPEGs are decoded at reduced scale (``IMREAD_REDUCED_*``) when the feature set only needs
+a small image. ``python -m bench.fuzz`` throws hostile bytes at this path (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ import numpy as np
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 #: Default cap on decoded pixels (width x height): 40 megapixels, e.g. 8000x5000.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Most scans a JPEG may have. Encoders write 1 (baseline) to ~10 (progressive) and scan
+#: scripts rarely pass 100, but libjpeg walks the whole coefficient buffer once per scan: a
+#: 1.6 MB file claiming 6000x6000 with 4000 scans took over 10 s (bench.fuzz); 500 keeps the
+#: worst case at the pixel cap to about 2 s.
+MAX_JPEG_SCANS = 500
 
 # Stable error codes (the part before the colon in an error message).
 EMPTY = "empty"
@@ -70,7 +76,7 @@ def sniff_format(data: bytes) -> str | None:
         return "bmp"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # classic TIFF, BigTIFF
         return "tiff"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
@@ -118,6 +124,78 @@ def _jpeg_info(data: bytes) -> tuple[int, int, int]:
     raise BadImage(TRUNCATED, f"JPEG ends after {n} bytes, before its image data (no start-of-scan marker)")
 
 
+#: Integer TIFF types libtiff accepts for a dimension (the spec says SHORT or LONG; libtiff also
+#: reads BYTE, the signed ones and BigTIFF's LONG8), as struct formats.
+_TIFF_DIM_TYPES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 16: "Q", 17: "q"}
+
+
+def _tiff_info(data: bytes) -> tuple[int, int]:
+    """(width, height) from the first IFD's ImageWidth/ImageLength (classic TIFF and BigTIFF, both
+    byte orders, any integer type libtiff reads): OpenCV decodes that page, and a header claiming
+    100000x100000 must be refused before it allocates, not after."""
+    n = len(data)
+    e = "<" if data[:2] == b"II" else ">"
+    (magic,) = struct.unpack(e + "H", data[2:4])
+    if magic == 43:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+        bytesize, _ = struct.unpack(e + "HH", data[4:8])
+        if bytesize != 8:
+            raise BadImage(CORRUPT, f"BigTIFF header declares {bytesize}-byte offsets, expected 8")
+        (ifd,) = struct.unpack(e + "Q", data[8:16])
+        count_fmt, entry_size, value_size = "Q", 20, 8
+    else:
+        (ifd,) = struct.unpack(e + "I", data[4:8])
+        count_fmt, entry_size, value_size = "H", 12, 4
+    head = struct.calcsize(count_fmt)
+    if ifd < 8 or ifd + head > n:
+        kind = TRUNCATED if ifd >= n else CORRUPT
+        raise BadImage(kind, f"TIFF's first IFD is at byte {ifd}, outside its {n} bytes")
+    (entries,) = struct.unpack(e + count_fmt, data[ifd : ifd + head])
+    dims: dict[int, int] = {}
+    for k in range(min(entries, (n - ifd - head) // entry_size)):
+        at = ifd + head + k * entry_size
+        tag, typ = struct.unpack(e + "HH", data[at : at + 4])
+        if tag not in (256, 257):
+            continue
+        fmt = _TIFF_DIM_TYPES.get(typ)
+        name = "ImageWidth" if tag == 256 else "ImageLength"
+        if fmt is None or struct.calcsize(fmt) > value_size:
+            raise BadImage(CORRUPT, f"TIFF {name} has type {typ}, expected SHORT or LONG (or another integer type)")
+        (count,) = struct.unpack(e + ("Q" if value_size == 8 else "I"), data[at + 4 : at + 4 + value_size])
+        if count < 1:
+            raise BadImage(CORRUPT, f"TIFF {name} has no value (count 0)")
+        value_at = at + 4 + value_size  # the count field is as wide as the value field
+        dims[tag] = struct.unpack(e + fmt, data[value_at : value_at + struct.calcsize(fmt)])[0]
+        if dims[tag] < 0:
+            raise BadImage(CORRUPT, f"TIFF {name} is negative ({dims[tag]})")
+    if 256 not in dims or 257 not in dims:
+        missing = " and ".join(name for tag, name in ((256, "ImageWidth"), (257, "ImageLength")) if tag not in dims)
+        if entries * entry_size + ifd + head > n:
+            raise BadImage(TRUNCATED, f"TIFF's first IFD ends after {n} bytes, before its {missing}")
+        raise BadImage(CORRUPT, f"TIFF's first IFD has no {missing}")
+    return dims[256], dims[257]
+
+
+def _png_chunks_fit(data: bytes) -> None:
+    """Every chunk before the image data lies inside the file. OpenCV's PNG reader allocates each
+    of those chunks' declared length before reading it: a 45-byte PNG whose second chunk claimed
+    0xFF000000 bytes made it allocate and touch 4 GB (found by bench.fuzz_atheris). From the first
+    IDAT on, libpng streams the data and caps what it buffers, so later chunks are left to it (a
+    lying length in an APNG's later frame does not stop its first frame from decoding)."""
+    i, n = 8, len(data)
+    while i + 8 <= n:
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        kind = data[i + 4 : i + 8]
+        if kind == b"IDAT":
+            return
+        if i + 12 + length > n:
+            raise BadImage(CORRUPT, f"PNG chunk {kind!r} at byte {i} declares {length:,} bytes of data, "
+                                    f"only {max(0, n - i - 12):,} follow in the file")
+        if kind == b"IEND":  # no image data at all: libpng says so
+            return
+        i += 12 + length
+    raise BadImage(TRUNCATED, f"PNG ends after {n} bytes before its image data (no IDAT chunk)")
+
+
 def read_info(data: bytes) -> ImageInfo:
     """Parse format and dimensions from the header without decoding pixels.
 
@@ -141,12 +219,18 @@ def read_info(data: bytes) -> ImageInfo:
             eoi = data.rfind(b"\xff\xd9")
             if eoi < sos:
                 raise BadImage(TRUNCATED, f"JPEG of {width}x{height} ends after {n} bytes without its end-of-image marker")
+            # 0xFF in entropy-coded data is stuffed (FF 00), so every FF DA from here on starts a scan
+            scans = data.count(b"\xff\xda", sos)
+            if scans > MAX_JPEG_SCANS:
+                raise BadImage(CORRUPT, f"JPEG of {width}x{height} has {scans:,} scans, expected at most {MAX_JPEG_SCANS} "
+                                        "(each one costs a pass over the whole image)")
         elif fmt == "png":
             if n < 33 or data[12:16] != b"IHDR":
                 raise BadImage(TRUNCATED if n < 33 else CORRUPT, f"PNG header is incomplete ({n} bytes)")
             width, height = struct.unpack(">II", data[16:24])
             if data.rfind(b"IEND", max(0, n - 64)) < 0:
                 raise BadImage(TRUNCATED, f"PNG of {width}x{height} ends after {n} bytes without its IEND chunk")
+            _png_chunks_fit(data)
         elif fmt == "gif":
             width, height = struct.unpack("<HH", data[6:10])
             if not data.rstrip(b"\x00").endswith(b";"):
@@ -179,8 +263,8 @@ def read_info(data: bytes) -> ImageInfo:
                 height &= 0x3FFF
             else:
                 raise BadImage(CORRUPT, f"WebP has an unknown first chunk {chunk!r}")
-        else:  # tiff: dimensions live in an IFD; let the decoder report them
-            width = height = 0
+        else:  # tiff: OpenCV decodes the first page, whose size is in the first IFD
+            width, height = _tiff_info(data)
     except struct.error as exc:
         raise BadImage(TRUNCATED, f"{fmt.upper()} header is cut short ({n} bytes)") from exc
     return ImageInfo(fmt, int(width), int(height))
@@ -262,7 +346,7 @@ def decode(
             f"{info.format.upper()} is {info.width}x{info.height} = {info.width * info.height:,} pixels, "
             f"above the {max_pixels:,}-pixel cap (--max-pixels)",
         )
-    if info.format != "tiff" and (info.width == 0 or info.height == 0):
+    if info.width == 0 or info.height == 0:
         raise BadImage(CORRUPT, f"{info.format.upper()} header declares an empty {info.width}x{info.height} image")
     factor = _reduction(info, min_side)
     flag = _REDUCED[(color, factor)] if factor > 1 else (cv2.IMREAD_COLOR if color else cv2.IMREAD_GRAYSCALE)
@@ -272,11 +356,11 @@ def decode(
     except cv2.error as exc:  # OpenCV raises on some malformed streams instead of returning None
         raise cv_error(exc, f"{info.format.upper()} could not be decoded") from exc
     if img is None or img.size == 0:
-        size = f" of {info.width}x{info.height}" if info.width else ""  # TIFF: size unknown until decoded
-        raise BadImage(CORRUPT, f"{info.format.upper()}{size} could not be decoded ({len(data):,} bytes of damaged or incomplete data)")
+        raise BadImage(CORRUPT, f"{info.format.upper()} of {info.width}x{info.height} could not be decoded "
+                                f"({len(data):,} bytes of damaged or incomplete data)")
     if info.format == "tiff":
-        h, w = img.shape[:2]
-        if w * h > max_pixels:
+        h, w = img.shape[:2]  # an EXIF-style orientation tag may swap the sides
+        if w * h > max_pixels:  # cannot happen when libtiff read the IFD we read; kept as a backstop
             raise BadImage(TOO_MANY_PIXELS, f"TIFF is {w}x{h} pixels, above the {max_pixels:,}-pixel cap (--max-pixels)")
         info = ImageInfo("tiff", w, h)
     return img, info
