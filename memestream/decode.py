@@ -25,7 +25,7 @@ DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Most scans a JPEG may have. Encoders write 1 (baseline) to ~10 (progressive) and scan
 #: scripts rarely pass 100, but libjpeg walks the whole coefficient buffer once per scan: a
-#: 1.6 MB file claiming 6000x6000 with 4000 scans took over 10 s (bench.fuzz); 500 keeps the
+#: 2.2 MB file claiming 6000x6000 with 4000 scans took over 10 s (bench.fuzz); 500 keeps the
 #: worst case at the pixel cap to about 2 s.
 MAX_JPEG_SCANS = 500
 

@@ -178,7 +178,7 @@ def test_png_chunk_length_past_the_end_is_refused_before_opencv_allocates_it(poo
 
 # -- JPEG: scan bombs --------------------------------------------------------------------------
 def test_progressive_scan_bomb_is_refused_in_bounded_time(pool):
-    """Finding (hang): a 1.6 MB progressive JPEG claiming 6000x6000 with its last scan repeated
+    """Finding (hang): a 2.2 MB progressive JPEG claiming 6000x6000 with its last scan repeated
     4000 times kept libjpeg busy past the 10 s cap, one pass over the image per scan."""
     prog = next(s for s in corpus.make_seeds() if s.variant == "progressive").data
     buf = bytearray(prog)
