@@ -115,7 +115,7 @@ def test_longrun_delivery_check_fails_on_duplicate_missing_and_extra_rows():
 def _synthetic_samples(n_images: int, grow: bool, slow_down: bool) -> tuple[list[dict], list[tuple[float, int]]]:
     samples, progress, t = [], [], 0.0
     for i in range(0, n_images + 1, n_images // 20):
-        rate = 50.0 if (slow_down and i > 0.8 * n_images) else 100.0
+        rate = 5.0 if (slow_down and i > 0.8 * n_images) else 10.0  # 20,000 images: ~35 min, long enough to judge memory
         t += (n_images // 20) / rate if i else 0.0
         samples.append({
             "t_s": t, "images": i, "jvm_live_heap_mib": 80.0 + (i / 1000 if grow else 0), "driver_jvm": 500.0,
@@ -143,6 +143,9 @@ def test_longrun_targets_pass_when_flat_and_fail_when_growing_or_slowing():
     assert bad["output_files"]["pass"] is False and bad["output_files"]["slope_per_10k_images"] == 1000
     assert bad["images_per_s"]["pass"] is False and bad["images_per_s"]["ratio"] == 0.5
     assert bad["checkpoint_bytes"]["pass"] is True  # only what grows fails
+
+    short = {t["key"]: t for t in compute_targets(*_synthetic_samples(300, grow=True, slow_down=False), 300)}
+    assert short["jvm_live_heap_mib"]["pass"] is None  # 30 s of samples: warm-up, no memory verdict
 
     few = compute_targets(*_synthetic_samples(n, grow=False, slow_down=False)[:1], [], n)
     assert {t["key"]: t["pass"] for t in few}["images_per_s"] is None  # no progress trace: n/a
