@@ -51,6 +51,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from memestream.isolation import limit_memory, signal_name
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CASES = 20_000
@@ -131,13 +133,6 @@ def allocation_failure(stderr: str) -> str | None:
     return None
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def _reset_peak_rss() -> float | None:
     """Reset this process's resident high-water mark (VmHWM) to its current RSS; return that RSS."""
     try:
@@ -171,11 +166,7 @@ def _worker(conn: Any, mem_cap_mib: int, feature_set: str, asset: str | None, st
     fd = os.open(stderr_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(fd, 2)  # C-level messages of the decoders land in this worker's log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if mem_cap_mib > 0:
-        import resource
-
-        cap = mem_cap_mib * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    limit_memory(mem_cap_mib * 1024 * 1024)  # 0: no cap
     try:
         from memestream.features import get_feature_set
 
@@ -324,7 +315,7 @@ class WorkerPool:
     def _died(self, slot: _Slot) -> Outcome:
         slot.proc.join(5)
         code = slot.proc.exitcode
-        how = f"killed by {_signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
+        how = f"killed by {signal_name(-code)}" if code is not None and code < 0 else f"exited with code {code}"
         tail = self._stderr_since(slot).strip()[-2000:]
         kind = "oom" if any(w in tail for w in _OOM_WORDS) else "crash"
         last = tail.splitlines()[-1][:200] if tail else "no stderr"

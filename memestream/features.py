@@ -370,7 +370,7 @@ def decode_for(data: bytes | None, fs: FeatureSet, max_bytes: int, max_pixels: i
 def _bad(exc: Exception) -> BadImage:
     if isinstance(exc, BadImage):
         return exc
-    if isinstance(exc, MemoryError) or isinstance(exc, cv2.error):
+    if isinstance(exc, (MemoryError, cv2.error)):
         return cv_error(exc, f"decoder failed with {type(exc).__name__}")
     return BadImage(CORRUPT, f"decoder failed with {type(exc).__name__}: {str(exc)[:200]}")
 

@@ -8,7 +8,7 @@ again: one file would stop the stream for good. Two pieces keep it going:
 - :func:`time_cap` bounds a stage's work in a Spark worker with an interval timer whose
   ``SIGALRM`` keeps its default action: the kernel ends the process at the deadline, even when
   native code holds the GIL. A hang becomes a failed task within the cap, like a crash.
-- :func:`score_isolated` scores a batch again with **each input in a child process** of its
+- :func:`memestream.classify.score_isolated` scores a batch again with **each input in a child process** of its
   own (:class:`Sandbox`; one child, reused until an input kills it). An input whose child
   dies gets ``decoder_crashed``, one that runs past the cap ``decoder_timeout``; every other
   input gets the row it would have had. The stream runs it after a batch failed in a worker
@@ -20,7 +20,6 @@ worker: the worker's runtimes hold threads and sessions that a fork would copy h
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
 import resource
@@ -33,7 +32,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-log = logging.getLogger(__name__)
 
 #: Default seconds one input may take in any stage (decode, embed, OCR) before its worker is ended.
 DEFAULT_TIME_CAP_S = 10.0
@@ -81,7 +79,7 @@ def limit_memory(max_bytes: int | None) -> None:
 
 #: What a failed Spark job's error says when a Python worker or a whole executor died under it:
 #: a crash, an abort, an OOM kill, or :func:`time_cap` ending a hang.
-_WORKER_DIED = ("Python worker exited unexpectedly", "ExecutorLostFailure", "Python worker exited")
+_WORKER_DIED = ("Python worker exited", "ExecutorLostFailure")
 
 
 def worker_died(exc: BaseException) -> bool:
@@ -146,6 +144,14 @@ def _child_main(fd: int) -> None:
             _send(sock, ("ok", work(value)))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
             _send(sock, ("error", f"{type(exc).__name__}: {exc}"))
+
+
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11; ``signal 77`` for a number the platform does not name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class SandboxError(RuntimeError):
@@ -229,7 +235,7 @@ class Sandbox:
         if proc.poll() is None:
             proc.kill()
         code = proc.wait()
-        return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        return f"killed by {signal_name(-code)}" if code < 0 else f"exit status {code}"
 
     def run(self, value: Any) -> Outcome:
         """Run the work on ``value`` in the child: its result, or why there is none."""

@@ -23,7 +23,6 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from memestream.cli import one_line
 from memestream.decode import READ_ERROR
 from memestream.errors import PoisonFlood
 from memestream.isolation import DECODER_CRASHED, DECODER_TIMEOUT, failure_line, worker_died
@@ -142,7 +141,7 @@ class PoisonBudget:
             self._times.popleft()
         if len(self._times) >= self.limit:
             raise PoisonFlood(
-                f"batch {batch_id} failed in a worker, the {len(self._times) + 1}th within {self.window_s / 60:g} minutes "
+                f"batch {batch_id} failed in a worker: {len(self._times) + 1} such batches within {self.window_s / 60:g} minutes "
                 f"(at most {self.limit}, --max-isolations): stopping rather than isolating every batch; "
                 f"the last failure: {failure_line(exc)}"
             )

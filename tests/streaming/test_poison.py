@@ -79,7 +79,7 @@ def test_the_poison_budget_stops_a_flood_with_one_line():
     budget = PoisonBudget(limit=2, window_s=3600)
     budget.admit(1, RuntimeError("Python worker exited unexpectedly (crashed)"))
     budget.admit(2, RuntimeError("Python worker exited unexpectedly (crashed)"))
-    with pytest.raises(PoisonFlood, match=r"batch 3 failed in a worker, the 3th within 60 minutes \(at most 2, --max-isolations\)"):
+    with pytest.raises(PoisonFlood, match=r"batch 3 failed in a worker: 3 such batches within 60 minutes \(at most 2, --max-isolations\)"):
         budget.admit(3, RuntimeError("Python worker exited unexpectedly (crashed)\n\tat org.apache.spark..."))
     old = PoisonBudget(limit=1, window_s=0.0)
     old.admit(1, RuntimeError("x"))
