@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 from importlib import resources
@@ -289,10 +290,77 @@ def _wait_executor_processes(app_id: str, deadline: float) -> None:
     time.sleep(_STATUS_SETTLE_S)
 
 
+#: The first line of a stack trace Spark's in-JVM workers print when ``local-cluster`` stops:
+#: a worker's app-directory cleanup future completes while the worker's cleanup pool is
+#: shutting down, and Scala's default reporter prints the rejected callback (Worker's
+#: ``maybeCleanupApplication``; the app unregisters and the workers stop inside one
+#: ``SparkContext.stop()``, so no wait on our side can order them). Harmless: the directory
+#: was already deleted.
+_CLEANUP_RACE = re.compile(r"^java\.util\.concurrent\.RejectedExecutionException: Task Future\(.*\) rejected from "
+                           r"java\.util\.concurrent\.ThreadPoolExecutor@")
+
+
+def drop_known_stop_traces(text: str, skipping: bool = False) -> tuple[str, bool]:
+    """``text`` (the JVM's raw stderr while a ``local-cluster`` session stops) without the
+    stack traces of Spark's worker-cleanup race (:data:`_CLEANUP_RACE`); everything else kept.
+    Also returns whether ``text`` ended inside such a trace, to pass as ``skipping`` with the
+    text that follows."""
+    kept: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if _CLEANUP_RACE.match(line):
+            skipping = True
+            continue
+        if skipping and (line.startswith(("\tat ", "\t... ", "Caused by: ")) or not line.strip()):
+            continue
+        skipping = False
+        kept.append(line)
+    return "".join(kept), skipping
+
+
+class _JvmStderr:
+    """Point the JVM's ``System.err`` at a file while a ``local-cluster`` session stops, then
+    copy it to our stderr without the known cleanup-race trace. log4j's console appender keeps
+    the stream it was configured with (``follow`` is false), so log lines are not affected;
+    only raw ``printStackTrace`` output lands in the file. The file stays the JVM's stderr
+    until this process exits (a late cleanup thread may print after ``stop()`` returns); what
+    arrives by then is copied too."""
+
+    def __init__(self, spark) -> None:
+        import atexit
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="memestream-jvm-stop-", suffix=".err")
+        os.close(fd)
+        self.path = Path(name)
+        self.copied = 0
+        self.skipping = False
+        jvm = spark.sparkContext._jvm
+        jvm.java.lang.System.setErr(jvm.java.io.PrintStream(jvm.java.io.FileOutputStream(name, True), True))
+        atexit.register(self.flush, final=True)
+
+    def flush(self, final: bool = False) -> None:
+        """Copy the whole lines the JVM wrote since the last flush (known race traces dropped)."""
+        try:
+            data = self.path.read_text(errors="replace")
+        except OSError:
+            return
+        if final:
+            self.path.unlink(missing_ok=True)
+        end = len(data) if final else data.rfind("\n") + 1
+        if end <= self.copied:
+            return
+        rest, self.skipping = drop_known_stop_traces(data[self.copied:end], self.skipping)
+        self.copied = end
+        if rest.strip():
+            sys.stderr.write(rest)
+            sys.stderr.flush()
+
+
 def stop_spark(spark) -> None:
     """Stop a session this program built, in order, while Python and the JVM are both up: its
     streaming queries, then (``local-cluster``/standalone) its executors, then the SparkContext.
     A console script calls it on every exit path; never the JVM's shutdown hook."""
+    stderr: _JvmStderr | None = None
     try:
         for query in spark.streams.active:
             try:
@@ -302,5 +370,12 @@ def stop_spark(spark) -> None:
         master = spark.sparkContext.master or ""
         if master.startswith(("local-cluster", "spark://")):
             release_executors(spark)
+        if master.startswith("local-cluster"):
+            try:
+                stderr = _JvmStderr(spark)
+            except Exception as exc:  # noqa: BLE001 - without the capture the stop is the same, only noisier
+                log.debug("could not capture the JVM's stderr for the stop: %s", exc)
     finally:
         spark.stop()
+        if stderr is not None:
+            stderr.flush()
