@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.common import environment, finite, loadavg, result_json
+from bench.common import environment, finite, loadavg, write_result_file
 from bench.context import OPTIONAL_SCENARIOS, SCENARIOS, BenchConfig, BenchContext
 from memestream.cli import add_common_flags, env_flag, positive_float, positive_int, run_main
 from memestream.errors import ConfigError
@@ -35,6 +35,7 @@ _MODULES = {
     "stream-kafka": "bench.stream",
     "scale": "bench.scale",
     "query": "bench.query",
+    "scale-out": "bench.scaleout",
     "longrun": "bench.longrun",
 }
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n  python -m bench --only limit,notebook --quick\n"
             "  python -m bench --only scale --scale-sizes 1000,10000,50000\n"
             "  python -m bench --only query              # meme-query cold start, DuckDB vs Spark, 330 and 100k rows\n"
+            "  python -m bench --only scale-out          # the folder stream on local-cluster[1,1,2048] and [2,1,2048]\n"
             "  python -m bench --only longrun --quick    # the month-long folder run, 300 images (python -m bench.longrun for all flags)\n"
             "  MEMESTREAM_BENCH_DATA=/data/memes python -m bench --only limit"
         ),
@@ -158,16 +160,7 @@ def run_benchmark(config: BenchConfig, spark=None) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], results_dir: str | os.PathLike[str]) -> Path:
-    out = Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = report["started_utc"].replace("-", "").replace(":", "")
-    path = out / f"{stamp}.json"
-    i = 1
-    while path.exists():
-        path = out / f"{stamp}-{i}.json"
-        i += 1
-    path.write_text(result_json(report))
-    return path
+    return write_result_file(report, results_dir, started_utc=report["started_utc"])
 
 
 _COLUMNS = (

@@ -6,6 +6,7 @@ measured in the same run; this module only provides the measuring tools.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -153,7 +155,15 @@ def environment() -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in load],
         "mem_total_gib": _mem_total_gib(),
         "executable": sys.executable,
+        "onnxruntime": _version("onnxruntime"),
     }
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
 
 
 def _mem_total_gib() -> float | None:
@@ -369,6 +379,23 @@ def finite(obj: Any) -> Any:
 
 def _json_default(obj: Any) -> Any:
     return obj.item() if hasattr(obj, "item") else str(obj)  # numpy scalars; Path and the rest as text
+
+
+def write_result_file(result: dict[str, Any], results_dir: str | os.PathLike[str], prefix: str = "",
+                      started_utc: str | None = None) -> Path:
+    """Write ``result`` as ``<results_dir>/<prefix><start time>.json`` (``-1``, ``-2``... when
+    that name is taken: two runs started in one second keep both files). ``started_utc`` is
+    an ISO time such as ``2026-12-07T06:10:50Z`` (default: now)."""
+    stamp = (started_utc or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")).replace("-", "").replace(":", "")
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{prefix}{stamp}.json"
+    i = 1
+    while path.exists():
+        path = out / f"{prefix}{stamp}-{i}.json"
+        i += 1
+    path.write_text(result_json(result))
+    return path
 
 
 def result_json(result: dict[str, Any]) -> str:

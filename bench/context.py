@@ -19,8 +19,8 @@ from memestream.spark import build_spark
 log = logging.getLogger(__name__)
 
 SCENARIOS = ("limit", "notebook", "train", "features", "stream-folder", "stream-kafka", "scale", "query")
-#: Run only when named in ``--only`` (hours long at full size), after the default ones.
-OPTIONAL_SCENARIOS = ("longrun",)
+#: Run only when named in ``--only`` (minutes to hours at full size), after the default ones.
+OPTIONAL_SCENARIOS = ("scale-out", "longrun")
 
 
 @dataclass(frozen=True)

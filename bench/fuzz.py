@@ -427,26 +427,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _environment() -> dict[str, Any]:
-    import platform
-
-    import cv2
-
-    env: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "opencv": cv2.__version__,
-                           "platform": platform.platform()}
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    try:
-        env["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return env
-
-
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
@@ -457,7 +437,7 @@ def run_fuzz(cases: int, seed: int, *, workers: int = 2, time_cap_s: float = DEF
              formats: Sequence[str] | None = None, mutations: Sequence[str] | None = None, first: int = 0,
              save_findings: bool = True) -> dict[str, Any]:
     """Run cases ``first .. first + cases - 1`` of ``seed``; return the report (also written as JSON)."""
-    from bench.common import result_json
+    from bench.common import environment, write_result_file
     from bench.fuzz_corpus import FORMATS, MUTATIONS, make_case, make_seeds
     from memestream.features import DEFAULT_FEATURE_SET, default_asset, get_feature_set
 
@@ -514,7 +494,7 @@ def run_fuzz(cases: int, seed: int, *, workers: int = 2, time_cap_s: float = DEF
         "started_utc": started_utc,
         "config": {"cases": cases, "first": first, "seed": seed, "workers": workers, "time_cap_s": time_cap_s,
                    "mem_cap_mib": mem_cap_mib, "rss_flag_mib": rss_flag_mib, "feature_set": feature_set, "formats": list(formats), "mutations": list(mutations)},
-        "environment": _environment(),
+        "environment": environment(),
         "cases": done,
         "duration_s": round(duration, 2),
         "cases_per_s": round(done / duration, 2) if duration > 0 else None,
@@ -531,13 +511,7 @@ def run_fuzz(cases: int, seed: int, *, workers: int = 2, time_cap_s: float = DEF
         "most_memory": hungriest,
         "findings_dir": str(run_dir / "findings") if findings and save_findings else None,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"fuzz-{stamp}.json"
-    i = 1
-    while path.exists():
-        path = out_dir / f"fuzz-{stamp}-{i}.json"
-        i += 1
-    path.write_text(result_json(report))
+    path = write_result_file(report, out_dir, "fuzz-", started_utc)
     report["json"] = str(path)
     return report
 

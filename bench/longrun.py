@@ -273,15 +273,12 @@ def passed(result: dict[str, Any]) -> bool:
 
 def write_result(result: dict[str, Any], results_dir: str | os.PathLike[str], plot: str | None = None) -> tuple[Path, Path]:
     """``<results_dir>/longrun-<time>.json`` and the PNG (``plot``, default next to the JSON)."""
-    from bench.common import result_json
+    from bench.common import result_json, write_result_file
 
-    out = Path(results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = result["started_utc"].replace("-", "").replace(":", "")
-    path = out / f"longrun-{stamp}.json"
+    path = write_result_file(result, results_dir, "longrun-", result["started_utc"])
     png = Path(plot) if plot else path.with_suffix(".png")
     result["plot"] = str(png)
-    path.write_text(result_json(result))
+    path.write_text(result_json(result))  # again, with the plot's name
     env = result["environment"]
     title = (f"{result['config']['images']} images, {env.get('cpu_count')} cores, "
              f"stream args: {' '.join(result['config']['stream_args']) or 'none'}")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench.common import environment, result_json
+from bench.common import environment, write_result_file
 from memestream.cli import add_common_flags, positive_float, positive_int, run_main
 from memestream.decode import TEST_HOOK_ENV
 from memestream.sample import sample_image_bytes
@@ -121,10 +121,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"  recovery : isolation {out['isolation_s']} s (batch failure to the stream running again); "
           f"extra wall {out['extra_wall_s']} s; wall ratio {out['wall_ratio']}")
     print(f"  rows     : {codes}")
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / f"poison-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(result_json(out))
+    path = write_result_file(out, args.results_dir, "poison-")
     print(f"results written to {path}")
     return 0
 

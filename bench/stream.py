@@ -147,6 +147,33 @@ def stream_args(source: str, root: Path, output: Path, model: Path, extra: tuple
             "--model", str(model), *extra]
 
 
+def saturate(feeder: Any, watcher: PredictionsWatcher, batch: list[tuple[str, bytes]], alive: Callable[[], None],
+             timeout: float = 1800) -> dict[str, Any]:
+    """Send ``batch`` (name, bytes) at once and time its rows: the burst rate (first send to last
+    row) and the steady state. Once the first batch of the burst is out, the rest drains from a
+    backlog: rows after it / time after it. The first batch only holds what had arrived when its
+    trigger fired, so it measures latency, not capacity."""
+    t0 = time.monotonic()
+    if hasattr(feeder, "send_many"):
+        published = feeder.send_many(batch)
+    else:
+        for name, data in batch:
+            feeder.send(name, data)
+        published = time.monotonic()
+    done = watcher.wait_for([name for name, _ in batch], timeout, alive)
+    seen = sorted(watcher.first_seen[name] for name, _ in batch if name in watcher.first_seen)
+    t_all = seen[-1] if seen else t0
+    elapsed = t_all - t0
+    first_n = sum(1 for t in seen if t == seen[0]) if seen else 0
+    drain_s = t_all - seen[0] if seen else 0.0
+    return {
+        "images": len(batch), "complete": done, "feed_s": round(published - t0, 2),
+        "seconds": round(elapsed, 2), "burst_images_per_s": rate(len(batch), elapsed),
+        "first_batch_images": first_n, "drain_seconds": round(drain_s, 2),
+        "images_per_s": rate(len(batch) - first_n, drain_s) if len(batch) - first_n >= 100 else rate(len(batch), elapsed),
+    }
+
+
 def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
     cfg = ctx.config
     n_light = max(1, int(cfg.stream_rate * cfg.stream_seconds))
@@ -213,28 +240,7 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
 
             # 3. saturation: N images at once
             batch = [(f"sat{i:06d}{ext}", path.read_bytes()) for i, (ext, path) in enumerate(payloads[1 + n_light :])]
-            t0 = time.monotonic()
-            if hasattr(feeder, "send_many"):
-                published = feeder.send_many(batch)
-            else:
-                for name, data in batch:
-                    feeder.send(name, data)
-                published = time.monotonic()
-            done = watcher.wait_for([name for name, _ in batch], 1800, alive)
-            seen = sorted(watcher.first_seen[name] for name, _ in batch if name in watcher.first_seen)
-            t_all = seen[-1] if seen else t0
-            elapsed = t_all - t0
-            # Steady state: once the first batch of the burst is out, the rest drains from a
-            # backlog; rows after it / time after it. The first batch only holds what had
-            # arrived when its trigger fired, so it measures latency, not capacity.
-            first_n = sum(1 for t in seen if t == seen[0]) if seen else 0
-            drain_s = t_all - seen[0] if seen else 0.0
-            result["saturation"] = {
-                "images": len(batch), "complete": done, "feed_s": round(published - t0, 2),
-                "seconds": round(elapsed, 2), "burst_images_per_s": rate(len(batch), elapsed),
-                "first_batch_images": first_n, "drain_seconds": round(drain_s, 2),
-                "images_per_s": rate(len(batch) - first_n, drain_s) if len(batch) - first_n >= 100 else rate(len(batch), elapsed),
-            }
+            result["saturation"] = saturate(feeder, watcher, batch, alive)
         result.update(mem.result())
         result["error_rows"] = watcher.errors
         result["ocr_rows"], result["ocr_error_rows"] = watcher.ocr_rows, watcher.ocr_errors

@@ -1,14 +1,23 @@
 """The output tables as Delta Lake tables, appended by the executors exactly once per batch.
 
 Spark replays a micro-batch (same id, same input) after a crash until its checkpoint records
-it. Every append here carries Delta's idempotent-write options, ``txnAppId`` = the stream's
-*writer* name and ``txnVersion`` = the batch id, so Delta itself skips an append it already
-committed: a replay writes only what the crashed attempt had not. A batch's last append is its
-row in ``batches``; a batch with that row is complete, and a replay of it only finishes moving
-its folder inputs (``moves``).
+it. Every row carries its ``writer`` (the stream's name, kept in its checkpoint) and
+``batch_id``, and each table's append is one Delta commit, so a table holds all of a batch's
+rows or none. A batch's last append is its row in ``batches``; a batch with that row is
+complete, and a replay of it only finishes moving its folder inputs (``moves``).
+
+Which appends a batch needs is decided by the caller (:class:`streaming.batch.BatchProcessor`):
+a batch that follows one this process committed itself, with no failure in between, cannot
+have been written before, so its appends are plain blind appends. Any other batch (the first
+after a start, or after a failure) first asks each table whether rows of (writer, batch id)
+are there (:meth:`DeltaOutput.has_batch`) and skips the tables that have them. Delta's own
+idempotent writes (``txnAppId``/``txnVersion``) did the same, but Delta 4.4 answers that
+lookup by reconstructing the table's state (three Spark jobs) on every append: 0.76 s per
+append against 0.28 s for a blind one, three times a batch.
 
 The appends are ordinary distributed writes: executors write the Parquet files, the driver
-commits the Delta log. No scored row or image byte travels to the driver.
+commits the Delta log. No scored row or image byte travels to the driver. Each commit's
+``userMetadata`` names its writer and batch (``DESCRIBE HISTORY`` shows them).
 
 Tables are created up front (``CREATE TABLE IF NOT EXISTS``) with the properties below, so
 two streams (the folder and the Kafka query) can append to the same tables at once: blind
@@ -124,16 +133,27 @@ class DeltaOutput:
                 )
 
     # -- writes ---------------------------------------------------------------------------
-    def append(self, df: DataFrame, table: str, batch_id: int) -> None:
-        """Append ``df`` to ``table`` as batch ``batch_id`` of this writer; Delta skips it when
-        that batch was appended before (a replay)."""
+    def append(self, df: DataFrame, table: str, batch_id: int, *, check: bool = True) -> bool:
+        """Append ``df`` to ``table`` as batch ``batch_id`` of this writer, one Delta commit.
+        With ``check`` (the batch may have been written before: a replay), skip it when the
+        table already has that batch's rows. Returns whether it appended."""
+        if check and self.has_batch(df.sparkSession, table, batch_id):
+            log.info("batch %d of %s is already in %s (a replay): not appended again", batch_id, self.writer, table)
+            return False
         (df.write.format("delta").mode("append").options(**APPEND_OPTIONS)
-         .option("txnAppId", self.writer).option("txnVersion", str(batch_id)).save(self.uri(table)))
+         .option("userMetadata", f"{self.writer}:{batch_id}").save(self.uri(table)))
+        return True
 
-    def record_batch(self, spark: SparkSession, record: BatchRecord) -> None:
+    def has_batch(self, spark: SparkSession, table: str, batch_id: int) -> bool:
+        """Whether ``table`` has rows of this writer's batch ``batch_id``: one small read (the
+        files' min/max statistics on ``batch_id`` skip the others)."""
+        return bool(spark.read.format("delta").load(self.uri(table))
+                    .where(f"{WRITER} = '{self.writer}' AND batch_id = {int(batch_id)}").limit(1).collect())
+
+    def record_batch(self, spark: SparkSession, record: BatchRecord, *, check: bool = True) -> None:
         """The batch's last append: its ``batches`` row (the batch is complete once it is there)."""
         row = record.row(self.writer, datetime.now(timezone.utc))
-        self.append(spark.createDataFrame([row], f"{ddl(BATCHES)}"), BATCHES, record.batch_id)
+        self.append(spark.createDataFrame([row], f"{ddl(BATCHES)}"), BATCHES, record.batch_id, check=check)
 
     # -- reads ----------------------------------------------------------------------------
     def last_batch(self, spark: SparkSession, below: int | None = None) -> BatchRecord | None:

@@ -474,3 +474,25 @@ def test_poison_bench_measures_a_recovery_and_checks_the_rows(trained_model_dir,
     assert saved["isolation_s"] > 0 and saved["poisoned_batch_s"] >= saved["isolation_s"] and saved["cores"] >= 1
     assert saved["baseline"]["rows"] == 12 and saved["poisoned"]["rows"] == 13
     assert "recovery : isolation" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # two meme-stream subprocesses on local-cluster (a JVM each, plus executors): minutes
+def test_scale_out_streams_on_one_and_two_executors_and_reports_the_ratio(trained_model_dir, tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, per_class=4, classes=["doom", "cats"], seed=4)
+    args = build_parser().parse_args(
+        ["--only", "scale-out", "--quick", "--stream-images", "6", "--data", str(data), "--model", str(trained_model_dir),
+         "--work-dir", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")])
+    config = config_from_args(args)
+    assert "scale-out" not in config_from_args(build_parser().parse_args([])).only  # only when named
+    report = run_benchmark(config)
+    result = report["scenarios"]["scale-out"]
+    assert result["status"] == "ok", result.get("error")
+    for n in ("1", "2"):
+        run = result["runs"][n]
+        assert run["master"] == f"local-cluster[{n},1,2048]" and run["stream_exit_code"] == 0
+        assert run["saturation"]["complete"] and run["saturation"]["images"] == 6
+        assert run["saturation"]["images_per_s"] > 0 and run["peak_rss_mib"] > 0
+    assert result["two_vs_one"] == pytest.approx(
+        result["runs"]["2"]["saturation"]["images_per_s"] / result["runs"]["1"]["saturation"]["images_per_s"], rel=0.01)
+    assert "two executors / one" in format_table(report)

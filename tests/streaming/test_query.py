@@ -228,3 +228,50 @@ def test_worker_keeper_warms_only_after_a_quiet_spell_and_never_raises(caplog):
     now[0] = 300.0
     assert failing.tick(0.0) and failing.runs == 1
     assert "keeping the Python workers warm failed: session stopped" in caplog.text
+
+
+def test_only_a_batch_after_a_start_or_a_failure_looks_for_earlier_rows(spark, stream_root, trained_model_dir, image_bytes,
+                                                                         monkeypatch):
+    """A batch that follows one this process committed is appended blind; the first batch of a
+    run (which may replay a half-written one) looks first (streaming.sinks)."""
+    looked: list[tuple[str, int]] = []
+    original = DeltaOutput.has_batch
+
+    def spy(self, spark_, table, batch_id):
+        looked.append((table, batch_id))
+        return original(self, spark_, table, batch_id)
+
+    monkeypatch.setattr(DeltaOutput, "has_batch", spy)
+    cfg = make_config(stream_root, trained_model_dir, max_files_per_trigger=2)
+    _drop(stream_root / "inbox", {f"a{i}.jpg": image_bytes("doom", i) for i in range(6)})
+    run_stream(spark, cfg)
+    preds = _predictions(stream_root)
+    assert sorted(preds["batch_id"].unique()) == [0, 1, 2]
+    assert {b for _, b in looked} == {0}, looked  # batches 1 and 2 follow committed ones
+    assert {t for t, _ in looked} == {"predictions", "class_counts", "batches"}
+    looked.clear()
+    _drop(stream_root / "inbox", {f"b{i}.jpg": image_bytes("cats", 50 + i) for i in range(4)})
+    run_stream(spark, cfg)  # a new run: its first batch (3) looks, the next does not
+    assert {b for _, b in looked} == {3}, looked
+    preds = _predictions(stream_root)
+    assert len(preds) == 10 and preds["image_id"].is_unique
+
+
+def test_a_failed_batch_makes_the_next_one_look(stream_root, trained_model_dir, monkeypatch):
+    """A batch that raised may be half written: whatever comes next checks each table first."""
+    from streaming.batch import BatchProcessor, LiveSummary
+
+    cfg = make_config(stream_root, trained_model_dir)
+    processor = BatchProcessor(cfg, DeltaOutput(cfg.output, "folder_a1"), ModelHolder(trained_model_dir),
+                               LiveSummary({}, quiet=True))
+    assert processor._needs_check(0)  # nothing written by this process yet
+    processor._written_through = 4
+    assert not processor._needs_check(5) and processor._needs_check(7)
+
+    def fail(batch_df, batch_id):
+        raise RuntimeError("a task failed mid-append")
+
+    monkeypatch.setattr(processor, "_process", fail)
+    with pytest.raises(RuntimeError):
+        processor(None, 5)
+    assert processor._needs_check(5) and processor._needs_check(6)

@@ -1,4 +1,4 @@
-"""streaming.sinks.DeltaOutput: idempotent appends per (writer, batch id), the batches table, and
+"""streaming.sinks.DeltaOutput: appends checked per (writer, batch id), the batches table, and
 the checks ``ensure_tables`` makes before a stream writes."""
 from __future__ import annotations
 
@@ -32,27 +32,37 @@ def out(spark, tmp_path):
     return output
 
 
-def test_append_is_idempotent_per_writer_and_batch_id(spark, out):
+def test_a_checked_append_skips_a_batch_the_table_has(spark, out):
     uri = out.uri(PREDICTIONS)
-    out.append(_predictions(spark, "folder_a1", 0), PREDICTIONS, 0)
+    assert out.append(_predictions(spark, "folder_a1", 0), PREDICTIONS, 0)
     version = DeltaTable(uri).version()
-    # a replay of batch 0 (same writer, same id) is skipped by Delta, whatever it carries
-    out.append(_predictions(spark, "folder_a1", 0, n=5), PREDICTIONS, 0)
+    assert out.has_batch(spark, PREDICTIONS, 0) and not out.has_batch(spark, PREDICTIONS, 1)
+    # a replay of batch 0 (same writer, same id) is skipped, whatever it carries
+    assert not out.append(_predictions(spark, "folder_a1", 0, n=5), PREDICTIONS, 0)
     assert DeltaTable(uri).version() == version  # nothing committed
     assert _ids(spark, out) == ["folder_a1-0-0", "folder_a1-0-1"]
-    out.append(_predictions(spark, "folder_a1", 1, n=1), PREDICTIONS, 1)
-    out.append(_predictions(spark, "folder_a1", 0, n=3), PREDICTIONS, 0)  # an older batch: skipped as well
+    assert out.append(_predictions(spark, "folder_a1", 1, n=1), PREDICTIONS, 1)
     # the same batch id from another writer (the Kafka stream beside the folder one) is not a replay
     kafka = DeltaOutput(out.root, "kafka_b2")
-    kafka.append(_predictions(spark, "kafka_b2", 0), PREDICTIONS, 0)
+    assert not kafka.has_batch(spark, PREDICTIONS, 0)
+    assert kafka.append(_predictions(spark, "kafka_b2", 0), PREDICTIONS, 0)
     assert _ids(spark, out) == ["folder_a1-0-0", "folder_a1-0-1", "folder_a1-1-0", "kafka_b2-0-0", "kafka_b2-0-1"]
-    table = DeltaTable(uri)
-    assert table.transaction_version("folder_a1") == 1 and table.transaction_version("kafka_b2") == 0
-    # the other tables' transactions are their own: batch 0 of this writer is new to class_counts
+    # each commit names its writer and batch
+    metadata = [h.get("userMetadata") for h in DeltaTable(uri).history() if h.get("operation") == "WRITE"]
+    assert sorted(metadata) == ["folder_a1:0", "folder_a1:1", "kafka_b2:0"]
+    # the other tables are checked on their own: batch 0 of this writer is new to class_counts
     counts = spark.createDataFrame([(datetime(2026, 11, 28, 10), "doom", 2, 0, "folder_a1", datetime(2026, 11, 28).date())],
                                    "window_start timestamp, label string, count bigint, batch_id bigint, writer string, date date")
-    out.append(counts, CLASS_COUNTS, 0)
+    assert out.append(counts, CLASS_COUNTS, 0)
     assert spark.read.format("delta").load(out.uri(CLASS_COUNTS)).count() == 1
+
+
+def test_a_blind_append_does_not_look(spark, out):
+    """``check=False`` is for a batch known not to be written (the caller's promise): it appends
+    without the read, so a wrong promise shows as a duplicate, not as a lost batch."""
+    out.append(_predictions(spark, "folder_a1", 0), PREDICTIONS, 0, check=False)
+    out.append(_predictions(spark, "folder_a1", 0), PREDICTIONS, 0, check=False)
+    assert _ids(spark, out) == ["folder_a1-0-0", "folder_a1-0-0", "folder_a1-0-1", "folder_a1-0-1"]
 
 
 def test_record_batch_last_batch_and_batch_round_trip(spark, out):
