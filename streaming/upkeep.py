@@ -3,7 +3,8 @@
 A stream appends a few small files per table and batch. Delta's ``OPTIMIZE`` rewrites the
 recent days' small files into large ones (readers keep seeing one consistent snapshot; blind
 appends of a running stream never conflict with it), ``--retention-days`` deletes whole old
-days (``DELETE ... WHERE date < ...``), and ``VACUUM`` removes the files those left behind once
+days (``DELETE ... WHERE date < ...``) except each writer's newest recorded batch and anything
+after it (:func:`replayable`), and ``VACUUM`` removes the files those left behind once
 ``delta.deletedFileRetentionDuration`` has passed. The ``_delta_log`` bounds itself: Delta
 writes a checkpoint every ``delta.checkpointInterval`` commits and then drops log files older
 than ``delta.logRetentionDuration`` (``streaming.sinks.TABLE_PROPERTIES``).
@@ -26,6 +27,7 @@ from typing import Callable, Sequence
 from memestream.abspath import absolute
 from memestream.cli import add_common_flags, env_flag, one_line, positive_int, run_main
 from memestream.errors import ConfigError
+from streaming.schema import WRITER
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +76,46 @@ def _files(spark, uri: str) -> int:  # noqa: ANN001
     return int(spark.sql(f"DESCRIBE DETAIL delta.`{uri}`").collect()[0]["numFiles"] or 0)
 
 
-def upkeep_table(spark, uri: str, table: str, config: UpkeepConfig, today: date | None = None) -> TableResult:  # noqa: ANN001
-    """One pass over one table: retention DELETE, OPTIMIZE of recent days, VACUUM."""
+def replayable(spark, batches_uri: str) -> dict[str, int]:  # noqa: ANN001
+    """Per writer, the first batch id Spark may still replay: its newest recorded batch.
+
+    A replayed batch is skipped because its rows are found in the table
+    (:meth:`streaming.sinks.DeltaOutput.has_batch`), so retention must not delete rows a replay
+    could still ask about. Spark starts batch N only after its checkpoint committed batch N-1,
+    so once a writer recorded batch R, every batch below R is final and only R (its commit may
+    not have reached the checkpoint) or later can come again."""
+    rows = spark.sql(f"SELECT {WRITER}, MAX(batch_id) AS r FROM delta.`{batches_uri}` "
+                     f"WHERE {WRITER} IS NOT NULL GROUP BY {WRITER}").collect()
+    return {r[0]: int(r[1]) for r in rows if r[1] is not None}
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def retention_condition(cutoff: date, keep_from: dict[str, int]) -> str:
+    """Rows of days before ``cutoff``, except those of a batch a writer may still replay
+    (``batch_id >= keep_from[writer]``). A writer with no recorded batch keeps nothing: its
+    rows are older than the cutoff and none of its batches completed, so it is gone."""
+    condition = f"date < DATE'{cutoff.isoformat()}'"
+    if not keep_from:
+        return condition
+    pairs = ", ".join(f"{_sql_string(w)}, CAST({int(b)} AS BIGINT)" for w, b in sorted(keep_from.items()))
+    return (f"{condition} AND (batch_id IS NULL OR {WRITER} IS NULL OR "
+            f"batch_id < coalesce(element_at(map({pairs}), {WRITER}), CAST({2 ** 63 - 1} AS BIGINT)))")
+
+
+def upkeep_table(spark, uri: str, table: str, config: UpkeepConfig, today: date | None = None,  # noqa: ANN001
+                 keep_from: dict[str, int] | None = None) -> TableResult:
+    """One pass over one table: retention DELETE (sparing ``keep_from``, see :func:`replayable`),
+    OPTIMIZE of recent days, VACUUM."""
     started = time.monotonic()
     today = today or datetime.now(timezone.utc).date()
     result = TableResult(table, files_before=_files(spark, uri))
     if config.retention_days is not None:
         cutoff = today - timedelta(days=config.retention_days)
-        rows = spark.sql(f"DELETE FROM delta.`{uri}` WHERE date < DATE'{cutoff.isoformat()}'").collect()
+        condition = retention_condition(cutoff, keep_from or {})
+        rows = spark.sql(f"DELETE FROM delta.`{uri}` WHERE {condition}").collect()
         result.deleted_rows = int(rows[0][0]) if rows and rows[0][0] is not None else 0
     if config.optimize:
         since = today - timedelta(days=OPTIMIZE_DAYS)
@@ -100,16 +134,23 @@ def upkeep_table(spark, uri: str, table: str, config: UpkeepConfig, today: date 
 
 def run_upkeep(spark, config: UpkeepConfig, today: date | None = None) -> list[TableResult]:  # noqa: ANN001
     """One pass over every configured table (tables that do not exist yet are skipped)."""
-    from streaming.schema import is_delta_table, table_uri
+    from streaming.schema import BATCHES, is_delta_table, table_uri
 
+    def exists(uri: str) -> bool:
+        local = not ("://" in uri) or uri.startswith("file:")
+        return not local or is_delta_table(uri)
+
+    keep_from: dict[str, int] = {}
+    if config.retention_days is not None and exists(table_uri(config.output, BATCHES)):
+        # read once, before any DELETE: a batch recorded meanwhile only makes this keep more
+        keep_from = replayable(spark, table_uri(config.output, BATCHES))
     out = []
     for table in config.tables:
         uri = table_uri(config.output, table)
-        local = not ("://" in uri) or uri.startswith("file:")
-        if local and not is_delta_table(uri):
+        if not exists(uri):
             out.append(TableResult(table, note="no table yet"))
             continue
-        out.append(upkeep_table(spark, uri, table, config, today))
+        out.append(upkeep_table(spark, uri, table, config, today, keep_from))
     return out
 
 

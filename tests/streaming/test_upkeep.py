@@ -16,9 +16,9 @@ from deltalake import DeltaTable
 
 from memestream.errors import ConfigError
 from streaming import upkeep as upkeep_mod
-from streaming.schema import BATCHES, CLASS_COUNTS, COLUMNS, PREDICTIONS, QUARANTINE, TABLES, WRITER, is_delta_table
+from streaming.schema import BATCHES, CLASS_COUNTS, COLUMNS, PREDICTIONS, QUARANTINE, TABLES, WRITER, ddl, is_delta_table
 from streaming.sinks import BatchRecord, DeltaOutput
-from streaming.upkeep import OPTIMIZE_DAYS, StreamUpkeep, UpkeepConfig, convert_output, run_upkeep
+from streaming.upkeep import OPTIMIZE_DAYS, StreamUpkeep, UpkeepConfig, convert_output, retention_condition, run_upkeep
 
 TODAY = date(2026, 11, 29)
 RECENT = TODAY - timedelta(days=1)  # inside OPTIMIZE's window
@@ -113,13 +113,37 @@ def test_retention_deletes_the_days_older_than_retention_days(spark, out):
     assert _ids(spark, out) == ["1-0", "1-1", "1-2", "2-0", "2-1", "2-2"]
     assert _ids(spark, out, CLASS_COUNTS) == ["2"]
     assert out.last_batch(spark).batch_id == 2
-    out.append(_predictions(spark, 0, OLD), PREDICTIONS, 0)  # a replay of a deleted batch stays skipped
-    assert len(_ids(spark, out)) == 6
     # the exact day boundary: rows of TODAY - 3 are kept, older ones go
-    out.append(_predictions(spark, 3, TODAY - timedelta(days=3)), PREDICTIONS, 3)
-    out.append(_predictions(spark, 4, TODAY - timedelta(days=4)), PREDICTIONS, 4)
+    for b, day in ((3, TODAY - timedelta(days=3)), (4, TODAY - timedelta(days=4)), (5, TODAY)):
+        out.append(_predictions(spark, b, day), PREDICTIONS, b)
+        out.record_batch(spark, BatchRecord(b, rows=3))
     run_upkeep(spark, UpkeepConfig(out.root, tables=(PREDICTIONS,), retention_days=3, optimize=False), today=TODAY)
-    assert [i for i in _ids(spark, out) if i[0] in "34"] == ["3-0", "3-1", "3-2"]
+    assert [i for i in _ids(spark, out) if i[0] in "345"] == ["3-0", "3-1", "3-2", "5-0", "5-1", "5-2"]
+
+
+def test_retention_keeps_the_batch_a_writer_may_replay(spark, out):
+    """Spark can replay only a writer's newest recorded batch (or a later one), and the replay is
+    skipped because its rows are found: retention keeps those rows however old they are."""
+    other = DeltaOutput(out.root, "kafka_b2")
+    for b in (6, 7, 8):  # 8 was appended, then the stream died before recording it
+        other.append(_predictions(spark, b, OLD, writer=other.writer), PREDICTIONS, b)
+    for b in (6, 7):  # recorded on an old day too: the batches table has retention like any other
+        row = BatchRecord(b, rows=3).row(other.writer, datetime(OLD.year, OLD.month, OLD.day, 12))
+        other.append(spark.createDataFrame([row], ddl(BATCHES)), BATCHES, b)
+    out.append(_predictions(spark, 0, OLD, writer="converted"), PREDICTIONS, 0)  # no batch recorded: it goes
+    results = {r.table: r for r in run_upkeep(spark, UpkeepConfig(out.root, retention_days=3), today=TODAY)}
+    assert results[PREDICTIONS].deleted_rows == 6 and results[BATCHES].deleted_rows == 1
+    assert _ids(spark, out) == ["7-0", "7-1", "7-2", "8-0", "8-1", "8-2"]
+    assert other.last_batch(spark).batch_id == 7
+    assert not other.append(_predictions(spark, 7, OLD, writer=other.writer), PREDICTIONS, 7)  # the replay
+    assert not other.append(_predictions(spark, 8, OLD, writer=other.writer), PREDICTIONS, 8)
+    assert len(_ids(spark, out)) == 6
+
+
+def test_the_retention_condition_names_each_writer_once_and_quotes_it():
+    assert retention_condition(OLD, {}) == f"date < DATE'{OLD.isoformat()}'"
+    cond = retention_condition(OLD, {"b": 3, "it's": 9})
+    assert "map('b', CAST(3 AS BIGINT), 'it\\'s', CAST(9 AS BIGINT))" in cond and cond.count("element_at") == 1
 
 
 def test_upkeep_while_a_stream_appends_loses_and_duplicates_nothing(spark, out):
