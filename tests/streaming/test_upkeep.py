@@ -81,7 +81,7 @@ def test_optimize_compacts_the_recent_days_and_keeps_every_row(spark, small_file
     assert _live_files(out, day=RECENT) == 1
     assert _live_files(out, day=OLDER) == 3  # older days were compacted when they were new
     assert _ids(spark, out) == before and len(before) == 27
-    # Delta's record of the writer's batches survives the rewrite: a replay is still skipped
+    # the batch's rows survive the rewrite: a replay still finds them and is skipped
     out.append(_predictions(spark, 4, RECENT), PREDICTIONS, 4)
     assert _ids(spark, out) == before
 
