@@ -20,3 +20,23 @@ def test_every_kind_renders_decodable_images_reproducibly():
             assert foreign_bytes(kind, 5, i) == blob  # the same seed renders the same bytes
     assert len(shapes) > 4  # sizes and aspect ratios vary
     assert foreign_bytes("text_pages", 6, 0) != images["text_pages"][0]
+
+
+def test_the_foreign_benchmark_reports_old_and_new_per_kind(sample_dataset, tmp_path):
+    """``python -m bench.ood --foreign`` on the small generated folder: every kind gets an AUROC
+    and a flag rate for both scores, the cost is measured, and the JSON is written."""
+    import json
+
+    from bench.ood import main, run_foreign
+
+    result = run_foreign(str(sample_dataset), [42], per_kind=2, foreign_seed=0, folds=3)
+    for which in ("old", "new"):
+        kinds = result["mean"][which]["kinds"]
+        assert set(kinds) == set(KINDS)
+        assert all(0.0 <= v["auroc"] <= 1.0 and 0.0 <= v["flagged"] <= 1.0 for v in kinds.values())
+        assert 0.0 <= result["mean"][which]["memes_flagged"] <= 1.0
+    assert result["seeds"][0]["held_memes"] > 0 and result["seeds"][0]["train_memes"] > result["seeds"][0]["held_memes"]
+    assert result["cost"]["new_ms_per_image"] > result["cost"]["image_stats_ms_per_image"] > 0
+    out = tmp_path / "ood.json"
+    assert main(["--foreign", "--data", str(sample_dataset), "--seeds", "1", "--per-kind", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["split_seeds"] == [1]
