@@ -221,7 +221,8 @@ def _cost_one_thread(model, features: np.ndarray, images: list[np.ndarray]) -> d
             "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
-def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: int, fraction: float = 0.2, folds: int = 5) -> dict:
+def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: int, fraction: float = 0.2, folds: int = 5,
+                quantile: float | None = None) -> dict:
     """The issue-25 benchmark: see the module docstring."""
     from batch_training import selection as sel
     from bench.foreign import foreign_set
@@ -247,7 +248,7 @@ def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: in
         held = sel.grouped_split(groups, y, fraction, seed + 1000)  # bench.holdout's split of the same seed
         tr = ~held
         fold = sel.grouped_folds(groups[tr], y[tr], folds, seed)
-        model, _ = NoveltyModel.fit(feats[tr], y[tr], fold, dims=dims, stats=stats[tr])
+        model, _ = NoveltyModel.fit(feats[tr], y[tr], fold, dims=dims, stats=stats[tr], quantile=quantile or DEFAULT_QUANTILE)
         row = {"seed": seed, "train_memes": int(tr.sum()), "held_memes": int(held.sum()),
                "old": _figures(_legacy(model), feats[held], None, foreign), "new": _figures(model, feats[held], stats[held], foreign)}
         rows.append(row)
@@ -264,7 +265,7 @@ def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: in
     cost = _cost(model, feats, images)
     cost["embed_ms_per_image"] = round(t_embed * 1000, 2)
     return {"data": data, "memes": len(files), "split_seeds": list(seeds), "fraction": fraction, "foreign_seed": foreign_seed,
-            "per_kind": per_kind, "kinds": list(foreign), "old_quantile": OLD_QUANTILE, "new_quantile": DEFAULT_QUANTILE,
+            "per_kind": per_kind, "kinds": list(foreign), "old_quantile": OLD_QUANTILE, "new_quantile": quantile or DEFAULT_QUANTILE,
             "seeds": rows, "mean": mean, "cost": cost, "cores": os.cpu_count()}
 
 
@@ -293,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-kind", type=int, default=40, help="--foreign: images per foreign kind")
     parser.add_argument("--foreign-seed", type=int, default=2,
                         help="--foreign: seed of the rendered foreign images (0 and 1 chose the method: report another)")
+    parser.add_argument("--quantile", type=float, default=None, help="--foreign: the new score's threshold quantile (default: the model's)")
     parser.add_argument("--out", default=None, help="--foreign: JSON results file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -301,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--model is required (or --foreign)")
         print(json.dumps(run(args.model, args.data), indent=2))
         return 0
-    result = run_foreign(args.data, [int(s) for s in args.seeds.split(",") if s.strip()], args.per_kind, args.foreign_seed)
+    result = run_foreign(args.data, [int(s) for s in args.seeds.split(",") if s.strip()], args.per_kind, args.foreign_seed,
+                         quantile=args.quantile)
     print(_table(result))
     if args.out:
         from bench.common import portable_paths

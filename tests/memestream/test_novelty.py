@@ -104,7 +104,7 @@ def test_image_stats_tell_a_page_of_text_from_a_shaded_picture():
     for y in range(20, 380, 18):
         cv2.putText(page, "lorem ipsum dolor sit amet", (10, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     yy, xx = np.mgrid[0:300, 0:300]
-    picture = np.dstack([xx % 256, yy % 256, (xx + yy) % 256]).astype(np.uint8)
+    picture = np.dstack([128 + 100 * np.sin(xx / 23), 128 + 100 * np.cos(yy / 31), 128 + 100 * np.sin((xx + yy) / 17)])
     picture = cv2.GaussianBlur(np.clip(picture + rng.normal(0, 20, picture.shape), 0, 255).astype(np.uint8), (5, 5), 0)
     s_page, s_pic = image_stats(page), image_stats(picture)
     names = list(STAT_NAMES)
@@ -112,5 +112,13 @@ def test_image_stats_tell_a_page_of_text_from_a_shaded_picture():
     assert s_page[names.index("near_white_share")] > 0.5 > s_pic[names.index("near_white_share")]
     assert s_page[names.index("colour_count")] < s_pic[names.index("colour_count")]
     assert s_page[names.index("two_tone_cells")] > s_pic[names.index("two_tone_cells")]
+    assert s_page[names.index("text_row_period")] > 0.3 > s_pic[names.index("text_row_period")]  # lines of text repeat
+    table = np.full((300, 300, 3), 255, np.uint8)
+    for k in range(0, 300, 30):
+        cv2.line(table, (0, k), (299, k), (0, 0, 0), 1)
+        cv2.line(table, (k, 0), (k, 299), (0, 0, 0), 1)
+    s_table = image_stats(table)
+    assert s_table[names.index("horizontal_edge_share")] > 0.3 > s_pic[names.index("horizontal_edge_share")]
+    assert s_table[names.index("vertical_edge_share")] > 0.3 > s_pic[names.index("vertical_edge_share")]
     gray = stats_of([cv2.cvtColor(page, cv2.COLOR_BGR2GRAY), None])
     assert np.allclose(gray[0], s_page, atol=1e-5) and np.all(np.isnan(gray[1]))
