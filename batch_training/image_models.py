@@ -92,6 +92,10 @@ def novelty_stats(data: Ingested, featurizer: ImageFeaturizer, fs: FeatureSet) -
         started = time.monotonic()
         data.image_stats = stats_of_paths(data.path, fs, featurizer.getMaxBytes(), featurizer.getMaxPixels())
         log.info("image statistics of %d rows for the novelty score (%.1f s)", len(data.path), time.monotonic() - started)
+        missing = int((~np.isfinite(data.image_stats).all(axis=1)).sum())
+        if missing:
+            log.warning("%d of %d images did not decode again for the novelty score's statistics: they count as typical",
+                        missing, len(data.path))
     return data.image_stats
 
 
