@@ -6,6 +6,7 @@ comparison models (random forest, MLP) by Spark ML over the rows' PCA coordinate
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +29,11 @@ from memestream.errors import ConfigError
 from memestream.featurizer import ImageFeaturizer
 from memestream.features import FeatureSet
 from memestream.modelstore import ModelVersion
+from memestream.image_stats import stats_of_paths
 from memestream.novelty import NoveltyModel
 from memestream.scorer import features_frame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +86,19 @@ def params_of(stage) -> dict[str, Any]:
     return out
 
 
+def novelty_stats(data: Ingested, featurizer: ImageFeaturizer, fs: FeatureSet) -> np.ndarray:
+    """The rows' image statistics for the novelty score's pixel view, computed once per run."""
+    if data.image_stats is None:
+        started = time.monotonic()
+        data.image_stats = stats_of_paths(data.path, fs, featurizer.getMaxBytes(), featurizer.getMaxPixels())
+        log.info("image statistics of %d rows for the novelty score (%.1f s)", len(data.path), time.monotonic() - started)
+        missing = int((~np.isfinite(data.image_stats).all(axis=1)).sum())
+        if missing:
+            log.warning("%d of %d images did not decode again for the novelty score's statistics: they count as typical",
+                        missing, len(data.path))
+    return data.image_stats
+
+
 def fit_image_models(spark: SparkSession, cfg: TrainConfig, featurizer: ImageFeaturizer, fs: FeatureSet, data: Ingested, y: np.ndarray,
                      chosen: Selection, n_classes: int, bundle: ModelVersion) -> ImageModels:
     """Fit each model of ``cfg.models`` on the training part and save all but ``logreg``
@@ -91,8 +108,9 @@ def fit_image_models(spark: SparkSession, cfg: TrainConfig, featurizer: ImageFea
     with phase(spark, f"scaler + PCA(k={k}) on {int(tr.sum())} rows", cfg.progress):
         scaler_model, pca_model, reduced_np = fit_prep(data.features[tr], k)
     reduced = None  # the rows as a Spark frame, for the models Spark fits (forest, MLP)
+    stats = novelty_stats(data, featurizer, fs)
     out = ImageModels({}, {}, {}, NoveltyModel.fit(data.features[tr], y[tr], chosen.folds, dims=fs.novelty_dims,
-                                                   files=[r for r, t in zip(data.rel_path, tr) if t])[0], reduced_np,
+                                                   files=[r for r, t in zip(data.rel_path, tr) if t], stats=stats[tr])[0], reduced_np,
                       [float(v) for v in pca_model.explainedVariance.toArray()])
     for name in cfg.models:
         fit_started = time.monotonic()

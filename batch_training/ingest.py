@@ -68,6 +68,8 @@ class Ingested:
     ocr_run: int = 0  # images OCR'd by this run (the rest came from the cache)
     #: post title per row ('' when the titles file has none for it); None: no titles file
     titles: list[str] | None = None
+    #: per-row image statistics for the novelty score (memestream.image_stats), filled on first use
+    image_stats: np.ndarray | None = None
 
 
 class FeatureCache:

@@ -73,7 +73,8 @@ def score_test_split(spark: SparkSession, cfg: TrainConfig, bundle: ModelVersion
         scorer = Scorer(loaded, text_mode=cfg.text if with_text else "off")
         progress = SparkProgress(spark, f"scoring {name} on {len(yt)} test images", cfg.progress) if scorer.engine == "spark" else nullcontext()
         with progress:
-            scores = scorer.score_features(xt, texts_for if with_text else None)
+            scores = scorer.score_features(xt, texts_for if with_text else None,
+                                           data.image_stats[chosen.test] if data.image_stats is not None else None)
         metrics = classification_metrics(yt, scores.probs, classes, scores.prediction)
         curves[name] = roc_curves(yt, scores.probs, classes)
         metrics.update(_details(scores, with_text and loaded.text_branch is not None and scorer.text_mode != "off"))

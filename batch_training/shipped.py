@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from batch_training import selection as sel
 from batch_training.config import STACKED, TrainConfig
-from batch_training.image_models import ImageModels, classifier, fit_prep, params_of
+from batch_training.image_models import ImageModels, classifier, fit_prep, novelty_stats, params_of
 from batch_training.ingest import Ingested
 from batch_training.metrics import calibration_metrics
 from batch_training.progress import phase
@@ -150,7 +150,8 @@ def final_fit(spark: SparkSession, cfg: TrainConfig, bundle: ModelVersion, featu
         fitted = classifier("logreg", cfg, k, n_classes, reg).fit_arrays(reduced_np, y, n_classes)
     pipeline = PipelineModel(stages=[featurizer, scaler_model, pca_model, fitted])
     folds = sel.grouped_folds(chosen.groups, y, cfg.folds, cfg.seed)
-    novelty, _ = NoveltyModel.fit(data.features, y, folds, dims=fs.novelty_dims, files=data.rel_path)
+    novelty, _ = NoveltyModel.fit(data.features, y, folds, dims=fs.novelty_dims, files=data.rel_path,
+                                  stats=novelty_stats(data, featurizer, fs))
     info: dict[str, Any] = {"rows": n, "params": params_of(fitted), "novelty_threshold": round(novelty.threshold, 6)}
     final_branch = None
     if shipped.branch is not None:

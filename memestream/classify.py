@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from memestream.decode import DEFAULT_MAX_BYTES
 from memestream.features import featurize_inputs, get_feature_set
 from memestream.featurizer import ImageFeaturizer
+from memestream.image_stats import stats_of
 from memestream.inference import LocalModel
 from memestream.isolation import DEFAULT_TIME_CAP_S, limit_memory, rows_isolated, time_cap
 from memestream.modelstore import LoadedModel
@@ -105,9 +106,17 @@ def pipeline_columns(df: DataFrame, model: LoadedModel, ood_mode: str | None = N
         new = label_exprs(model.classes, err)
         vector = vector_to_array(F.col(PROBABILITY), "float64")
     else:
-        post = F.arrow_udf(_jvm_post(jvm_calibrator(model), worker_novelty(model), check_ood_mode(ood_mode), tuple(model.classes)),
+        feat = featurizer_of(model)
+        novelty = worker_novelty(model)
+        # the novelty score's pixel view needs the image: the post step decodes the bytes again
+        # (the featurizer stage keeps only the vector); without that view, an empty column
+        stats_on = novelty is not None and ood_mode != "off" and novelty.wants_stats
+        decode = (feat.getFeatureSet(), feat.getMaxBytes(), feat.getMaxPixels()) if stats_on else None
+        post = F.arrow_udf(_jvm_post(jvm_calibrator(model), novelty, check_ood_mode(ood_mode), tuple(model.classes), decode),
                            _POST_SCHEMA).asNondeterministic()
-        scored = scored.withColumn(_POSTED, post(vector_to_array(F.col(FEATURES), "float32"), vector_to_array(F.col(PROBABILITY), "float64")))
+        image = F.col(feat.getInputCol()) if stats_on else F.lit(None).cast("binary")
+        scored = scored.withColumn(_POSTED, post(vector_to_array(F.col(FEATURES), "float32"), vector_to_array(F.col(PROBABILITY), "float64"),
+                                                 image))
         vector = F.col(f"{_POSTED}.probabilities")
         new = label_exprs(model.classes, err, F.col(f"{_POSTED}.prediction"), vector,
                           code=F.coalesce(error_code(F.col(err)), F.col(f"{_POSTED}.code")))
@@ -123,11 +132,12 @@ _POSTED = "__memestream_posted"
 _POST_SCHEMA = "prediction int, probabilities array<double>, code string, novelty double, ood boolean, nearest_class string"
 
 
-def _jvm_post(calibrator: Any, novelty: Any, ood_mode: str, classes: tuple[str, ...]):
+def _jvm_post(calibrator: Any, novelty: Any, ood_mode: str, classes: tuple[str, ...], decode: tuple[str, int, int] | None = None):
     """UDF body: calibration and novelty for rows scored by the JVM pipeline (same numpy as
-    :func:`score_values`)."""
+    :func:`score_values`). ``decode``: (feature set, max bytes, max pixels) to decode the
+    image bytes again for the novelty score's image statistics (None: no statistics)."""
 
-    def run(features: pa.Array, probabilities: pa.Array) -> pa.Array:
+    def run(features: pa.Array, probabilities: pa.Array, images: pa.Array) -> pa.Array:
         n = len(probabilities)
         k = len(classes)
         probs = np.asarray(probabilities.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(n, k)
@@ -136,7 +146,8 @@ def _jvm_post(calibrator: Any, novelty: Any, ood_mode: str, classes: tuple[str, 
         index = probs.argmax(axis=1).astype(np.int32)
         codes: list[str | None] = [None] * n
         x = np.asarray(features.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, -1) if n else np.zeros((0, 0))
-        nov, ood, near = novelty_columns(novelty, ood_mode, classes, x, np.ones(n, dtype=bool), index, codes)
+        stats = _stats_of_bytes(images.to_pylist(), *decode) if decode is not None else None
+        nov, ood, near = novelty_columns(novelty, ood_mode, classes, x, np.ones(n, dtype=bool), index, codes, stats)
         offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
         return pa.StructArray.from_arrays(
             [pa.array(index, type=pa.int32()), pa.ListArray.from_arrays(offsets, pa.array(probs.reshape(-1), type=pa.float64())),
@@ -169,16 +180,18 @@ def score_values(spec: "ScoringSpec", values: Sequence[Any]) -> ScoredBatch:
     single-process limit."""
     fs = get_feature_set(spec.feature_set)
     text_on = spec.text is not None and spec.text_mode != "off"
+    stats_on = spec.novelty is not None and spec.ood_mode != "off" and getattr(spec.novelty, "wants_stats", False)
     out = featurize_inputs(
         values, fs, from_path=spec.from_path, read_max=spec.read_max, max_bytes=spec.max_bytes,
-        max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on, time_cap=spec.time_cap,
+        max_pixels=spec.max_pixels, asset=spec.asset, keep_images=text_on or stats_on, time_cap=spec.time_cap,
     )
     with time_cap(spec.time_cap * max(1, len(values)) if spec.time_cap else None):
         probs, text = apply_model(spec, out.matrix, out.ok, out.images, wide_ocr=len(values) <= spec.wide_ocr_rows)
+        stats = stats_of(out.images) if stats_on else None  # the novelty score's pixel view, ~1.5 ms a row
     out.images = []  # free the decoded arrays early
     # the label is the most probable class of the probabilities the row reports
     index = probs.argmax(axis=1).astype(np.int32) if (spec.text is not None or spec.calibrator is not None) else spec.local.head.predict(probs)
-    novelty, ood, nearest = novelty_columns(spec.novelty, spec.ood_mode, spec.classes, out.matrix, out.ok, index, out.codes)
+    novelty, ood, nearest = novelty_columns(spec.novelty, spec.ood_mode, spec.classes, out.matrix, out.ok, index, out.codes, stats)
     return ScoredBatch(index, probs, out, text, novelty, ood, nearest)
 
 
@@ -200,18 +213,20 @@ def apply_model(
 
 
 def novelty_columns(
-    novelty: Any, ood_mode: str, classes: Sequence[str], matrix: np.ndarray, ok: np.ndarray, index: np.ndarray, codes: list[str | None]
+    novelty: Any, ood_mode: str, classes: Sequence[str], matrix: np.ndarray, ok: np.ndarray, index: np.ndarray, codes: list[str | None],
+    stats: np.ndarray | None = None,
 ) -> tuple[list[float | None], list[bool | None], list[str | None]]:
     """``(novelty, ood, nearest class)`` per row (None where not scored); with ``reject``,
     an out-of-distribution row loses its class (``index`` -1) and gets the
-    ``out_of_distribution`` code. Shared by both scoring engines."""
+    ``out_of_distribution`` code. Shared by both scoring engines. ``stats``: the rows' image
+    statistics (:mod:`memestream.image_stats`) where the engine holds the decoded images."""
     n = len(ok)
     scores_out: list[float | None] = [None] * n
     ood: list[bool | None] = [None] * n
     nearest: list[str | None] = [None] * n
     if novelty is None or ood_mode == "off" or not ok.any():
         return scores_out, ood, nearest
-    scores, near = novelty.score(matrix[ok])
+    scores, near = novelty.score(matrix[ok], stats[ok] if stats is not None else None)
     for j, i in enumerate(np.flatnonzero(ok)):
         scores_out[i] = float(scores[j])
         ood[i] = bool(scores[j] > novelty.threshold)
@@ -220,6 +235,21 @@ def novelty_columns(
             index[i] = -1  # no class: label NULL, error_code out_of_distribution
             codes[i] = OOD_CODE
     return scores_out, ood, nearest
+
+
+def _stats_of_bytes(payloads: Sequence[bytes | None], feature_set: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Image statistics of encoded images decoded as the feature set decodes them (NaN rows:
+    not decodable; those rows carry the featurizer's error and no novelty anyway)."""
+    from memestream.features import decode_for
+
+    fs = get_feature_set(feature_set)
+    images: list[np.ndarray | None] = []
+    for data in payloads:
+        try:
+            images.append(decode_for(data, fs, max_bytes, max_pixels) if data is not None else None)
+        except Exception:  # noqa: BLE001 - the featurizer already reported this row's error (BadImage or worse)
+            images.append(None)
+    return stats_of(images)
 
 
 def score_arrow(spec: "ScoringSpec"):

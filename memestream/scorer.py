@@ -208,15 +208,18 @@ class Scorer:
         names = output if output is not None else [*(c for c in df.columns if c not in cols), *LABELLED, *extra]
         return scored.select(*[cols[c].alias(c) if c in cols else F.col(c) for c in names])
 
-    def score_features(self, features: np.ndarray, texts: Callable[[np.ndarray], Sequence[str]] | None = None) -> FeatureScores:
+    def score_features(self, features: np.ndarray, texts: Callable[[np.ndarray], Sequence[str]] | None = None,
+                       stats: np.ndarray | None = None) -> FeatureScores:
         """Rows already featurized on the driver (training's test split) through the same
         stages, text branch and calibration as :meth:`score`. ``texts(rows)`` gives the OCR
         text of the rows the cascade asks for, all at once; required when the text mode reads
-        text and the model has a text branch (Python engine)."""
+        text and the model has a text branch (Python engine). ``stats``: the rows' image
+        statistics for the novelty score (:mod:`memestream.image_stats`; None: the embedding
+        view alone, as for an image the scorer could not see)."""
         if self.local is not None and self.model.text_branch is not None and self.text_mode != "off" and texts is None:
             raise ValueError(f"text mode {self.text_mode!r} reads OCR text: pass texts (or score with text mode 'off')")
         reference = self.model.novelty
-        novelty = reference.score(features)[0] if reference is not None else None
+        novelty = reference.score(features, stats)[0] if reference is not None else None
         ood = novelty > reference.threshold if reference is not None else None
         if self.local is None:
             return self._features_in_jvm(features, novelty, ood)

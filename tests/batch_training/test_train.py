@@ -192,6 +192,26 @@ def test_a_foreign_photo_is_flagged_and_a_training_image_is_not(spark, trained_m
     assert all(r["ood"] is None and r["novelty"] is None for r in off)
 
 
+def test_a_page_of_text_is_kept_out_of_the_classes_on_either_engine(spark, trained_model_dir, sample_dataset, tmp_path):
+    """Issue 25: a text-heavy foreign image (bench.foreign's page of text) is rejected by the
+    novelty score's statistics view in the Python engine and in the JVM one (which decodes
+    the bytes again for it); a training image keeps its label."""
+    from bench.foreign import foreign_bytes
+    from memestream.scorer import Scorer
+
+    page = tmp_path / "page.img"
+    page.write_bytes(foreign_bytes("text_pages", 0, 0))
+    own = sorted(Path(sample_dataset).rglob("*.png"))[0]
+    loaded = load_model(trained_model_dir)
+    assert loaded.novelty.wants_stats
+    paths = spark.createDataFrame([(str(page),), (str(own),)], ["path"])
+    for engine in ("python", "spark"):
+        rows = {Path(r["path"]).name: r for r in Scorer(loaded, engine=engine, ood_mode="reject").score(paths).collect()}
+        assert rows["page.img"]["label"] is None and rows["page.img"]["error_code"] == "out_of_distribution", engine
+        assert rows[own.name]["label"] in loaded.classes and rows[own.name]["ood"] is False, engine
+        assert rows["page.img"]["novelty"] > loaded.novelty.threshold >= rows[own.name]["novelty"], engine
+
+
 def test_evaluate_and_the_stream_report_the_same_probabilities(spark, trained_model_dir, sample_dataset):
     """meme-evaluate's metrics equal those computed from the stream's own rows."""
     import numpy as np

@@ -13,6 +13,7 @@ from memestream import scorer as scorer_module
 from memestream.classify import featurizer_of
 from memestream.errors import ConfigError
 from memestream.features import featurize_inputs, get_feature_set
+from memestream.image_stats import stats_of
 from memestream.modelstore import LoadedModel, load_model
 from memestream.scorer import LABELLED, Scorer
 
@@ -23,11 +24,16 @@ def _paths(spark, sample_dataset, n: int = 6):
 
 
 def _features(model: LoadedModel, paths: list[str]) -> np.ndarray:
+    return _features_and_stats(model, paths)[0]
+
+
+def _features_and_stats(model: LoadedModel, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings and the novelty score's image statistics, as the in-worker scorer computes them."""
     feat = featurizer_of(model)
     out = featurize_inputs(paths, get_feature_set(feat.getFeatureSet()), from_path=True, max_bytes=feat.getMaxBytes(),
-                           max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath())
+                           max_pixels=feat.getMaxPixels(), asset=feat.getAssetPath(), keep_images=True)
     assert out.ok.all()
-    return out.matrix
+    return out.matrix, stats_of(out.images)
 
 
 def test_scorer_builds_its_udf_once_and_keeps_it_on_itself(spark, trained_model_dir, sample_dataset, monkeypatch):
@@ -55,11 +61,13 @@ def test_featurized_rows_score_like_the_images(spark, trained_model_dir, sample_
     assert scorer.engine == ("python" if which == "logreg" else "spark")
     paths, files = _paths(spark, sample_dataset)
     by_path = {r["path"]: r for r in scorer.score(paths).collect()}
-    got = scorer.score_features(_features(model, files))
+    features, stats = _features_and_stats(model, files)
+    got = scorer.score_features(features, stats=stats)
     want = np.array([by_path[p]["probability_vector"] for p in files])
     np.testing.assert_allclose(got.probs, want, rtol=0, atol=1e-9)
     assert got.probs.argmax(axis=1).tolist() == [model.classes.index(by_path[p]["label"]) for p in files]
     np.testing.assert_allclose(got.novelty, [by_path[p]["novelty"] for p in files], rtol=0, atol=1e-6)
+    assert model.novelty.wants_stats  # both views, on either engine (the JVM one decodes the bytes again)
 
 
 def test_scorer_options_are_checked_when_built(spark, trained_model_dir):
