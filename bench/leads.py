@@ -237,6 +237,9 @@ class Lead:
     trigger: Callable[[Harvest], np.ndarray] | None = None
     train: dict[str, Any] = field(default_factory=dict)
     needs: str | None = None
+    #: calibration method forced on the stacked output (memestream.calibration.METHODS);
+    #: None: the one meme-train's CV log loss picks
+    calibration: str | None = None
 
 
 def _segmented_analyzer(seg: Segmenter, words: str) -> Callable[..., list[str]]:
@@ -274,6 +277,10 @@ def leads() -> dict[str, Lead]:
              trigger=lambda h: np.array([text_area(b, s) > 0.1 for b, s in zip(h.boxes, h.ocr_shape)])),
         Lead("area0.05", "OCR also every image whose detector boxes cover over 5 % of it",
              trigger=lambda h: np.array([text_area(b, s) > 0.05 for b, s in zip(h.boxes, h.ocr_shape)])),
+        Lead("wide-grid", "the image branch's CV grid widened: PCA k 128..768, L2 0.01..1",
+             train={"pca_ks": (128, 256, 512, 768), "reg_params": (0.01, 0.03, 0.1, 0.3, 1.0)}),
+        *(Lead(f"cal-{m}", f"the stacked output's calibration forced to {m} (meme-train picks by CV log loss)", calibration=m)
+          for m in ("none", "temperature", "platt", "isotonic")),
         Lead("ssqrt", "image features through a signed square root", features=ssqrt),
         Lead("mirror-avg", "image features: mean of the image's and its mirror's embeddings (a test-time view, trained the same way)",
              features=lambda h: (h.features.astype(np.float64) + h.mirrored) / 2),
@@ -391,6 +398,8 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
             stacker = Stacker.fit(np.log(np.clip(view, 1e-12, 1.0)), chosen.text.oof_logp, has.astype(np.float64), y[inner],
                                   C=chosen.cascade.stacker_c)
             calibrator, _ = fit_calibration(chosen.cascade.oof_probs, y[inner], chosen.folds)
+            if lead.calibration is not None:
+                calibrator = _fit_calibrator(lead.calibration, chosen.cascade.oof_probs, y[inner])
             # meme-evaluate on the held-back fifth
             y_held = y_all[he_idx]
             image_view = vote2.apply(lr2.predict_proba(zheld @ basis2), zheld @ basis2)
@@ -412,6 +421,12 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
     mean = {"accuracy": round(float(np.mean(acc)), 4), "min_accuracy": round(float(np.min(acc)), 4),
             "ece": round(float(np.mean([r["ece"] for r in rows])), 4), "ocr_share": round(float(np.mean([r["ocr_share"] for r in rows])), 4)}
     return {"lead": lead.name, "what": lead.what, "seeds": rows, "mean": mean}
+
+
+def _fit_calibrator(method: str, probs: np.ndarray, y: np.ndarray) -> Any:
+    from memestream.calibration import _fit
+
+    return _fit(method, np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=np.int64))
 
 
 def _resolve(lead: Lead) -> Lead | None:

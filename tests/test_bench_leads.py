@@ -96,3 +96,9 @@ def test_harvest_writes_what_load_harvest_reads(tmp_path, image_bytes):
     assert not np.allclose(h.features, h.mirrored)  # the mirror is a different view
     doc = json.loads(out.with_suffix(".json").read_text())
     assert all(isinstance(m["boxes"], list) for m in doc["images"])
+
+
+def test_a_calibration_lead_forces_the_method_on_the_stacked_output():
+    h = _synthetic()
+    (row,) = leads.replay(h, leads.leads()["cal-temperature"], seeds=(3,))["seeds"]
+    assert row["calibration"] == "temperature"
