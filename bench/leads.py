@@ -379,14 +379,16 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
             # the training-part fit scores the inner test split: the cascade reads those texts
             ztr, zte, basis = sel._fold_prep(data.features, ~test, test, k)
             lr = sel.fit_logistic(ztr @ basis, y[~test], reg, cfg.seed)
-            vote = NeighbourVote.fit(ztr @ basis, y[~test], len(classes), cfg.neighbours, DEFAULT_TEMPERATURE)
-            read_test = (vote.apply(lr.predict_proba(zte @ basis), zte @ basis).max(axis=1) < cascade) | trig[test]
+            view_test = lr.predict_proba(zte @ basis)
+            if cfg.neighbours:
+                vote = NeighbourVote.fit(ztr @ basis, y[~test], len(classes), cfg.neighbours, DEFAULT_TEMPERATURE)
+                view_test = vote.apply(view_test, zte @ basis)
+            read_test = (view_test.max(axis=1) < cascade) | trig[test]
             # final fit on every training image (meme-train --final-fit all)
             heldm = np.zeros(len(x), dtype=bool)
             heldm[he_idx] = True
             zall, zheld, basis2 = sel._fold_prep(x, ~heldm, heldm, k)
             lr2 = sel.fit_logistic(zall @ basis2, y, reg, cfg.seed)
-            vote2 = NeighbourVote.fit(zall @ basis2, y, len(classes), cfg.neighbours, DEFAULT_TEMPERATURE)
             final_texts = [""] * len(y)
             for i, t in zip(np.flatnonzero(~test), chosen.train_texts):
                 final_texts[i] = t
@@ -402,7 +404,10 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
                 calibrator = _fit_calibrator(lead.calibration, chosen.cascade.oof_probs, y[inner])
             # meme-evaluate on the held-back fifth
             y_held = y_all[he_idx]
-            image_view = vote2.apply(lr2.predict_proba(zheld @ basis2), zheld @ basis2)
+            image_view = lr2.predict_proba(zheld @ basis2)
+            if cfg.neighbours:  # --neighbours 0: the plain image branch (memestream.stacking.TextBranch.image_view)
+                vote2 = NeighbourVote.fit(zall @ basis2, y, len(classes), cfg.neighbours, DEFAULT_TEMPERATURE)
+                image_view = vote2.apply(image_view, zheld @ basis2)
             ocr_on = (image_view.max(axis=1) < cascade) | trigger[he_idx]
             read = [texts[i] if o else "" for i, o in zip(he_idx, ocr_on)]
             has_held = np.array([1.0 if t.strip() else 0.0 for t in read])

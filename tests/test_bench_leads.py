@@ -102,3 +102,9 @@ def test_a_calibration_lead_forces_the_method_on_the_stacked_output():
     h = _synthetic()
     (row,) = leads.replay(h, leads.leads()["cal-temperature"], seeds=(3,))["seeds"]
     assert row["calibration"] == "temperature"
+
+
+def test_a_lead_without_the_neighbour_vote_scores_the_plain_image_branch():
+    h = _synthetic()
+    (row,) = leads.replay(h, leads.Lead("no-vote", "--neighbours 0", train={"neighbours": 0}), seeds=(3,))["seeds"]
+    assert row["accuracy"] >= 0.9
