@@ -279,6 +279,8 @@ def leads() -> dict[str, Lead]:
              trigger=lambda h: np.array([text_area(b, s) > 0.05 for b, s in zip(h.boxes, h.ocr_shape)])),
         Lead("wide-grid", "the image branch's CV grid widened: PCA k 128..768, L2 0.01..1",
              train={"pca_ks": (128, 256, 512, 768), "reg_params": (0.01, 0.03, 0.1, 0.3, 1.0)}),
+        Lead("no-vote", "the stacked model without its neighbour vote (--neighbours 0)", train={"neighbours": 0}),
+        Lead("vote30", "30 neighbours vote instead of 15 (--neighbours 30)", train={"neighbours": 30}),
         *(Lead(f"cal-{m}", f"the stacked output's calibration forced to {m} (meme-train picks by CV log loss)", calibration=m)
           for m in ("none", "temperature", "platt", "isotonic")),
         Lead("ssqrt", "image features through a signed square root", features=ssqrt),
