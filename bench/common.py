@@ -243,6 +243,48 @@ def tree_pids(root_pid: int) -> list[int]:
     return out
 
 
+#: Roles of the processes in a stream's tree (:func:`tree_cpu_by_role`).
+CPU_ROLES = ("driver_python", "driver_jvm", "executors", "other")
+
+
+def tree_cpu_by_role(root_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the live processes under ``root_pid``, by role: the driver's
+    Python process(es), the driver's JVM (with ``local-cluster``, the master and the workers
+    live in it too), the executors (each ``CoarseGrainedExecutorBackend`` JVM and the Python
+    workers it forked; in local mode, the Python workers), and anything else. The difference of two calls says where a run's
+    CPU went: what a second executor cannot buy is what the driver spends."""
+    kids = _children_map()
+    out = dict.fromkeys(CPU_ROLES, 0.0)
+    stack: list[tuple[int, str | None]] = [(root_pid, None)]
+    while stack:
+        pid, inherited = stack.pop()
+        role = inherited
+        if role is None:
+            head = _cmd(pid).split(" ")[0]
+            if "java" in head:
+                full = _cmdline(pid)
+                role = "executors" if "CoarseGrainedExecutorBackend" in full else "driver_jvm"
+            elif "pyspark.daemon" in _cmd(pid):
+                role = "executors"  # local mode: the driver JVM's Python workers run the tasks
+            elif "python" in head or "python" in _cmd(pid):
+                role = "driver_python"
+            else:
+                role = "other"
+        out[role] += _cpu_seconds(pid)
+        # an executor's descendants are the executor's; the driver's children get a role of their own
+        stack.extend((kid, role if role == "executors" else None) for kid in kids.get(pid, ()))
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+def _cmdline(pid: int) -> str:
+    """The whole command line (a JVM's main class comes after its long class path)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\x00", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def tree_cpu(root_pid: int) -> dict[int, float]:
     """CPU seconds used so far by each live process in the tree of ``root_pid``."""
     return {pid: _cpu_seconds(pid) for pid in tree_pids(root_pid)}

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from bench.common import MemorySampler, augmented_dataset, ratio
+from bench.common import CPU_ROLES, MemorySampler, augmented_dataset, ratio, tree_cpu_by_role
 from bench.context import BenchContext
 from bench.stream import FolderFeeder, PredictionsWatcher, _check_alive, saturate, stream_args
 from memestream.testing import file_tail, script_command, start_group, stop_group
@@ -51,7 +51,14 @@ def _one(ctx: BenchContext, executors: int, payloads: list[tuple[str, Any]]) -> 
                 raise TimeoutError(f"the warm-up image did not reach {output}/predictions within 600 s; log:\n{file_tail(log_path, 15)}")
             result["first_row_after_launch_s"] = round(time.monotonic() - t_launch, 2)
             batch = [(f"sat{i:06d}{ext}", p.read_bytes()) for i, (ext, p) in enumerate(payloads[1:])]
-            result["saturation"] = saturate(feeder, watcher, batch, alive)
+            before = tree_cpu_by_role(proc.pid)
+            result["saturation"] = sat = saturate(feeder, watcher, batch, alive)
+            after = tree_cpu_by_role(proc.pid)
+            # where the burst's CPU went: cores each role kept busy from the first send to the last row
+            spent = {role: round(max(0.0, after[role] - before[role]), 2) for role in CPU_ROLES}
+            result["burst_cpu_s"] = spent
+            result["burst_cores"] = {role: round(v / sat["seconds"], 2) if sat["seconds"] else None
+                                     for role, v in spent.items()}
         # local-cluster's master and workers live in the driver's JVM and start the executors as
         # its children: the sampled process tree is the whole cluster
         result.update(mem.result())
@@ -59,6 +66,11 @@ def _one(ctx: BenchContext, executors: int, payloads: list[tuple[str, Any]]) -> 
         feeder.close()
         result["stream_exit_code"] = stop_group(proc).exit_code
     return result
+
+
+def _cores(run: dict[str, Any], *roles: str) -> str:
+    cores = run.get("burst_cores") or {}
+    return f"{sum(cores.get(r) or 0.0 for r in roles):.2f}"
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -73,5 +85,9 @@ def run(ctx: BenchContext) -> dict[str, Any]:
          "seconds": r["saturation"]["drain_seconds"], "images_per_s": r["saturation"]["images_per_s"],
          "peak_rss_mib": r.get("peak_rss_mib")}
         for r in runs.values()
+    ] + [
+        {"case": f"scale-out: [{n}] burst, cores busy: driver {_cores(r, 'driver_python', 'driver_jvm')}, "
+                 f"executors {_cores(r, 'executors')}"}
+        for n, r in runs.items()
     ] + [{"case": "scale-out: two executors / one", "ratio": result["two_vs_one"]}]
     return result

@@ -60,7 +60,8 @@ LABELLED_DIR = "labelled"
 #: How training names a labelled image (``_stream_labels/<file in labelled/>``): never a class folder.
 TRAINING_PREFIX = "_stream_labels"
 #: Properties of the labels table: append-only (Delta refuses updates and deletes), the same
-#: log retention and checkpoint interval as the stream's tables.
+#: log retention as the stream's tables. No upkeep pass checkpoints it and labels commit
+#: rarely, so Delta's own interval stays short here.
 TABLE_PROPERTIES = {
     "delta.appendOnly": "true",
     "delta.logRetentionDuration": "interval 7 days",

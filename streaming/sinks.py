@@ -48,16 +48,18 @@ _WRITER_RE = re.compile(r"^[A-Za-z0-9_]+$")
 #:   goes back; Delta deletes older log files when it writes a checkpoint, so the log stays bounded.
 #: - ``deletedFileRetentionDuration``: what VACUUM keeps of files that OPTIMIZE/retention
 #:   replaced: a reader that started on an older snapshot, or ``--as-of``, still finds its files.
-#: - ``checkpointInterval``: a Parquet checkpoint of the log every N commits; a stream commits
-#:   four times a batch, so readers replay at most N JSON commits.
+#: - ``checkpointInterval``: Delta checkpoints the log inside every Nth commit, a Spark job of
+#:   1-1.5 s on the batch that makes it. The stream's upkeep (``streaming.upkeep``) checkpoints
+#:   each table every pass instead, off the batches, so this only backs up an output without
+#:   upkeep: readers replay at most N JSON commits there.
 #: - ``appendOnly`` stays false: retention (``--retention-days``) deletes old days.
 TABLE_PROPERTIES: dict[str, str] = {
     "delta.logRetentionDuration": "interval 7 days",
     "delta.deletedFileRetentionDuration": "interval 1 days",
-    "delta.checkpointInterval": "20",
+    "delta.checkpointInterval": "200",
 }
 
-#: Write options of every append (besides the transaction): added columns merge into the table.
+#: Write options of every append: added columns merge into the table.
 APPEND_OPTIONS = {"mergeSchema": "true"}
 
 

@@ -493,6 +493,28 @@ def test_scale_out_streams_on_one_and_two_executors_and_reports_the_ratio(traine
         assert run["master"] == f"local-cluster[{n},1,2048]" and run["stream_exit_code"] == 0
         assert run["saturation"]["complete"] and run["saturation"]["images"] == 6
         assert run["saturation"]["images_per_s"] > 0 and run["peak_rss_mib"] > 0
+        assert run["burst_cpu_s"]["executors"] > 0 and run["burst_cpu_s"]["driver_jvm"] > 0
     assert result["two_vs_one"] == pytest.approx(
         result["runs"]["2"]["saturation"]["images_per_s"] / result["runs"]["1"]["saturation"]["images_per_s"], rel=0.01)
     assert "two executors / one" in format_table(report)
+
+
+def test_cpu_by_role_gives_a_python_worker_to_the_executors_and_the_rest_to_the_driver():
+    import subprocess
+    import sys
+
+    from bench.common import tree_cpu_by_role
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint(1, flush=True)\ninput()"
+    workers = [subprocess.Popen([sys.executable, "-c", spin, *tag], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for tag in ((), ("pyspark.daemon",))]
+    try:
+        for w in workers:
+            assert w.stdout.readline().strip() == "1"  # its 0.3 CPU-s are spent, and it is still alive
+        plain, daemon = (tree_cpu_by_role(w.pid) for w in workers)
+    finally:
+        for w in workers:
+            w.communicate("\n", timeout=30)
+    assert set(plain) == set(daemon) == {"driver_python", "driver_jvm", "executors", "other"}
+    assert plain["driver_python"] >= 0.25 and plain["executors"] == 0
+    assert daemon["executors"] >= 0.25 and daemon["driver_python"] == 0

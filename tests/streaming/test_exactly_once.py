@@ -119,7 +119,7 @@ def test_sigkill_with_upkeep_every_batch(tmp_path, trained_model_dir, image_byte
 def test_sigkill_after_a_poison_batch_was_isolated(tmp_path, trained_model_dir, image_bytes, point):
     """A batch whose worker crashed on a poison input is scored again isolated; a kill -9 after
     its tables were (partly) appended, then a restart: the replay crashes and isolates again,
-    Delta skips what was appended, and every input, the poison included, has one row."""
+    finds the tables it had appended and skips them, and every input, the poison included, has one row."""
     from memestream import testing as poison
 
     inbox = tmp_path / "inbox"
@@ -138,6 +138,7 @@ def test_sigkill_after_a_poison_batch_was_isolated(tmp_path, trained_model_dir, 
                           capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert b"isolated 1 poison input(s)" in done.stderr  # the replay met it again
+    assert done.stderr.count(b"img04_poison.jpg: decoder_crashed") == 1  # one line per poison input, not two
     _check_exactly_once(tmp_path, names)
     quarantine = read_table(tmp_path / "output", "quarantine").to_pandas()
     assert quarantine["origin"].tolist() == ["img04_poison.jpg"] and quarantine["error_code"].tolist() == ["decoder_crashed"]

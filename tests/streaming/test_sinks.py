@@ -101,7 +101,7 @@ def test_tables_are_created_partitioned_by_date_with_the_properties(spark, out, 
         assert detail["partitionColumns"] == ["date"], table
         assert {k: detail["properties"].get(k) for k in TABLE_PROPERTIES} == TABLE_PROPERTIES, table
         meta = DeltaTable(uri).metadata()
-        assert meta.partition_columns == ["date"] and meta.configuration["delta.checkpointInterval"] == "20"
+        assert meta.partition_columns == ["date"] and meta.configuration["delta.checkpointInterval"] == "200"
     versions = {t: DeltaTable(out.uri(t)).version() for t in TABLES}
     DeltaOutput(out.root, "kafka_b2").ensure_tables(spark)  # a second stream starting: nothing changes
     assert {t: DeltaTable(out.uri(t)).version() for t in TABLES} == versions

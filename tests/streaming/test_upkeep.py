@@ -3,6 +3,7 @@ thread, the conversion of the older plain-Parquet layout, and the ``meme-compact
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import threading
@@ -84,6 +85,28 @@ def test_optimize_compacts_the_recent_days_and_keeps_every_row(spark, small_file
     # the batch's rows survive the rewrite: a replay still finds them and is skipped
     out.append(_predictions(spark, 4, RECENT), PREDICTIONS, 4)
     assert _ids(spark, out) == before
+
+
+def _checkpoints(out: DeltaOutput, table: str = PREDICTIONS) -> list[int]:
+    log_dir = Path(out.uri(table)) / "_delta_log"
+    return sorted(int(p.name.split(".")[0]) for p in log_dir.glob("*.checkpoint.parquet"))
+
+
+def test_the_upkeep_pass_checkpoints_the_log_and_the_appends_do_not(spark, small_files, caplog):
+    """Delta's own checkpoint runs inside a commit (1-1.5 s on that batch); the upkeep pass
+    writes it instead, at the table's newest version."""
+    out = small_files
+    assert _checkpoints(out) == []  # 10 commits: none of the appends paid for a checkpoint
+    [result] = run_upkeep(spark, UpkeepConfig(out.root, tables=(PREDICTIONS,), vacuum=False), today=TODAY)
+    version = DeltaTable(out.uri(PREDICTIONS)).version()
+    assert result.checkpoint_version == version and _checkpoints(out) == [version]
+    assert len(_ids(spark, out)) == 27
+    # a failed call is a warning, not a failed pass: the table's checkpointInterval still checkpoints
+    with caplog.at_level(logging.WARNING, logger="streaming.upkeep"):
+        assert upkeep_mod.checkpoint_log(spark, os.path.join(out.root, "no-such-table")) is None
+        assert upkeep_mod.checkpoint_log(spark, "nosuchfs://bucket/predictions") is None
+    assert caplog.text.count("could not checkpoint the Delta log") == 2
+    assert not os.path.exists(os.path.join(out.root, "no-such-table"))  # nothing written where no table was
 
 
 def test_vacuum_removes_replaced_files_once_their_retention_passed(spark, small_files):
