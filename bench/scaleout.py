@@ -86,7 +86,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
          "peak_rss_mib": r.get("peak_rss_mib")}
         for r in runs.values()
     ] + [
-        {"case": f"scale-out: [{n}] burst, cores busy: driver {_cores(r, 'driver_python', 'driver_jvm')}, "
+        {"case": f"scale-out: [{n}] cores busy: driver {_cores(r, 'driver_python', 'driver_jvm')}, "
                  f"executors {_cores(r, 'executors')}"}
         for n, r in runs.items()
     ] + [{"case": "scale-out: two executors / one", "ratio": result["two_vs_one"]}]
