@@ -81,7 +81,7 @@ class Layout:
 def delta_read_set(output: Path) -> tuple[int, int]:
     """What a reader of the output opens, summed over its Delta tables: (live data files of the
     current snapshots, JSON commits after each table's last checkpoint). Both must stay bounded
-    (OPTIMIZE, and a log checkpoint every ``delta.checkpointInterval`` commits); the files on
+    (OPTIMIZE, and the log checkpoint of every upkeep pass); the files on
     disk are bounded only over the retention periods (VACUUM after 1 day, log files after 7)."""
     files = commits = 0
     for log_dir in sorted(output.glob("*/_delta_log")):

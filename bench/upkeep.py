@@ -6,14 +6,14 @@ Delta commit), twice over a fresh output:
 
 1. without upkeep (``meme-stream --no-compact``);
 2. with a :class:`streaming.upkeep.StreamUpkeep` thread running
-   :func:`streaming.upkeep.run_upkeep` (OPTIMIZE of the recent days, VACUUM) every
-   ``--compact-every`` batches and once more at the end, as the stream does.
+   :func:`streaming.upkeep.run_upkeep` (OPTIMIZE of the recent days, VACUUM, the log's
+   checkpoint) every ``--compact-every`` batches and once more at the end, as the stream does.
 
 For each it prints the commit time per batch (median, p99, max: what a micro-batch waits for
 its output, with the upkeep's jobs sharing the cores), and what stays on disk: the predictions
 table's live files and its files on disk, and its ``_delta_log`` (size, JSON commits,
-checkpoints, and the JSON commits a reader replays after the newest checkpoint, which
-``delta.checkpointInterval`` bounds). The tables' ``delta.deletedFileRetentionDuration`` is set
+checkpoints, and the JSON commits a reader replays after the newest checkpoint, which the
+upkeep's checkpoints bound, or else ``delta.checkpointInterval``). The tables' ``delta.deletedFileRetentionDuration`` is set
 to ``--file-retention`` so VACUUM's effect shows within the run.
 
 Numbers depend on the disk and the load; run it on a quiet machine.
