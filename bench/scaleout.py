@@ -17,8 +17,8 @@ from typing import Any
 
 from bench.common import CPU_ROLES, MemorySampler, augmented_dataset, ratio, tree_cpu_by_role
 from bench.context import BenchContext
-from bench.stream import FolderFeeder, PredictionsWatcher, _check_alive, saturate, stream_args
-from memestream.testing import file_tail, script_command, start_group, stop_group
+from bench.stream import FolderFeeder, PredictionsWatcher, _check_alive, saturate, stream_args, warm_up
+from memestream.testing import script_command, start_group, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,7 @@ def _one(ctx: BenchContext, executors: int, payloads: list[tuple[str, Any]]) -> 
     try:
         with MemorySampler(proc.pid, interval=0.5) as mem:
             alive = lambda: _check_alive(proc, log_path)  # noqa: E731
-            ext, path = payloads[0]
-            feeder.send(f"warm{ext}", path.read_bytes())
-            if not watcher.wait_for([f"warm{ext}"], 600, alive):
-                raise TimeoutError(f"the warm-up image did not reach {output}/predictions within 600 s; log:\n{file_tail(log_path, 15)}")
-            result["first_row_after_launch_s"] = round(time.monotonic() - t_launch, 2)
+            result["first_row_after_launch_s"] = warm_up(feeder, watcher, payloads[0], alive, t_launch, 600, log_path)
             batch = [(f"sat{i:06d}{ext}", p.read_bytes()) for i, (ext, p) in enumerate(payloads[1:])]
             before = tree_cpu_by_role(proc.pid)
             result["saturation"] = sat = saturate(feeder, watcher, batch, alive)

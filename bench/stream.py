@@ -147,6 +147,18 @@ def stream_args(source: str, root: Path, output: Path, model: Path, extra: tuple
             "--model", str(model), *extra]
 
 
+def warm_up(feeder: Any, watcher: PredictionsWatcher, payload: tuple[str, Any], alive: Callable[[], None],
+            t_launch: float, timeout: float, log_path: Path) -> float:
+    """Send the first image (``payload``: extension, path) and wait for its row: the JVM, the
+    Python workers and the model are loaded after it. Returns seconds since ``t_launch``."""
+    ext, path = payload
+    feeder.send(f"warm{ext}", path.read_bytes())
+    if not watcher.wait_for([f"warm{ext}"], timeout, alive):
+        raise TimeoutError(f"the warm-up image did not reach {watcher.output}/predictions within {timeout:.0f} s; "
+                           f"log:\n{file_tail(log_path, 15)}")
+    return round(time.monotonic() - t_launch, 2)
+
+
 def saturate(feeder: Any, watcher: PredictionsWatcher, batch: list[tuple[str, bytes]], alive: Callable[[], None],
              timeout: float = 1800) -> dict[str, Any]:
     """Send ``batch`` (name, bytes) at once and time its rows: the burst rate (first send to last
@@ -211,11 +223,7 @@ def _measure(ctx: BenchContext, source: str) -> dict[str, Any]:
             alive = lambda: _check_alive(proc, log_path)  # noqa: E731
 
             # 1. warm-up: first image through (JVM, Python workers, model load)
-            ext, path = payloads[0]
-            feeder.send(f"warm{ext}", path.read_bytes())
-            if not watcher.wait_for([f"warm{ext}"], 300, alive):
-                raise TimeoutError(f"the warm-up image did not reach {output}/predictions within 300 s; log:\n{file_tail(log_path, 15)}")
-            result["first_row_after_launch_s"] = round(time.monotonic() - t_launch, 2)
+            result["first_row_after_launch_s"] = warm_up(feeder, watcher, payloads[0], alive, t_launch, 300, log_path)
 
             # 2. light load: a steady trickle, latency per image
             sent: dict[str, float] = {}
