@@ -136,10 +136,19 @@ def _log4j_conf_path() -> str:
     return str(resources.files("memestream").joinpath("log4j2.properties"))
 
 
+#: glibc malloc arenas for the JVM and the Python workers (``MALLOC_ARENA_MAX``, unless set).
+MALLOC_ARENA_MAX = "2"
+
+
 def prepare_environment(master: str | None) -> None:
     """Environment PySpark reads when it launches the JVM and its Python workers."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    # glibc gives each thread that allocates an arena of its own (up to 8 per core), and the
+    # driver JVM runs dozens of threads: its RSS swung between 0.9 and 2.0 GiB from one folder
+    # stream run to the next (a 1 GiB heap). With two arenas it stayed at 1.07-1.14 GiB
+    # (docs/benchmarks.md). The JVM and the Python workers it starts inherit this.
+    os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     if master is None or master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 

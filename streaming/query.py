@@ -77,12 +77,19 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
     if cfg.source == "folder":
         assert cfg.spool is not None  # StreamConfig checks it
         cfg.spool.mkdir(parents=True, exist_ok=True)
-        source = folder_source(cfg.spool, cfg.max_files_per_trigger, cfg.folder_impl, folder_tasks(spark),
+        tasks = folder_tasks(spark)
+        source = folder_source(cfg.spool, cfg.max_files_per_trigger, cfg.folder_impl, tasks,
                                keep_processed=cfg.processed == "keep", available_now=cfg.available_now)
         if cfg.folder_impl == "spool":
             from streaming.spool_source import register
 
             register(spark)
+            # The spool source's read is a Python runner too: in the scorer's stage each task would
+            # hold two Python workers at once (the read's and the scorer's), so the pool grew to two
+            # per core and every worker that ever scored kept its model (~0.5 GiB each: the folder
+            # stream's tree peaked 1 GiB above Kafka's). A round-robin exchange of the listing rows
+            # (a few hundred bytes a file) puts the read in a stage of its own: one worker per core.
+            return open_stream(spark, source).transform(folder_frame).repartition(tasks)
         return open_stream(spark, source).transform(folder_frame)
     assert cfg.kafka is not None  # StreamConfig checks it
     # Spark's Kafka source (its jar is in every session); broker and topic are checked first
@@ -91,8 +98,8 @@ def source_frame(spark: SparkSession, cfg: StreamConfig) -> DataFrame:
 
 def folder_tasks(spark: SparkSession) -> int:
     """Spark tasks per folder batch: one per core (fewer when the batch has fewer files), cut by
-    count. Each task reads, decodes and scores its files and pays a fixed cost (two Python
-    runners, the source's read and the scorer: ~0.1 s on a loaded machine). Four tasks per core
+    count. Each task reads, decodes and scores its files and pays a fixed cost (a Python runner:
+    ~0.1 s on a loaded machine; the spool source's read runs in a stage of its own before it). Four tasks per core
     with OCR, so cores could share OCR'd images, measured worse: cascade light-load p50 2.43 s
     against 1.57 s with one per core, back to back (docs/benchmarks.md)."""
     try:

@@ -75,3 +75,21 @@ def test_a_c1_only_driver_gets_the_code_cache_delta_needs():
         "-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=64m"]
     assert with_code_cache("-Xss4m") == "-Xss4m"
     assert "TieredStopAtLevel" not in STREAM_DRIVER_JAVA_OPTIONS
+
+
+def test_the_driver_jvm_and_its_python_workers_run_with_two_malloc_arenas(spark):
+    """glibc's per-thread arenas swung the driver JVM's RSS by a GiB from run to run;
+    build_spark sets MALLOC_ARENA_MAX before the JVM starts, so the JVM and every Python
+    worker it forks inherit it (the test session is built by build_spark)."""
+    from memestream.spark import MALLOC_ARENA_MAX
+
+    if os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX) != MALLOC_ARENA_MAX:
+        pytest.skip("MALLOC_ARENA_MAX set by the caller: build_spark keeps it")
+    jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    jvm_env = Path(f"/proc/{jvm_pid}/environ").read_bytes().split(b"\0")
+    assert f"MALLOC_ARENA_MAX={MALLOC_ARENA_MAX}".encode() in jvm_env
+
+    def worker_env(_):
+        yield os.environ.get("MALLOC_ARENA_MAX")
+
+    assert set(spark.sparkContext.parallelize(range(2), 2).mapPartitions(worker_env).collect()) == {MALLOC_ARENA_MAX}

@@ -199,6 +199,21 @@ def test_folder_batches_get_one_task_per_core(spark):
     assert folder_tasks(spark) == spark.sparkContext.defaultParallelism
 
 
+def test_the_spool_read_and_the_scorer_run_in_different_stages(spark, stream_root, trained_model_dir):
+    """Both are Python runners: in one stage each task held two Python workers at once, so the
+    pool grew to two per core and each kept a model (~0.5 GiB). A round-robin exchange of the
+    listing rows, one partition per core, separates them; Kafka's source (JVM) needs none."""
+    from streaming.query import folder_tasks, source_frame
+
+    cfg = make_config(stream_root, trained_model_dir)
+    plan = source_frame(spark, cfg)._jdf.queryExecution().logical().toString()
+    lines = plan.splitlines()
+    repartition = next(i for i, line in enumerate(lines) if "Repartition" in line)
+    assert f"Repartition {folder_tasks(spark)}, true" in lines[repartition]  # round robin, not coalesce
+    scan = next(i for i, line in enumerate(lines) if "memestream-spool" in line or "StreamingRelation" in line)
+    assert scan > repartition  # the read below the exchange: a stage of its own
+
+
 def test_worker_keeper_warms_only_after_a_quiet_spell_and_never_raises(caplog):
     """Spark stops idle Python workers after a minute without tasks; the keeper scores a warm-up
     image once the last batch and the last warm-up are ``every_s`` old, not more often."""
