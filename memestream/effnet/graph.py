@@ -82,6 +82,12 @@ def block_groups(state: dict[str, np.ndarray]) -> tuple[tuple[int, int, int, int
     return tuple((g[0], g[1], stride, g[3], g[4], g[5]) for g, stride in zip(groups, GROUP_STRIDES))
 
 
+def variant_groups(state: dict[str, np.ndarray], variant: str) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """The layout to build: Lite0's fixed table (its weights are checked against it block by
+    block), the other variants' read off their weights (:func:`block_groups`)."""
+    return BLOCK_GROUPS if variant == "lite0" else block_groups(state)
+
+
 def multiscale_taps(groups: Sequence[tuple[int, int, int, int, int, int]]) -> tuple[int, ...]:
     """Block indices of :data:`MULTISCALE_GROUPS`' last blocks (Lite0: :data:`MULTISCALE_TAPS`)."""
     ends = np.cumsum([g[0] for g in groups]) - 1
@@ -166,7 +172,7 @@ def build_onnx(state: dict[str, np.ndarray], with_logits: bool = False, taps: Se
     """
     g = _GraphBuilder(state)
     block_out: dict[int, tuple[str, int]] = {}
-    groups = BLOCK_GROUPS if variant.name == "lite0" else block_groups(state)
+    groups = variant_groups(state, variant.name)
     x, side = g.conv_bn(INPUT_NAME, "_conv_stem", "_bn0", variant.input_side, 2, act=True)
     block = 0
     for repeats, kernel, stride, expand, c_in, c_out in groups:
@@ -252,7 +258,7 @@ def export_onnx(dest: str | os.PathLike[str], with_logits: bool = False, taps: S
     dest = Path(dest)
     state = read_legacy_torch(find_weights(variant))
     if multiscale:
-        taps = multiscale_taps(BLOCK_GROUPS if variant == "lite0" else block_groups(state))
+        taps = multiscale_taps(variant_groups(state, variant))
     data = build_onnx(state, with_logits=with_logits, taps=taps, variant=VARIANTS[variant])
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
