@@ -147,7 +147,8 @@ def prepare_environment(master: str | None) -> None:
     # glibc gives each thread that allocates an arena of its own (up to 8 per core), and the
     # driver JVM runs dozens of threads: its RSS swung between 0.9 and 2.0 GiB from one folder
     # stream run to the next (a 1 GiB heap). With two arenas it stayed at 1.07-1.14 GiB
-    # (docs/benchmarks.md). The JVM and the Python workers it starts inherit this.
+    # (docs/benchmarks.md). The JVM and the Python workers it starts inherit this; executors
+    # on a cluster get it through ``spark.executorEnv`` (:func:`build_spark`).
     os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     if master is None or master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -202,6 +203,8 @@ def build_spark(
         java_opts = f"{java_opts} {with_code_cache(driver_java_options)}"
     merged.setdefault("spark.driver.extraJavaOptions", java_opts)
     merged.setdefault("spark.executor.extraJavaOptions", java_opts)
+    # executors on a cluster's workers start from the worker's environment, not this one
+    merged.setdefault("spark.executorEnv.MALLOC_ARENA_MAX", os.environ["MALLOC_ARENA_MAX"])
     if driver_memory:
         merged["spark.driver.memory"] = driver_memory
     for key, value in merged.items():

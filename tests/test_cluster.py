@@ -98,6 +98,7 @@ def standalone(tmp_path):
     Yields a dict: ``url``, ``env``, ``works`` (worker name -> work dir), ``ports`` (worker
     web UI port -> worker name)."""
     env = dict(os.environ)
+    env.pop("MALLOC_ARENA_MAX", None)  # the test session's (memestream.spark): a cluster's workers lack it
     env.update(
         SPARK_LOCAL_IP="127.0.0.1",
         SPARK_LOG_DIR=str(tmp_path / "spark-logs"),
@@ -164,6 +165,32 @@ def test_train_on_two_workers(standalone, tmp_path):
     tasks, _ = tasks_per_worker(events, standalone["ports"])
     assert tasks["worker1"] > 0 and tasks["worker2"] > 0, f"tasks per worker: {dict(tasks)}"
     assert set(tasks) <= {"worker1", "worker2"}, f"tasks outside the workers' executors: {dict(tasks)}"
+
+
+_EXECUTOR_ENV = """
+import os, sys
+from memestream.spark import build_spark, stop_spark
+spark = build_spark("env-probe", sys.argv[1])
+def env(_):
+    pid, java = os.getpid(), None
+    while pid > 1 and java is None:  # up from the Python worker to the JVM that started it
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        java = cmd if cmd and cmd[0].endswith(b"java") else None
+    yield os.environ.get("MALLOC_ARENA_MAX"), pid, b"org.apache.spark.executor.CoarseGrainedExecutorBackend" in java
+print(sorted(set(spark.sparkContext.parallelize(range(4), 4).mapPartitions(env).collect())))
+stop_spark(spark)
+"""
+
+
+def test_executors_on_workers_get_the_drivers_malloc_arenas(standalone, tmp_path):
+    """The workers were started without MALLOC_ARENA_MAX; build_spark passes its value to the
+    executors (``spark.executorEnv``), so their Python workers run with two arenas too."""
+    from memestream.spark import MALLOC_ARENA_MAX
+
+    proc = run_command([sys.executable, "-c", _EXECUTOR_ENV, standalone["url"]], env=standalone["env"], timeout=600)
+    found = eval(proc.stdout.strip().splitlines()[-1])  # noqa: S307 - our own script's printed list
+    assert {(value, executor) for value, _, executor in found} == {(MALLOC_ARENA_MAX, True)}, found
 
 
 def test_local_cluster_stops_without_stack_traces(tmp_path):

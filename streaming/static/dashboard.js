@@ -12,12 +12,20 @@ function fillTable(id, rows, cells, emptyText) {
   $(id).hidden = empty(id, rows, emptyText);
   for (const r of rows) { const tr = el("tr"); for (const [v, cls, key] of cells(r)) { const td = el("td", {class: cls}, fmt(v)); if (key) tr.dataset[key] = v ?? ""; tr.appendChild(td); } body.appendChild(tr); }
 }
+// Every refresh redraws the galleries; a thumbnail already drawn is moved into the new figure, not
+// fetched again, so a refresh neither flickers nor leaves the gallery half loaded.
+let thumbs = new Map(), nextThumbs = new Map();  // src -> its <img>, or its "no image" box after an error
 function thumb(src, alt) {
   if (!src) return el("div", {class: "noimg"}, "no image");
-  const img = el("img", {src: src, alt: alt, loading: "eager", class: "thumb"});
-  img.onload = () => { img.dataset.loaded = img.naturalWidth > 0 ? "1" : "0"; };
-  img.onerror = () => { img.replaceWith(el("div", {class: "noimg", "data-missing": "1"}, "no image")); };
-  return img;
+  let node = nextThumbs.has(src) ? null : thumbs.get(src);  // one node per src and render
+  if (!node) {
+    const img = el("img", {src: src, alt: alt, loading: "eager", class: "thumb"});
+    img.onload = () => { img.dataset.loaded = img.naturalWidth > 0 ? "1" : "0"; };
+    img.onerror = () => { const box = el("div", {class: "noimg", "data-missing": "1"}, "no image"); img.replaceWith(box); if (thumbs.get(src) === img) thumbs.set(src, box); };
+    node = img;
+  }
+  nextThumbs.set(src, node);
+  return node;
 }
 function chartCounts(rows) {
   const byLabel = new Map();
@@ -43,7 +51,7 @@ function charts(d) {
   chartCounts(d.counts || []); chartBatches(d.batches || []);
 }
 function render(d) {
-  last = d;
+  last = d; nextThumbs = new Map();
   $("output").textContent = d.output || ""; $("updated").textContent = time(d.generated_at); $("query-ms").textContent = fmt(d.query_ms, 0);
   const msg = $("message"); msg.hidden = !d.message; msg.textContent = d.message || "";
   $("model").textContent = d.model_version || "none yet";
@@ -70,7 +78,8 @@ function render(d) {
     const f = el("figure", {"data-image-id": r.image_id}); f.appendChild(thumb(src, r.origin || ""));
     const cap = el("figcaption"); cap.appendChild(el("b", {class: "err"}, r.error_code || "error")); cap.appendChild(el("br"));
     cap.appendChild(document.createTextNode(r.origin || "")); cap.title = r.error || ""; f.appendChild(cap); $("quarantined").appendChild(f);
-  }
+  }  thumbs = nextThumbs;
+  document.body.dataset.renders = String(Number(document.body.dataset.renders || 0) + 1);
 }
 function plotlyLoaded() {
   if (last) charts(last);

@@ -191,7 +191,10 @@ def test_page_in_headless_chromium(streamed, running, tmp_path, monkeypatch):
     assert {k: int(v) for k, v in page_totals.items()} == table and sum(table.values()) == 10
     assert 'data-card="predictions"><b>12</b>' in dom
     # thumbnails of the latest predictions loaded from the archive; quarantined ones from their folder
-    assert dom.count('data-loaded="1"') >= 10, "thumbnails did not load"
+    # ... and stayed loaded while the page redrew itself every 200 ms: a redraw moves a drawn
+    # thumbnail into the new gallery instead of fetching it again (once it left none loaded)
+    renders = int(re.search(r'<body[^>]*data-renders="(\d+)"', dom).group(1))
+    assert renders > 1 and dom.count('data-loaded="1"') >= 10, f"thumbnails did not load ({renders} renders)"
     assert re.search(r'data-reason="not_an_image"', dom) and re.search(r'data-reason="truncated"', dom)
     assert "model in use: <b id=\"model\">v" in dom
     shot = tmp_path / "dashboard.png"
