@@ -212,6 +212,20 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes: each page shared by n processes counts 1/n in each. The
+    Python workers are forked from one daemon and share its pages, so summed RSS counts those
+    pages once per worker; summed PSS is the memory the tree takes from the machine."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def _cmd(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -313,9 +327,10 @@ class TreeCpu:
 def tree_rss(root_pid: int) -> dict[str, int]:
     """RSS in bytes of ``root_pid`` and all descendants, split into jvm / python / other;
     ``python_worker_max``: the largest single Spark Python worker (forked by ``pyspark.daemon``),
-    which the per-worker memory target is about (not summed into the total)."""
+    which the per-worker memory target is about (not summed into the total); ``pss``: the
+    tree's summed proportional set size (:func:`_pss`, not summed into the total either)."""
     kids = _children_map()
-    out = {"jvm": 0, "python": 0, "other": 0, "python_worker_max": 0}
+    out = {"jvm": 0, "python": 0, "other": 0, "python_worker_max": 0, "pss": 0}
     stack = [root_pid]
     while stack:
         pid = stack.pop()
@@ -324,6 +339,7 @@ def tree_rss(root_pid: int) -> dict[str, int]:
         cmd = _cmd(pid)
         kind = "jvm" if "java" in cmd.split(" ")[0] else ("python" if "python" in cmd else "other")
         out[kind] += rss
+        out["pss"] += _pss(pid)
         if kind == "python" and "pyspark.daemon" in cmd:
             out["python_worker_max"] = max(out["python_worker_max"], rss)
     return out
@@ -338,6 +354,7 @@ class MemorySampler:
     peak_total: int = 0
     peak_parts: dict[str, int] = field(default_factory=dict)
     peak_worker: int = 0  # the largest single Python worker seen in any sample
+    peak_pss: int = 0  # the largest summed PSS seen in any sample
     samples: int = 0
     cpu: dict[int, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -347,6 +364,7 @@ class MemorySampler:
         while not self._stop.is_set():
             parts = tree_rss(self.root_pid)
             self.peak_worker = max(self.peak_worker, parts.pop("python_worker_max"))
+            self.peak_pss = max(self.peak_pss, parts.pop("pss"))
             total = sum(parts.values())
             for pid, sec in tree_cpu(self.root_pid).items():  # last value seen per pid
                 self.cpu[pid] = max(sec, self.cpu.get(pid, 0.0))
@@ -372,6 +390,7 @@ class MemorySampler:
             "peak_jvm_mib": round(self.peak_parts.get("jvm", 0) / mib, 1),
             "peak_python_mib": round(self.peak_parts.get("python", 0) / mib, 1),
             "peak_python_worker_mib": round(self.peak_worker / mib, 1),
+            "peak_pss_mib": round(self.peak_pss / mib, 1),
             "memory_samples": self.samples,
             "cpu_s": round(sum(self.cpu.values()), 2),
         }

@@ -346,6 +346,30 @@ def test_memory_sampler_reports_the_largest_single_python_worker(tmp_path):
         child.kill()
         child.wait()
     assert 75 <= result["peak_python_worker_mib"] < result["peak_python_mib"], result
+    # the child's 80 MB are its own (not shared): PSS counts them, and never more than RSS does
+    assert 75 <= result["peak_pss_mib"] <= result["peak_rss_mib"], result
+
+
+def test_memory_sampler_counts_pages_shared_by_forked_workers_once_in_pss():
+    """Summed RSS counts a page shared by a forked child once per process; summed PSS counts it
+    once: a parent holding ~120 MB that forks a child which only sleeps."""
+    import time
+
+    from bench.common import tree_rss
+
+    held = bytearray(120_000_000)
+    held[::4096] = b"1" * len(held[::4096])
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        parts = tree_rss(os.getpid())
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    rss = parts["jvm"] + parts["python"] + parts["other"]
+    assert rss - parts["pss"] >= 100_000_000, parts  # the 120 MB counted twice by RSS, once by PSS
 
 
 def test_predictions_watcher_counts_rows_errors_and_ocr_failures_once(tmp_path):

@@ -94,3 +94,53 @@ def test_scorer_ocrs_small_calls_on_the_wide_engine_only_when_asked(monkeypatch,
         spec = ScoringSpec("gray32", 10**7, 10**7, 10**8, None, Local(), Branch(), "cascade", False, classes=("a", "b"), wide_ocr_rows=wide_rows)
         score_values(spec, [payload] * rows)
         assert seen == [want] * rows, (rows, wide_rows)
+
+
+def test_the_udf_scores_a_large_arrow_batch_in_chunks_as_one_batch(monkeypatch, image_bytes):
+    """A task's Arrow batch (up to 256 rows) is decoded and scored SCORE_CHUNK inputs at a time,
+    so a worker holds one chunk's decoded images; the rows come back in order, and the wide OCR
+    engine is still chosen by the batch's size, not by a short last chunk."""
+    import pyarrow as pa
+
+    from memestream import classify
+    from memestream.classify import ScoringSpec, score_arrow
+
+    seen, chunks = [], []
+    real = classify.featurize_inputs
+
+    def counting(values, *args, **kwargs):
+        chunks.append(len(values))
+        return real(values, *args, **kwargs)
+
+    monkeypatch.setattr(ocr, "ocr_text", lambda image, wide=False: seen.append(wide) or "nook")
+    monkeypatch.setattr(classify, "featurize_inputs", counting)
+    monkeypatch.setattr(classify, "SCORE_CHUNK", 4)
+
+    class Branch:
+        cascade = 2.0
+        neighbours = None
+
+        def image_view(self, probs, reduced):
+            return probs
+
+        def needs_ocr(self, probs, ok, mode):
+            return ok.copy()
+
+        def combine(self, probs, texts, has):
+            return probs
+
+    class Local:
+        def transform(self, x):
+            return x
+
+        def head(self, x):
+            return np.column_stack([x[:, 0], 1 - x[:, 0]])  # a row's own pixels: order shows
+
+    values = [image_bytes("doom", i) for i in range(6)] + [b"not an image"] + [image_bytes("cats", i) for i in range(3)]
+    spec = ScoringSpec("gray32", 10**7, 10**7, 10**8, None, Local(), Branch(), "cascade", False, classes=("a", "b"), wide_ocr_rows=4)
+    batched = score_arrow(spec)(pa.array(values, pa.binary())).to_pylist()
+    assert chunks == [4, 4, 2] and seen == [False] * 9  # nine decodable inputs, none on the wide engine
+    one_by_one = [score_arrow(spec)(pa.array([v], pa.binary())).to_pylist()[0] for v in values]
+    assert len(batched) == 10 and batched[6]["error_code"] is not None
+    for got, want in zip(batched, one_by_one):
+        assert np.allclose(got.pop("probabilities"), want.pop("probabilities")) and got == want
