@@ -274,8 +274,9 @@ def score_arrow(spec: "ScoringSpec"):
         if spec.isolate:
             return score_isolated(spec, values)
         n = len(values)
-        return pa.concat_arrays([scored_arrow(score_values(spec, values[i : i + SCORE_CHUNK], n))
-                                 for i in range(0, n, SCORE_CHUNK)]) if n > SCORE_CHUNK else scored_arrow(score_values(spec, values))
+        if n <= SCORE_CHUNK:
+            return scored_arrow(score_values(spec, values))
+        return pa.concat_arrays([scored_arrow(score_values(spec, values[i : i + SCORE_CHUNK], n)) for i in range(0, n, SCORE_CHUNK)])
 
     return run
 

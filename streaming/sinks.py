@@ -35,13 +35,11 @@ from typing import Sequence
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import StructType, TimestampType
 
 from memestream.abspath import is_uri
 from memestream.cli import one_line
 from memestream.errors import ConfigError, DataError
-from streaming.schema import BATCHES, COLUMNS, DATE, TABLES, WRITER, ddl, is_delta_table, table_uri
+from streaming.schema import BATCHES, COLUMNS, DATE, TABLES, WRITER, arrow_schema, ddl, is_delta_table, table_uri
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +157,7 @@ class DeltaOutput:
     def record_batch(self, spark: SparkSession, record: BatchRecord, *, check: bool = True) -> None:
         """The batch's last append: its ``batches`` row (the batch is complete once it is there)."""
         row = record.row(self.writer, datetime.now(timezone.utc))
-        self.append(local_frame(spark, ddl(BATCHES), [row]), BATCHES, record.batch_id, check=check)
+        self.append(local_frame(spark, BATCHES, [row]), BATCHES, record.batch_id, check=check)
 
     # -- reads ----------------------------------------------------------------------------
     def last_batch(self, spark: SparkSession, below: int | None = None) -> BatchRecord | None:
@@ -183,23 +181,18 @@ class DeltaOutput:
         return {r["k"]: int(r["n"]) for r in rows}
 
 
-_SCHEMAS: dict[str, StructType] = {}
-
-
-def local_frame(spark: SparkSession, schema_ddl: str, rows: Sequence[tuple]) -> DataFrame:
-    """A DataFrame of a few driver-side rows that Spark reads without a Python worker.
+def local_frame(spark: SparkSession, table: str, rows: Sequence[tuple]) -> DataFrame:
+    """``table``'s rows made on the driver (a few), as a DataFrame Spark reads without a Python worker.
 
     ``spark.createDataFrame(list_of_tuples)`` makes an RDD of pickled rows, so every job over
     it (the Delta append of a batch's ``batches`` row) sends them through a Python worker to
     unpickle: a count of one such row took 0.27 s against 0.08 s for the same row as Arrow,
     which Spark reads in the JVM. Naive datetimes mean local time, as in createDataFrame."""
-    schema = _SCHEMAS.get(schema_ddl)
-    if schema is None:
-        schema = _SCHEMAS[schema_ddl] = spark.createDataFrame([], schema_ddl).schema
-    stamps = {f.name for f in schema.fields if isinstance(f.dataType, TimestampType)}
+    schema = arrow_schema(table)
+    stamps = {f.name for f in schema if pa.types.is_timestamp(f.type)}
     records = [{name: value.astimezone(timezone.utc) if name in stamps and value is not None else value
                 for name, value in zip(schema.names, row)} for row in rows]
-    return spark.createDataFrame(pa.Table.from_pylist(records, schema=to_arrow_schema(schema)))
+    return spark.createDataFrame(pa.Table.from_pylist(records, schema=schema))
 
 
 def _record(row) -> BatchRecord:  # noqa: ANN001 - a pyspark Row

@@ -55,10 +55,44 @@ def test_stacker_rejects_mismatched_inputs():
         stacker.predict_proba(three, three, np.ones(5))
 
 
+class _OcrEveryRow:
+    """A text branch that OCRs every decodable row and keeps the image branch's probabilities."""
+
+    cascade = 2.0
+    neighbours = None
+
+    def image_view(self, probs, reduced):
+        return probs
+
+    def needs_ocr(self, probs, ok, mode):
+        return ok.copy()
+
+    def combine(self, probs, texts, has):
+        return probs
+
+
+class _Local:
+    """A model's numpy stages: the features unchanged, then ``head``."""
+
+    def __init__(self, head):
+        self.head = head
+
+    def transform(self, x):
+        return x
+
+
+def _ocr_every_row_spec(head, wide_ocr_rows: int):
+    """A two-class gray32 spec whose text branch OCRs every row (:class:`_OcrEveryRow`)."""
+    from memestream.classify import ScoringSpec
+
+    return ScoringSpec("gray32", 10**7, 10**7, 10**8, None, _Local(head), _OcrEveryRow(), "cascade", False, classes=("a", "b"),
+                       wide_ocr_rows=wide_ocr_rows)
+
+
 def test_scorer_ocrs_small_calls_on_the_wide_engine_only_when_asked(monkeypatch, image_bytes):
     """The stream's tasks hold a few rows only at light load: those use the two-thread engine;
     a spec with ``wide_ocr_rows=0`` (the benchmark's one-core limit) never does."""
-    from memestream.classify import ScoringSpec, score_values
+    from memestream.classify import score_values
 
     seen = []
 
@@ -68,30 +102,10 @@ def test_scorer_ocrs_small_calls_on_the_wide_engine_only_when_asked(monkeypatch,
 
     monkeypatch.setattr(ocr, "ocr_text", fake_ocr)
 
-    class Branch:
-        cascade = 2.0  # every row is OCR'd
-        neighbours = None
-
-        def image_view(self, probs, reduced):
-            return probs
-
-        def needs_ocr(self, probs, ok, mode):
-            return ok.copy()
-
-        def combine(self, probs, texts, has):
-            return probs
-
-    class Local:
-        def transform(self, x):
-            return x
-
-        def head(self, x):
-            return np.tile([0.5, 0.5], (len(x), 1))
-
     payload = image_bytes()
     for rows, wide_rows, want in ((2, 4, True), (6, 4, False), (2, 0, False)):
         seen.clear()
-        spec = ScoringSpec("gray32", 10**7, 10**7, 10**8, None, Local(), Branch(), "cascade", False, classes=("a", "b"), wide_ocr_rows=wide_rows)
+        spec = _ocr_every_row_spec(lambda x: np.tile([0.5, 0.5], (len(x), 1)), wide_rows)
         score_values(spec, [payload] * rows)
         assert seen == [want] * rows, (rows, wide_rows)
 
@@ -103,7 +117,7 @@ def test_the_udf_scores_a_large_arrow_batch_in_chunks_as_one_batch(monkeypatch, 
     import pyarrow as pa
 
     from memestream import classify
-    from memestream.classify import ScoringSpec, score_arrow
+    from memestream.classify import score_arrow
 
     seen, chunks = [], []
     real = classify.featurize_inputs
@@ -116,28 +130,8 @@ def test_the_udf_scores_a_large_arrow_batch_in_chunks_as_one_batch(monkeypatch, 
     monkeypatch.setattr(classify, "featurize_inputs", counting)
     monkeypatch.setattr(classify, "SCORE_CHUNK", 4)
 
-    class Branch:
-        cascade = 2.0
-        neighbours = None
-
-        def image_view(self, probs, reduced):
-            return probs
-
-        def needs_ocr(self, probs, ok, mode):
-            return ok.copy()
-
-        def combine(self, probs, texts, has):
-            return probs
-
-    class Local:
-        def transform(self, x):
-            return x
-
-        def head(self, x):
-            return np.column_stack([x[:, 0], 1 - x[:, 0]])  # a row's own pixels: order shows
-
     values = [image_bytes("doom", i) for i in range(6)] + [b"not an image"] + [image_bytes("cats", i) for i in range(3)]
-    spec = ScoringSpec("gray32", 10**7, 10**7, 10**8, None, Local(), Branch(), "cascade", False, classes=("a", "b"), wide_ocr_rows=4)
+    spec = _ocr_every_row_spec(lambda x: np.column_stack([x[:, 0], 1 - x[:, 0]]), 4)  # a row's own pixels: order shows
     batched = score_arrow(spec)(pa.array(values, pa.binary())).to_pylist()
     assert chunks == [4, 4, 2] and seen == [False] * 9  # nine decodable inputs, none on the wide engine
     one_by_one = [score_arrow(spec)(pa.array([v], pa.binary())).to_pylist()[0] for v in values]

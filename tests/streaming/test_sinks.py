@@ -104,13 +104,13 @@ def test_the_batches_row_is_a_local_table_not_an_rdd_of_pickled_rows(spark):
     rows = [BatchRecord(b, rows=3, max_event_time=datetime(2026, 11, 28, 10, b) if b else None, model_version="v1",
                         label_totals={"doom": 3}, moves={"a": "b"}).row("folder_a1", datetime(2026, 11, 28, 11))
             for b in range(2)]
-    frame = local_frame(spark, ddl(BATCHES), rows)
+    frame = local_frame(spark, BATCHES, rows)
     plan = frame._jdf.queryExecution().executedPlan().toString()
     assert "LocalTableScan" in plan and "ExistingRDD" not in plan, plan
     pickled = spark.createDataFrame(rows, ddl(BATCHES))
     assert "ExistingRDD" in pickled._jdf.queryExecution().executedPlan().toString()  # what it replaces
     assert frame.schema == pickled.schema and frame.collect() == pickled.collect()
-    assert local_frame(spark, ddl(BATCHES), []).count() == 0
+    assert local_frame(spark, BATCHES, []).count() == 0
 
 
 def test_tables_are_created_partitioned_by_date_with_the_properties(spark, out, tmp_path):
