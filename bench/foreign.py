@@ -384,6 +384,24 @@ def foreign_bytes(kind: str, seed: int, index: int) -> bytes:
     return buf.tobytes()
 
 
-def foreign_set(per_kind: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> dict[str, list[bytes]]:
-    """``per_kind`` encoded images of each kind, reproducible from ``seed``."""
-    return {k: [foreign_bytes(k, seed, i) for i in range(per_kind)] for k in (kinds or tuple(KINDS))}
+def foreign_set(per_kind: int, seed: int = 0, kinds: tuple[str, ...] | None = None, like_memes: int | None = None) -> dict[str, list[bytes]]:
+    """``per_kind`` encoded images of each kind, reproducible from ``seed``; with ``like_memes``,
+    each as :func:`meme_copy` stores it."""
+    out = {k: [foreign_bytes(k, seed, i) for i in range(per_kind)] for k in (kinds or tuple(KINDS))}
+    if like_memes is not None:
+        out = {k: [meme_copy(b, like_memes) for b in v] for k, v in out.items()}
+    return out
+
+
+def meme_copy(data: bytes, side: int, quality: int = 90) -> bytes:
+    """An encoded image stored as doom-crossing stores its memes: stretched to ``side`` x ``side``
+    and saved as JPEG. A novelty score that flags the rendered images but not these copies
+    tells the training memes' size, resampling or encoding apart from the images' own, not their
+    content: in the wild, memes come at every size and from every encoder."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("meme_copy: the input does not decode")
+    ok, buf = cv2.imencode(".jpg", cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return buf.tobytes()

@@ -387,7 +387,7 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
     fit on the rest, and ``meme-evaluate``'s accuracy, ECE and OCR share on the fifth."""
     from batch_training import selection as sel
     from batch_training.config import TrainConfig
-    from batch_training.metrics import calibration_metrics
+    from batch_training.metrics import calibration_metrics, ece_floor
     from memestream import text_model as tm
     from memestream.calibration import fit_calibration
     from memestream.dedup import near_duplicate_groups
@@ -403,6 +403,7 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
     groups = near_duplicate_groups(h.dhash, h.sha256, TrainConfig.dup_distance)
     analyzer, plain_masked, plain_cv = tm.char_ngrams, sel._masked, (sel.image_cv, sel.neighbour_cv)
     rows = []
+    pooled: list[tuple[np.ndarray, np.ndarray]] = []  # (probabilities, truth) of each seed's held-back rows
     try:
         sel.image_cv, sel.neighbour_cv = _memoized(plain_cv[0]), _memoized(plain_cv[1])
         if lead.analyzer is not None:
@@ -474,8 +475,10 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
             has_held = np.array([1.0 if t.strip() else 0.0 for t in read])
             probs = calibrator.apply(stacker.predict_proba(np.log(np.clip(image_view, 1e-12, 1.0)), model.decision(read), has_held))
             wrong = probs.argmax(axis=1) != y_held
+            pooled.append((probs, y_held))
             row = {"seed": seed, "held_images": int(len(he_idx)), "accuracy": round(float(1 - wrong.mean()), 4),
-                   "ece": calibration_metrics(y_held, probs)["ece"], "ocr_share": round(float(ocr_on.mean()), 4),
+                   "ece": calibration_metrics(y_held, probs)["ece"], "ece_floor": round(ece_floor(probs.max(axis=1)), 4),
+                   "confidence": round(float(probs.max(axis=1).mean()), 4), "ocr_share": round(float(ocr_on.mean()), 4),
                    "cascade": cascade, "pca_k": k, "text_C": chosen.text.C, "calibration": calibrator.method,
                    "errors": [h.rel[i] for i in he_idx[wrong]]}
             log.info("%s seed %d: accuracy %.4f, ECE %.4f, OCR share %.3f", lead.name, seed, row["accuracy"], row["ece"], row["ocr_share"])
@@ -486,6 +489,13 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
     acc = [r["accuracy"] for r in rows]
     mean = {"accuracy": round(float(np.mean(acc)), 4), "min_accuracy": round(float(np.min(acc)), 4),
             "ece": round(float(np.mean([r["ece"] for r in rows])), 4), "ocr_share": round(float(np.mean([r["ocr_share"] for r in rows])), 4)}
+    # ECE of the seeds' held-back rows taken together, and what a calibrated model would show on
+    # one fold and on all of them: a fold's ECE is mostly its own sampling noise
+    all_probs = np.concatenate([p for p, _ in pooled])
+    mean.update(ece_floor=round(float(np.mean([r["ece_floor"] for r in rows])), 4),
+                confidence=round(float(np.mean([r["confidence"] for r in rows])), 4),
+                ece_pooled=round(float(calibration_metrics(np.concatenate([y for _, y in pooled]), all_probs)["ece"]), 4),
+                ece_floor_pooled=round(ece_floor(all_probs.max(axis=1)), 4))
     return {"lead": lead.name, "what": lead.what, "seeds": rows, "mean": mean}
 
 
@@ -557,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["seconds"] = round(time.monotonic() - started, 1)
             results.append(result)
             m = result["mean"]
-            print(f"{name:14s} accuracy {m['accuracy']:.4f} (min {m['min_accuracy']:.4f})  ECE {m['ece']:.4f}  "
+            print(f"{name:14s} accuracy {m['accuracy']:.4f} (min {m['min_accuracy']:.4f})  ECE {m['ece']:.4f} "
+                  f"(calibrated: {m['ece_floor']:.4f}; pooled {m['ece_pooled']:.4f}, calibrated: {m['ece_floor_pooled']:.4f})  "
                   f"OCR share {m['ocr_share']:.3f}", flush=True)
     doc = {"harvest": str(args.harvest), "seeds": seeds, "images": len(h.rel),
            "ocr_seconds_mean": round(float(h.ocr_seconds.mean()), 4) if len(h.ocr_seconds) else None,

@@ -222,8 +222,10 @@ def _cost_one_thread(model, features: np.ndarray, images: list[np.ndarray]) -> d
 
 
 def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: int, fraction: float = 0.2, folds: int = 5,
-                quantile: float | None = None) -> dict:
-    """The issue-25 benchmark: see the module docstring."""
+                quantile: float | None = None, like_memes: int | None = None) -> dict:
+    """The issue-25 benchmark: see the module docstring. ``like_memes``: the foreign images
+    stretched to that square side and re-encoded as JPEG first (:func:`bench.foreign.meme_copy`),
+    so a gain that comes from the training memes' size or encoding shows as a loss here."""
     from batch_training import selection as sel
     from bench.foreign import foreign_set
     from bench.holdout import _groups
@@ -241,7 +243,7 @@ def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: in
     t_embed = (time.perf_counter() - t0) / len(files)
     y = np.array([classes.index(p.relative_to(root).parts[0]) for p in files])
     groups = _groups(files, DEFAULT_FEATURE_SET)
-    foreign = {k: _featurize(v, False)[:2] for k, v in foreign_set(per_kind, foreign_seed).items()}
+    foreign = {k: _featurize(v, False)[:2] for k, v in foreign_set(per_kind, foreign_seed, like_memes=like_memes).items()}
     dims = get_feature_set(DEFAULT_FEATURE_SET).novelty_dims
     rows = []
     for seed in seeds:
@@ -265,7 +267,7 @@ def run_foreign(data: str, seeds: Sequence[int], per_kind: int, foreign_seed: in
     cost = _cost(model, feats, images)
     cost["embed_ms_per_image"] = round(t_embed * 1000, 2)
     return {"data": data, "memes": len(files), "split_seeds": list(seeds), "fraction": fraction, "foreign_seed": foreign_seed,
-            "per_kind": per_kind, "kinds": list(foreign), "old_quantile": OLD_QUANTILE, "new_quantile": quantile or DEFAULT_QUANTILE,
+            "per_kind": per_kind, "like_memes": like_memes, "kinds": list(foreign), "old_quantile": OLD_QUANTILE, "new_quantile": quantile or DEFAULT_QUANTILE,
             "seeds": rows, "mean": mean, "cost": cost, "cores": os.cpu_count()}
 
 
@@ -295,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--foreign-seed", type=int, default=2,
                         help="--foreign: seed of the rendered foreign images (0 and 1 chose the method: report another)")
     parser.add_argument("--quantile", type=float, default=None, help="--foreign: the new score's threshold quantile (default: the model's)")
+    parser.add_argument("--like-memes", type=int, default=None, metavar="SIDE",
+                        help="--foreign: store each foreign image as the training memes are stored (stretched to SIDE x SIDE, "
+                             "JPEG) first: doom-crossing's are 300. A method must not lose its gain here")
     parser.add_argument("--out", default=None, help="--foreign: JSON results file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -304,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(run(args.model, args.data), indent=2))
         return 0
     result = run_foreign(args.data, [int(s) for s in args.seeds.split(",") if s.strip()], args.per_kind, args.foreign_seed,
-                         quantile=args.quantile)
+                         quantile=args.quantile, like_memes=args.like_memes)
     print(_table(result))
     if args.out:
         from bench.common import portable_paths

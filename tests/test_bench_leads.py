@@ -72,6 +72,9 @@ def test_replay_scores_bench_holdouts_held_back_fifth_and_restores_what_it_swaps
     assert row["held_images"] == int(held.sum()) > 0
     assert row["accuracy"] >= 0.9 and result["mean"]["accuracy"] == row["accuracy"]
     assert 0.0 <= row["ocr_share"] <= 1.0 and row["ece"] is not None
+    assert 0.0 <= row["ece_floor"] < 0.5 and 0.5 <= row["confidence"] <= 1.0
+    m = result["mean"]  # one seed: pooling its rows gives its own ECE back
+    assert m["ece_pooled"] == round(row["ece"], 4) and m["ece_floor_pooled"] == row["ece_floor"]
     assert (tm.char_ngrams, sel._masked, sel.image_cv, sel.neighbour_cv) == before
 
 

@@ -22,6 +22,21 @@ def test_every_kind_renders_decodable_images_reproducibly():
     assert foreign_bytes("text_pages", 6, 0) != images["text_pages"][0]
 
 
+def test_like_memes_stores_each_image_as_the_training_memes_are_stored():
+    """``--like-memes 300``: every kind comes out a 300x300 JPEG of the same picture (stretched,
+    not cropped: its mean colour stays), so a score can be checked for leaning on size or encoding."""
+    plain = foreign_set(1, seed=5)
+    copies = foreign_set(1, seed=5, like_memes=300)
+    assert set(copies) == set(plain)
+    for kind, (blob,) in copies.items():
+        assert blob[:2] == b"\xff\xd8", kind
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (300, 300, 3), kind
+        orig = cv2.imdecode(np.frombuffer(plain[kind][0], np.uint8), cv2.IMREAD_COLOR)
+        assert orig.shape[:2] != (300, 300)
+        assert np.abs(img.reshape(-1, 3).mean(0) - orig.reshape(-1, 3).mean(0)).max() < 4, kind
+
+
 def test_the_foreign_benchmark_reports_old_and_new_per_kind(sample_dataset, tmp_path):
     """``python -m bench.ood --foreign`` on the small generated folder: every kind gets an AUROC
     and a flag rate for both scores, the cost is measured, and the JSON is written."""
@@ -40,3 +55,6 @@ def test_the_foreign_benchmark_reports_old_and_new_per_kind(sample_dataset, tmp_
     out = tmp_path / "ood.json"
     assert main(["--foreign", "--data", str(sample_dataset), "--seeds", "1", "--per-kind", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["split_seeds"] == [1]
+    assert main(["--foreign", "--data", str(sample_dataset), "--seeds", "1", "--per-kind", "1", "--like-memes", "64",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["like_memes"] == 64

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batch_training.metrics import average_precision, classification_metrics, confusion_matrix, roc_auc, roc_curve
+from batch_training.metrics import (average_precision, calibration_metrics, classification_metrics, confusion_matrix, ece_floor, roc_auc,
+                                    roc_curve)
 
 
 def test_roc_auc_perfect_reversed_and_ties():
@@ -61,3 +62,19 @@ def test_classification_metrics_binary_uses_positive_class_and_absent_class():
     assert m["accuracy"] == pytest.approx(2 / 3)
     only_one = classification_metrics([0, 0], np.array([[0.9, 0.1], [0.4, 0.6]]), ["neg", "pos"])
     assert only_one["per_class"]["neg"]["roc_auc"] is None and only_one["per_class"]["pos"]["support"] == 0
+
+
+def test_ece_floor_is_the_noise_of_a_calibrated_model_and_shrinks_with_the_rows():
+    """A model right exactly as often as it claims still shows an ECE on a small set: the floor is
+    that noise, it falls with more rows, and a miscalibrated model's ECE lies well above it."""
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.75, 1.0, 255)
+    small, large = ece_floor(conf), ece_floor(np.tile(conf, 20))
+    assert 0.01 < small < 0.06 and large < small / 3
+    # a calibrated model's ECE on draws like the floor's lands near it; an overconfident one's far above
+    right = rng.random(255) < conf
+    probs = np.stack([conf, 1 - conf], axis=1)
+    calibrated = calibration_metrics(np.where(right, 0, 1), probs)["ece"]
+    overconfident = calibration_metrics(np.where(rng.random(255) < conf - 0.15, 0, 1), probs)["ece"]
+    assert calibrated < 3 * small and overconfident > 0.1 > small
+    assert ece_floor(np.ones(50)) == 0.0 and ece_floor(np.array([])) == 0.0
