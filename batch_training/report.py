@@ -41,7 +41,7 @@ def metrics_table(metrics: Mapping[str, Any]) -> str:
     lines = [
         f"rows: {metrics['n']}   accuracy: {_fmt(metrics['accuracy'])}   weighted F1: {_fmt(metrics['f1_weighted'])}   "
         f"ROC AUC ({metrics['auc_average']}): {_fmt(metrics['roc_auc'])}   PR AUC: {_fmt(metrics['pr_auc'])}",
-        f"calibration: ECE {_fmt(metrics.get('ece'))}   Brier {_fmt(metrics.get('brier'))}   log loss {_fmt(metrics.get('log_loss'))}   "
+        f"calibration: ECE {_fmt(metrics.get('ece'))} (a calibrated model: {_fmt(metrics.get('ece_floor'))} on {metrics['n']} rows)   Brier {_fmt(metrics.get('brier'))}   log loss {_fmt(metrics.get('log_loss'))}   "
         f"auto-label coverage at 95 % / 98 % precision: {_fmt((metrics.get('coverage') or {}).get('at_95'))} / "
         f"{_fmt((metrics.get('coverage') or {}).get('at_98'))}",
         f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>7} {'ROC AUC':>8} {'PR AUC':>7} {'support':>8}",

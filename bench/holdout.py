@@ -107,11 +107,11 @@ def holdout(data: Path, work: Path, seeds: Sequence[int], fraction: float, train
         evaluate = script_command("meme-evaluate", "--model", str(models), "--data", str(base / "held"), "--json", "-q")
         doc = json.loads(run_command(evaluate, "meme-evaluate").stdout)
         row = {"seed": seed, "train_images": len(train_rel), "held_images": int(held.sum()), "accuracy": doc.get("accuracy"),
-               "ece": doc.get("ece"), "ocr_share": doc.get("ocr_share"), "train_seconds": round(train_s, 1)}
+               "ece": doc.get("ece"), "ece_floor": doc.get("ece_floor"), "ocr_share": doc.get("ocr_share"), "train_seconds": round(train_s, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     mean: dict[str, float | None] = {}
-    for k in ("accuracy", "ece", "ocr_share"):  # ocr_share is None for a model without the text branch
+    for k in ("accuracy", "ece", "ece_floor", "ocr_share"):  # ocr_share is None for a model without the text branch
         values = [r[k] for r in rows if r[k] is not None]
         mean[k] = round(float(np.mean(values)), 4) if values else None
     return {"data": str(data), "fraction": fraction, "train_args": list(train_args), "seeds": rows, "mean": mean}

@@ -321,6 +321,7 @@ def test_holdout_trains_on_the_rest_and_scores_the_held_back_fifth(sample_datase
     assert row["train_images"] + row["held_images"] == 72 and 8 <= row["held_images"] <= 20
     assert 0.8 <= row["accuracy"] <= 1.0 and doc["mean"]["accuracy"] == round(row["accuracy"], 4)
     assert not row["ocr_share"] and not doc["mean"]["ocr_share"]  # --text off: nothing OCR'd
+    assert 0.0 <= row["ece_floor"] < 0.5 and doc["mean"]["ece_floor"] == round(row["ece_floor"], 4)  # meme-evaluate's, carried
 
 
 def test_memory_sampler_reports_the_largest_single_python_worker(tmp_path):

@@ -78,3 +78,9 @@ def test_ece_floor_is_the_noise_of_a_calibrated_model_and_shrinks_with_the_rows(
     overconfident = calibration_metrics(np.where(rng.random(255) < conf - 0.15, 0, 1), probs)["ece"]
     assert calibrated < 3 * small and overconfident > 0.1 > small
     assert ece_floor(np.ones(50)) == 0.0 and ece_floor(np.array([])) == 0.0
+    # the metrics every report prints carry it beside the ECE
+    assert calibration_metrics(np.where(right, 0, 1), probs)["ece_floor"] == pytest.approx(small, abs=1e-6)
+    from batch_training.report import metrics_table
+
+    m = classification_metrics(np.where(right, 0, 1), probs, ["a", "b"])
+    assert f"(a calibrated model: {m['ece_floor']:.3f} on 255 rows)" in metrics_table(m)
