@@ -150,8 +150,9 @@ def calibration_metrics(y_true: Sequence[int] | np.ndarray, probabilities: np.nd
     truth (summed over classes); ``log_loss``: mean negative log-probability of the truth;
     ``reliability``: per bin, the mean confidence, the accuracy and the count (for the
     reliability diagram); ``ece_floor``: the ECE a model calibrated exactly would show on
-    these rows (:func:`ece_floor`: what ``ece`` is read against on a small set); ``coverage``: the share of rows that can be auto-labelled (most
-    confident first) while keeping 95 % / 98 % precision.
+    these rows (:func:`ece_floor`: what ``ece`` is read against on a small set);
+    ``coverage``: the share of rows that can be auto-labelled (most confident first) while
+    keeping 95 % / 98 % precision.
     """
     y = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probabilities, dtype=np.float64)
