@@ -250,6 +250,10 @@ def read_info(data: bytes) -> ImageInfo:
             if n < declared:
                 raise BadImage(TRUNCATED, f"WebP declares {declared} bytes, found {n}")
             chunk = data[12:16]
+            # the first chunk's header must be whole: a slice past the end is short, not an error
+            need = _WEBP_HEADER_BYTES.get(chunk)
+            if need is not None and n < need:
+                raise BadImage(TRUNCATED, f"WebP header is cut short: its {chunk.decode()} chunk needs {need} bytes, found {n}")
             if chunk == b"VP8X":
                 width = 1 + int.from_bytes(data[24:27], "little")
                 height = 1 + int.from_bytes(data[27:30], "little")
@@ -269,6 +273,11 @@ def read_info(data: bytes) -> ImageInfo:
         raise BadImage(TRUNCATED, f"{fmt.upper()} header is cut short ({n} bytes)") from exc
     return ImageInfo(fmt, int(width), int(height))
 
+
+#: Bytes a WebP file needs for its dimensions, by first chunk (the RIFF header, the chunk
+#: header, then VP8X's canvas size, VP8L's 14-bit sizes after the signature byte, or the lossy
+#: frame's sizes after its start code).
+_WEBP_HEADER_BYTES = {b"VP8X": 30, b"VP8L": 25, b"VP8 ": 30}
 
 #: What OpenCV says when an allocation fails (under the worker's address-space cap, say).
 _CV_NO_MEMORY = ("Insufficient memory", "Failed to allocate", "bad_alloc")

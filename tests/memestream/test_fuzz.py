@@ -151,6 +151,23 @@ def test_header_parsers_raise_only_bad_image(magic, body):
         assert info.width >= 0 and info.height >= 0
 
 
+@pytest.mark.parametrize("chunk", [b"VP8L", b"VP8X", b"VP8 "])
+def test_a_webp_cut_inside_its_first_chunk_header_is_truncated(chunk):
+    """Finding (hypothesis, in CI): ``RIFF`` + size 0 + ``WEBPVP8L`` and nothing more raised
+    IndexError out of the header parser (VP8X's slice gave a 1x1 image instead). Every cut of a
+    whole header short of its dimensions is ``truncated``; the whole header parses."""
+    whole = {b"VP8L": b"\x2f" + bytes([9, 64, 36, 0]), b"VP8X": bytes(4) + bytes([9, 0, 0, 4, 0, 0]),
+             b"VP8 ": bytes(3) + b"\x9d\x01\x2a" + struct.pack("<HH", 10, 5)}[chunk]
+    data = b"RIFF" + struct.pack("<I", 0) + b"WEBP" + chunk + bytes(4) + whole
+    assert len(data) == {b"VP8X": 30, b"VP8L": 25, b"VP8 ": 30}[chunk]
+    info = read_info(data)
+    assert info.format == "webp" and info.width > 1 and info.height > 1
+    for cut in range(16, len(data)):
+        with pytest.raises(BadImage) as err:
+            read_info(data[:cut])
+        assert err.value.code == D.TRUNCATED, cut
+
+
 # -- PNG: chunk lengths that lie ---------------------------------------------------------------
 def test_png_chunk_length_past_the_end_is_refused_before_opencv_allocates_it(pool):
     """Finding (oom, by atheris): a 45-byte PNG whose second chunk declared 0xFF000000 bytes made
