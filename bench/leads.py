@@ -387,7 +387,7 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
     fit on the rest, and ``meme-evaluate``'s accuracy, ECE and OCR share on the fifth."""
     from batch_training import selection as sel
     from batch_training.config import TrainConfig
-    from batch_training.metrics import calibration_metrics, ece_floor
+    from batch_training.metrics import calibration_metrics
     from memestream import text_model as tm
     from memestream.calibration import fit_calibration
     from memestream.dedup import near_duplicate_groups
@@ -476,8 +476,9 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
             probs = calibrator.apply(stacker.predict_proba(np.log(np.clip(image_view, 1e-12, 1.0)), model.decision(read), has_held))
             wrong = probs.argmax(axis=1) != y_held
             pooled.append((probs, y_held))
+            cal = calibration_metrics(y_held, probs)
             row = {"seed": seed, "held_images": int(len(he_idx)), "accuracy": round(float(1 - wrong.mean()), 4),
-                   "ece": calibration_metrics(y_held, probs)["ece"], "ece_floor": round(ece_floor(probs.max(axis=1)), 4),
+                   "ece": cal["ece"], "ece_floor": round(cal["ece_floor"], 4),
                    "confidence": round(float(probs.max(axis=1).mean()), 4), "ocr_share": round(float(ocr_on.mean()), 4),
                    "cascade": cascade, "pca_k": k, "text_C": chosen.text.C, "calibration": calibrator.method,
                    "errors": [h.rel[i] for i in he_idx[wrong]]}
@@ -491,11 +492,10 @@ def replay(h: Harvest, lead: Lead, seeds: Sequence[int] = SEEDS, fraction: float
             "ece": round(float(np.mean([r["ece"] for r in rows])), 4), "ocr_share": round(float(np.mean([r["ocr_share"] for r in rows])), 4)}
     # ECE of the seeds' held-back rows taken together, and what a calibrated model would show on
     # one fold and on all of them: a fold's ECE is mostly its own sampling noise
-    all_probs = np.concatenate([p for p, _ in pooled])
+    cal = calibration_metrics(np.concatenate([y for _, y in pooled]), np.concatenate([p for p, _ in pooled]))
     mean.update(ece_floor=round(float(np.mean([r["ece_floor"] for r in rows])), 4),
                 confidence=round(float(np.mean([r["confidence"] for r in rows])), 4),
-                ece_pooled=round(float(calibration_metrics(np.concatenate([y for _, y in pooled]), all_probs)["ece"]), 4),
-                ece_floor_pooled=round(ece_floor(all_probs.max(axis=1)), 4))
+                ece_pooled=round(float(cal["ece"]), 4), ece_floor_pooled=round(float(cal["ece_floor"]), 4))
     return {"lead": lead.name, "what": lead.what, "seeds": rows, "mean": mean}
 
 
