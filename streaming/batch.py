@@ -1,10 +1,11 @@
 """One micro-batch: score once, append the output tables exactly once, then move the inputs.
 
 :class:`BatchProcessor` is the ``foreachBatch`` target. It scores the rows once (one decode per
-image, kept on the executors for the batch's few jobs), appends predictions, quarantine and
-window-count deltas to the Delta tables (:class:`streaming.sinks.DeltaOutput`, idempotent per
-writer and batch id), and records the batch last. The driver sees only per-batch totals (a
-handful of rows) and, for the folder source, the paths to archive or quarantine.
+image, kept on the executors for the batch's few jobs) and summarises them in one job
+(:func:`batch_summary`), appends predictions, quarantine and window-count deltas to the Delta
+tables side by side (:class:`streaming.sinks.DeltaOutput`, exactly once per writer and batch
+id), and records the batch last. The driver sees only per-batch totals (a row per label and
+event-time bucket) and, for the folder source, the paths to archive or quarantine.
 :class:`LiveSummary` prints one line per batch.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from pyspark import StorageLevel
+from pyspark import InheritableThread, StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -28,18 +29,20 @@ from memestream.errors import PoisonFlood
 from memestream.isolation import DECODER_CRASHED, DECODER_TIMEOUT, failure_line, worker_died
 from memestream.inputs import EMPTY_FILE_MARKER, local_path
 from memestream.novelty import OOD_CODE, UNKNOWN_LABEL
-from streaming.config import StreamConfig
-from streaming.counts import window_deltas, with_late, watermark_after
+from streaming.config import StreamConfig, WindowSpec
+from streaming.counts import bucket_deltas, bucket_start, watermark_after, with_late
 from streaming.models import ModelHolder
 from streaming.schema import CLASS_COUNTS, DATE, PREDICTIONS, QUARANTINE, WRITER, column_names
 from streaming.scoring import StreamScorer
-from streaming.sinks import BatchRecord, DeltaOutput
+from streaming.sinks import BatchRecord, DeltaOutput, local_frame
 
 log = logging.getLogger(__name__)
 
 #: ``on_stage(stage, batch_id)`` is called at these points of every batch: ``start`` (model
-#: chosen, nothing written yet), ``predictions`` (that table appended, the others not yet),
-#: ``files`` (predictions, quarantine and counts appended, the batch not recorded yet) and ``committed`` (its ``batches`` row written, inputs not moved yet).
+#: chosen, nothing written yet), ``predictions`` (that table appended; quarantine and class
+#: counts, appended beside it, may or may not be), ``files`` (predictions, quarantine and
+#: counts appended, the batch not recorded yet) and ``committed`` (its ``batches`` row
+#: written, inputs not moved yet).
 #: The moments a crash is worst: for instrumentation and fault injection (the exactly-once
 #: tests kill the process at each).
 STAGES = ("start", "predictions", "files", "committed")
@@ -86,43 +89,62 @@ def labelled_batch(scored: DataFrame, batch_id: int, writer: str, watermark: dat
     )
 
 
-def table_frames(batch: DataFrame, cfg: StreamConfig, batch_id: int, writer: str) -> dict[str, DataFrame]:
-    """The rows each table gets from one labelled batch (:func:`labelled_batch`)."""
-    deltas = (
-        window_deltas(batch, cfg.window, label_col="counted_label")
-        .withColumn("batch_id", F.lit(batch_id).cast("long"))
-        .withColumn(WRITER, F.lit(writer))
-        .withColumn(DATE, F.to_date("window_start"))
-    )
-    return {
-        PREDICTIONS: batch.select(*column_names(PREDICTIONS), DATE),
-        QUARANTINE: batch.where(F.col("error").isNotNull()).select(*column_names(QUARANTINE), DATE),
-        CLASS_COUNTS: deltas.select(*column_names(CLASS_COUNTS), DATE),
-    }
+@dataclass
+class BatchSummary:
+    """What the driver learns of a scored batch from its one aggregation job."""
+
+    record: BatchRecord
+    #: ``(bucket_s, counted_label, rows)`` of its labelled, on-time rows (streaming.counts)
+    buckets: list[tuple[int, str, int]]
+    #: the folder inputs it read, each with its quarantine target (None: archive as usual)
+    paths: list[tuple[str, str | None]]
 
 
-def batch_totals(batch: DataFrame, batch_id: int) -> BatchRecord:
-    """Rows, errors, late rows, the newest event time and images per label: one small job,
-    a row per label back to the driver."""
-    rows = (
-        batch.groupBy("counted_label")
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            F.sum(F.col("error").isNotNull().cast("long")).alias("errors"),
-            F.sum(F.col("late").cast("long")).alias("late"),
-            F.max("event_time").alias("max_event_time"),
-        )
-        .collect()
-    )
+def batch_summary(batch: DataFrame, batch_id: int, spec: WindowSpec, with_paths: bool = False) -> BatchSummary:
+    """Rows, errors, late rows, the newest event time, images per label, the class-count
+    buckets and (``with_paths``: the folder source) the input paths: one job over the batch,
+    a row per (label, bucket, late) back to the driver. The batch's class counts come from
+    these rows (:func:`streaming.counts.bucket_deltas`), so they need no job of their own."""
+    aggs = [
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.col("error").isNotNull().cast("long")).alias("errors"),
+        F.max("event_time").alias("max_event_time"),
+    ]
+    if with_paths:
+        moved = F.when(F.col("path").isNotNull(), F.struct("path", "quarantine_path"))
+        aggs.append(F.collect_list(moved).alias("paths"))  # collect_list skips the NULLs
+    rows = batch.groupBy("counted_label", bucket_start(spec).alias("bucket"), "late").agg(*aggs).collect()
+    labels: dict[str, int] = {}
+    for r in rows:
+        if r["counted_label"] is not None:
+            labels[r["counted_label"]] = labels.get(r["counted_label"], 0) + int(r["n"])
     times = [r["max_event_time"] for r in rows if r["max_event_time"] is not None]
-    return BatchRecord(
+    record = BatchRecord(
         batch_id=batch_id,
         rows=sum(int(r["n"]) for r in rows),
         errors=sum(int(r["errors"] or 0) for r in rows),
-        late=sum(int(r["late"] or 0) for r in rows),
+        late=sum(int(r["n"]) for r in rows if r["late"]),
         max_event_time=max(times) if times else None,
-        label_totals={r["counted_label"]: int(r["n"]) for r in rows if r["counted_label"] is not None},
+        label_totals=labels,
     )
+    buckets = [(int(r["bucket"]), r["counted_label"], int(r["n"])) for r in rows
+               if r["counted_label"] is not None and not r["late"] and r["bucket"] is not None]
+    paths = [(p["path"], p["quarantine_path"]) for r in rows for p in r["paths"]] if with_paths else []
+    return BatchSummary(record, buckets, paths)
+
+
+def table_frames(batch: DataFrame, summary: BatchSummary, cfg: StreamConfig, writer: str) -> dict[str, DataFrame]:
+    """The rows each table gets from one labelled batch (:func:`labelled_batch`) and its
+    summary: predictions and quarantine from the batch's rows, class counts from the summary
+    (a few rows made on the driver, no job over the batch)."""
+    batch_id = summary.record.batch_id
+    counts = [(start, end, label, n, batch_id, writer, start.date())
+              for start, end, label, n in bucket_deltas(summary.buckets, cfg.window)]
+    return {
+        PREDICTIONS: batch.select(*column_names(PREDICTIONS), DATE),
+        QUARANTINE: batch.where(F.col("error").isNotNull()).select(*column_names(QUARANTINE), DATE),
+        CLASS_COUNTS: local_frame(batch.sparkSession, CLASS_COUNTS, counts),
+    }
 
 
 class PoisonBudget:
@@ -248,20 +270,40 @@ class BatchProcessor:
             except OSError as exc:
                 log.warning("could not move processed input %s: %s", src, exc)
 
-    def _append_tables(self, frames: dict[str, DataFrame], batch_id: int, record: BatchRecord, check: bool) -> None:
-        """Append every table's rows, predictions first (each append is one Delta commit; with
-        ``check``, a table that has the batch's rows already is skipped). Appending them from
-        one thread each overlapped little (a batch's tables 2.5 -> 2.2 s, the driver's commits
-        contend for the same two cores), so they stay in order.
+    def _append_tables(self, frames: dict[str, DataFrame], summary: BatchSummary, check: bool) -> None:
+        """Append the batch's rows to predictions, quarantine and class_counts, each one Delta
+        commit (with ``check``, a table that has the batch's rows already is skipped), from one
+        thread each: the three tables are independent, and an append is mostly fixed cost (a
+        small Spark job and the driver's commit), so they overlap well. The ``batches`` row
+        comes after all of them (:meth:`_process`).
 
-        A batch without a bad input appends nothing to ``quarantine``: a Delta commit costs
-        ~0.3 s even when empty, and skipping it is safe: the batch has no rows for it to lose."""
-        for table, frame in frames.items():
-            if table == QUARANTINE and record.errors == 0:
-                continue
-            self.output.append(frame, table, batch_id, check=check)
-            if table == PREDICTIONS:
-                self._stage("predictions", batch_id)
+        A table the batch has no rows for (quarantine without a bad input, class counts
+        without a labelled on-time row) gets no commit: an empty Delta commit costs as much as
+        a full one, and skipping it loses nothing."""
+        batch_id = summary.record.batch_id
+        todo = [t for t in frames if not ((t == QUARANTINE and summary.record.errors == 0)
+                                           or (t == CLASS_COUNTS and not summary.buckets))]
+        failures: list[BaseException] = []
+
+        def append(table: str) -> None:
+            try:
+                self.output.append(frames[table], table, batch_id, check=check)
+                if table == PREDICTIONS:
+                    self._stage("predictions", batch_id)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the batch's thread below
+                failures.append(exc)
+
+        # InheritableThread: each append runs with the batch's job group and properties, so
+        # stopping the query cancels it like any other job of the batch
+        threads = [InheritableThread(target=append, args=(table,), name=f"append-{table}") for table in todo[1:]]
+        for thread in threads:
+            thread.start()
+        if todo:
+            append(todo[0])
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         self.running, self.last_active = True, time.monotonic()
@@ -295,18 +337,18 @@ class BatchProcessor:
         return True
 
     def _scored(self, batch_df: DataFrame, model, batch_id: int, watermark: datetime | None,  # noqa: ANN001
-                isolate: bool) -> tuple[DataFrame, BatchRecord]:
-        """The batch scored and labelled, persisted for its few jobs (scored once), and its totals."""
+                isolate: bool) -> tuple[DataFrame, BatchSummary]:
+        """The batch scored and labelled, persisted for its few jobs (scored once), and its summary."""
         scored = self.scoring.score(batch_df, model, isolate=isolate)
         batch = labelled_batch(scored, batch_id, self.output.writer, watermark, quarantine_target(self.cfg, batch_id))
         batch = batch.persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            return batch, batch_totals(batch, batch_id)
+            return batch, batch_summary(batch, batch_id, self.cfg.window, with_paths=self.cfg.source == "folder")
         except BaseException:
             batch.unpersist()
             raise
 
-    def _score(self, batch_df: DataFrame, model, batch_id: int, watermark: datetime | None) -> tuple[DataFrame, BatchRecord]:  # noqa: ANN001
+    def _score(self, batch_df: DataFrame, model, batch_id: int, watermark: datetime | None) -> tuple[DataFrame, BatchSummary]:  # noqa: ANN001
         """:meth:`_scored`; when a worker died under it (a crash, or the time cap ending a hang),
         the batch again with each input in a process of its own: the poison inputs get
         ``decoder_crashed``/``decoder_timeout`` rows, the rest the rows they would have had.
@@ -321,13 +363,13 @@ class BatchProcessor:
             failed = time.monotonic()
             log.warning("batch %d: a worker died scoring it (%s); scoring it again with each input in its own process",
                         batch_id, failure_line(exc))
-        batch, record = self._scored(batch_df, model, batch_id, watermark, isolate=True)
+        batch, summary = self._scored(batch_df, model, batch_id, watermark, isolate=True)
         self.isolations += 1
         # counted, not listed: each poison input gets its "quarantined <origin>: <error>" line below
         poison = batch.where(F.col("error_code").isin(DECODER_CRASHED, DECODER_TIMEOUT)).count()
         log.warning("batch %d: isolated %d poison input(s) of %d in %.1fs; the stream goes on", batch_id, poison,
-                    record.rows, time.monotonic() - failed)
-        return batch, record
+                    summary.record.rows, time.monotonic() - failed)
+        return batch, summary
 
     def _process(self, batch_df: DataFrame, batch_id: int) -> None:
         if self._replayed(batch_df, batch_id):
@@ -338,24 +380,21 @@ class BatchProcessor:
         self._stage("start", batch_id)
         previous = self._previous(spark, batch_id)
         watermark = watermark_after(previous.max_event_time if previous else None, self.cfg.window)
-        batch, record = self._score(batch_df, model, batch_id, watermark)
+        batch, summary = self._score(batch_df, model, batch_id, watermark)
+        record = summary.record
         try:
             if record.rows == 0:
                 if not self._needs_check(batch_id):
                     self._written_through = batch_id  # nothing to write: still in order
                 return
             scored_at = time.monotonic()
-            paths: list[str] = []
-            if self.cfg.source == "folder":
-                for path, target in batch.select("path", "quarantine_path").where("path IS NOT NULL").collect():
-                    paths.append(path)
-                    if target:
-                        record.moves[path] = target
+            paths = [path for path, _ in summary.paths]
+            record.moves.update((path, target) for path, target in summary.paths if target)
             if record.errors:
                 for row in batch.where("error IS NOT NULL").select("origin", "error").limit(50).collect():
                     log.warning("quarantined %s: %s", row["origin"], row["error"])
             check = self._needs_check(batch_id)
-            self._append_tables(table_frames(batch, self.cfg, batch_id, self.output.writer), batch_id, record, check)
+            self._append_tables(table_frames(batch, summary, self.cfg, self.output.writer), summary, check)
             self._stage("files", batch_id)
             record.model_version = model.version
             seen = [t for t in (record.max_event_time, previous.max_event_time if previous else None) if t is not None]

@@ -45,14 +45,15 @@ def _tables(spark, scored: pa.Table, batch_id: int):
     """The writer's frames for one scored batch (streaming.batch), and its totals."""
     from pyspark.sql import functions as F
 
-    from streaming.batch import batch_totals, labelled_batch, table_frames
+    from streaming.batch import batch_summary, labelled_batch, table_frames
     from tests.streaming.conftest import make_config
 
     frame = spark.createDataFrame(scored).withColumn("date", F.to_date("date"))
     target = F.when(F.col("error").isNotNull(), F.concat(F.lit(f"/q/b{batch_id:06d}-"), F.col("origin")))
     batch = labelled_batch(frame, batch_id, "main", None, target)
     cfg = make_config(Path("/tmp/unused"), Path("/tmp/unused-model"))
-    return table_frames(batch, cfg, batch_id, "main"), batch_totals(batch, batch_id)
+    summary = batch_summary(batch, batch_id, cfg.window, with_paths=True)
+    return table_frames(batch, summary, cfg, "main"), summary.record
 
 
 def test_the_writer_builds_exactly_the_defined_columns(spark):
