@@ -96,8 +96,8 @@ class BatchSummary:
     record: BatchRecord
     #: ``(bucket_s, counted_label, rows)`` of its labelled, on-time rows (streaming.counts)
     buckets: list[tuple[int, str, int]]
-    #: the folder inputs it read, each with its quarantine target (None: archive as usual)
-    paths: list[tuple[str, str | None]]
+    #: the folder inputs it read (those bound for quarantine are in ``record.moves``)
+    paths: list[str]
 
 
 def batch_summary(batch: DataFrame, batch_id: int, spec: WindowSpec, with_paths: bool = False) -> BatchSummary:
@@ -129,8 +129,9 @@ def batch_summary(batch: DataFrame, batch_id: int, spec: WindowSpec, with_paths:
     )
     buckets = [(int(r["bucket"]), r["counted_label"], int(r["n"])) for r in rows
                if r["counted_label"] is not None and not r["late"] and r["bucket"] is not None]
-    paths = [(p["path"], p["quarantine_path"]) for r in rows for p in r["paths"]] if with_paths else []
-    return BatchSummary(record, buckets, paths)
+    inputs = [p for r in rows for p in r["paths"]] if with_paths else []
+    record.moves = {p["path"]: p["quarantine_path"] for p in inputs if p["quarantine_path"]}
+    return BatchSummary(record, buckets, [p["path"] for p in inputs])
 
 
 def table_frames(batch: DataFrame, summary: BatchSummary, cfg: StreamConfig, writer: str) -> dict[str, DataFrame]:
@@ -388,8 +389,6 @@ class BatchProcessor:
                     self._written_through = batch_id  # nothing to write: still in order
                 return
             scored_at = time.monotonic()
-            paths = [path for path, _ in summary.paths]
-            record.moves.update((path, target) for path, target in summary.paths if target)
             if record.errors:
                 for row in batch.where("error IS NOT NULL").select("origin", "error").limit(50).collect():
                     log.warning("quarantined %s: %s", row["origin"], row["error"])
@@ -407,7 +406,7 @@ class BatchProcessor:
         self.committed += 1
         committed = time.monotonic()
         self._stage("committed", batch_id)
-        self._move_inputs(paths, record.moves)
+        self._move_inputs(summary.paths, record.moves)
         log.debug("batch %d: %d rows; score+totals %.3fs, tables %.3fs, inputs %.3fs", batch_id, record.rows,
                   scored_at - start, committed - scored_at, time.monotonic() - committed)
         self.summary.batch_done(

@@ -63,6 +63,7 @@ def test_the_writer_builds_exactly_the_defined_columns(spark):
         assert tables[name].schema.simpleString() == spark.createDataFrame([], ddl(name)).schema.simpleString(), name
     assert record.rows == 2 and record.errors == 1 and tables[QUARANTINE].count() == 1
     assert tables[QUARANTINE].first()["quarantine_path"] == "/q/b000007-y.png"
+    assert record.moves == {"file:/s/y.png": "/q/b000007-y.png"}  # the bad input, after the commit
 
 
 def test_spark_ddl_and_arrow_schema_name_the_same_columns(spark):
